@@ -1,0 +1,19 @@
+/*
+ * cli.h - the moat admin command.  Each command group is a handler that
+ * gets the loaded config and its own argv (argv[0] = group name).  Returns
+ * the process exit status: 0 ok, 1 failure, 2 usage error.
+ */
+#ifndef MOAT_CLI_H
+#define MOAT_CLI_H
+
+struct moat_conf;
+
+int cmd_user(struct moat_conf *, int argc, char **argv);   /* cli/cmd_user.c */
+int cmd_queue(struct moat_conf *, int argc, char **argv);  /* cli/cmd_queue.c */
+
+/* send one line to the daemon's control socket (<state-dir>/control.sock)
+ * and return its reply in a malloc'ed string; NULL if the daemon is not
+ * running (errno set).  cli/moat.c */
+char *cli_control(const struct moat_conf *, const char *line);
+
+#endif

@@ -1,0 +1,4 @@
+# moat: the admin CLI.
+bin_PROGRAMS += moat
+moat_SOURCES = cli/moat.c cli/cli.h cli/cmd_user.c cli/cmd_queue.c
+moat_LDADD = $(MOAT_LIBS)

@@ -1,0 +1,875 @@
+/*
+ * conf.c - moat.conf parser.
+ *
+ * Grammar: one directive per line, words separated by blanks, "#" starts a
+ * comment outside quotes, double quotes group words (\" and \\ escape).
+ * Scalar settings come from one typed table (name, type, default, bounds);
+ * the structured directives (listen, domain, limit-exempt) have their own
+ * parsers.  Every error is reported as FILE:LINE: message, all in one pass.
+ * Runs in: the master (and the moat CLI).  Input: the admin's file (trusted,
+ * but checked strictly so mistakes are caught before anything starts).
+ */
+#include "config.h"
+#include "conf.h"
+#include "buf.h"
+#include "log.h"
+#include "util.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
+#include <netdb.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+#include <unistd.h>
+#include <sys/stat.h>
+
+const char conf_embedded_default[] =
+	"# moat embedded default: all-in-one, unprivileged ports, ./var\n"
+	"state-dir ./var\n"
+	"listen smtp 127.0.0.1:2525\n"
+	"domain localhost deliver store\n";
+
+enum ctype { CT_INT, CT_SIZE, CT_DURATION, CT_STRING, CT_BOOL };
+
+struct setting {
+	const char *name;
+	enum ctype  type;
+	size_t      off;
+	const char *def;
+	long long   min, max;
+};
+
+#define OFF(f) offsetof(struct moat_conf, f)
+static const struct setting settings[] = {
+	{ "hostname",               CT_STRING,   OFF(hostname), NULL, 0, 0 },
+	{ "user",                   CT_STRING,   OFF(user), NULL, 0, 0 },
+	{ "pid-file",               CT_STRING,   OFF(pid_file), NULL, 0, 0 },
+	{ "threads",                CT_INT,      OFF(threads), "8", 1, 256 },
+	{ "smtp-banner",            CT_STRING,   OFF(smtp_banner), "ESMTP moat", 0, 0 },
+	{ "smtp-max-line",          CT_SIZE,     OFF(smtp_max_line), "2048", 512, 65536 },
+	{ "smtp-max-data-line",     CT_SIZE,     OFF(smtp_max_data_line), "32768", 1000, 1048576 },
+	{ "message-size-limit",     CT_SIZE,     OFF(message_size_limit), "50M", 1024, 2147483647LL },
+	{ "smtp-max-recipients",    CT_INT,      OFF(smtp_max_rcpts), "1000", 1, 100000 },
+	{ "smtp-max-messages",      CT_INT,      OFF(smtp_max_messages), "1000", 1, 1000000 },
+	{ "smtp-max-bad-commands",  CT_INT,      OFF(smtp_max_bad_commands), "20", 1, 1000 },
+	{ "smtp-max-received",      CT_INT,      OFF(smtp_max_received), "50", 5, 1000 },
+	{ "smtp-timeout",           CT_DURATION, OFF(smtp_timeout), "300", 1, 86400 },
+	{ "smtp-data-timeout",      CT_DURATION, OFF(smtp_data_timeout), "300", 1, 86400 },
+	{ "smtp-stress-timeout",    CT_DURATION, OFF(smtp_stress_timeout), "10", 1, 86400 },
+	{ "smtp-max-sessions",      CT_INT,      OFF(smtp_max_sessions), "2000", 1, 1000000 },
+	{ "smtp-max-sessions-per-ip", CT_INT,    OFF(smtp_max_sessions_per_ip), "50", 1, 1000000 },
+	{ "smtp-max-header-size",   CT_SIZE,     OFF(smtp_max_header_size), "256k", 1024, 67108864 },
+	{ "recipient-delimiter",    CT_STRING,   OFF(recipient_delimiter), "+", 0, 0 },
+	{ "queue-retry-min",        CT_DURATION, OFF(queue_retry_min), "60", 1, 86400 },
+	{ "queue-retry-max",        CT_DURATION, OFF(queue_retry_max), "3600", 1, 604800 },
+	{ "queue-lifetime",         CT_DURATION, OFF(queue_lifetime), "5d", 0, 31536000 },
+	{ "bounce-lifetime",        CT_DURATION, OFF(bounce_lifetime), "5d", 0, 31536000 },
+	{ "queue-scan-interval",    CT_DURATION, OFF(queue_scan_interval), "60", 1, 86400 },
+	{ "relay-concurrency",      CT_INT,      OFF(relay_concurrency), "20", 1, 10000 },
+	{ "relay-connect-timeout",  CT_DURATION, OFF(relay_connect_timeout), "30", 1, 3600 },
+	{ "relay-command-timeout",  CT_DURATION, OFF(relay_command_timeout), "300", 1, 3600 },
+	{ "relay-data-timeout",     CT_DURATION, OFF(relay_data_timeout), "600", 1, 7200 },
+	{ "relay-max-messages-per-connection", CT_INT, OFF(relay_max_messages_per_connection), "1000", 1, 1000000 },
+	{ "postmaster",             CT_STRING,   OFF(postmaster), NULL, 0, 0 },
+};
+
+struct parser {
+	const char *file;
+	int         line;
+	struct buf *errs;
+	int         nerr;
+	struct moat_conf *c;
+	unsigned char seen[ARRAY_SIZE(settings)];
+};
+
+static void perr(struct parser *, const char *, ...) LOGFMT(2, 3);
+
+static void
+perr(struct parser *p, const char *fmt, ...)
+{
+	va_list ap;
+	char msg[1024];
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	buf_printf(p->errs, "%s:%d: %s\n", p->file, p->line, msg);
+	p->nerr++;
+}
+
+const char *
+listen_kind_name(enum listen_kind k)
+{
+	static const char *n[] = { "smtp", "submission", "smtps", "imap", "imaps",
+	    "pop3", "pop3s", "milter", "http" };
+	return k < ARRAY_SIZE(n) ? n[k] : "?";
+}
+
+/* split a line into words; returns count or -1 (error reported) */
+#define MAXWORDS 64
+static int
+tokenize(struct parser *p, char *s, char **w)
+{
+	int n = 0;
+	char *o;
+
+	for (;;) {
+		while (*s == ' ' || *s == '\t' || *s == '\r')
+			s++;
+		if (*s == '\0' || *s == '#' || *s == '\n')
+			return n;
+		if (n == MAXWORDS) {
+			perr(p, "too many words on one line (at most %d)", MAXWORDS);
+			return -1;
+		}
+		w[n++] = o = s;
+		if (*s == '"') {
+			s++;
+			for (;;) {
+				if (*s == '\0' || *s == '\n') {
+					perr(p, "unterminated quoted string");
+					return -1;
+				}
+				if (*s == '"') {
+					s++;
+					break;
+				}
+				if (*s == '\\' && (s[1] == '"' || s[1] == '\\'))
+					s++;
+				*o++ = *s++;
+			}
+			if (*s != '\0' && *s != ' ' && *s != '\t' && *s != '\r' && *s != '\n') {
+				perr(p, "text directly after a closing quote");
+				return -1;
+			}
+			if (*s)
+				s++;
+			*o = '\0';
+		} else {
+			while (*s && *s != ' ' && *s != '\t' && *s != '\r' && *s != '\n')
+				s++;
+			if (*s)
+				*s++ = '\0';
+		}
+	}
+}
+
+static bool
+set_scalar(struct parser *p, const struct setting *st, const char *v, struct moat_conf *c)
+{
+	long long x;
+	char *base = (char *)c;
+
+	switch (st->type) {
+	case CT_STRING: {
+		char **sp = (char **)(base + st->off);
+		free(*sp);
+		*sp = xstrdup(v);
+		return true;
+	}
+	case CT_BOOL: {
+		bool *bp = (bool *)(base + st->off);
+		if (!strcmp(v, "yes") || !strcmp(v, "on") || !strcmp(v, "true"))
+			*bp = true;
+		else if (!strcmp(v, "no") || !strcmp(v, "off") || !strcmp(v, "false"))
+			*bp = false;
+		else {
+			perr(p, "%s: expected yes or no, not \"%s\"", st->name, esc(v));
+			return false;
+		}
+		return true;
+	}
+	case CT_INT:
+		if (!parse_ll(v, st->min, st->max, &x)) {
+			perr(p, "%s: expected a whole number from %lld to %lld, not \"%s\"",
+			    st->name, st->min, st->max, esc(v));
+			return false;
+		}
+		break;
+	case CT_SIZE:
+		x = parse_size(v);
+		if (x < st->min || x > st->max) {
+			perr(p, "%s: expected a size from %lld to %lld bytes (suffix k, M or G allowed), not \"%s\"",
+			    st->name, st->min, st->max, esc(v));
+			return false;
+		}
+		break;
+	case CT_DURATION:
+		x = parse_duration(v);
+		if (x < st->min || x > st->max) {
+			perr(p, "%s: expected a duration from %llds to %llds (suffix s, m, h, d or w allowed), not \"%s\"",
+			    st->name, st->min, st->max, esc(v));
+			return false;
+		}
+		break;
+	}
+	if (st->type == CT_INT && st->off == OFF(threads))
+		*(int *)(base + st->off) = (int)x;
+	else
+		*(long long *)(base + st->off) = x;
+	return true;
+}
+
+static bool
+parse_hostport(const char *spec, const char *defport, char **host, char **port)
+{
+	const char *colon;
+
+	if (spec[0] == '[') {
+		const char *rb = strchr(spec, ']');
+		if (rb == NULL)
+			return false;
+		*host = xstrndup(spec + 1, (size_t)(rb - spec - 1));
+		if (rb[1] == ':' && rb[2])
+			*port = xstrdup(rb + 2);
+		else if (rb[1] == '\0' && defport)
+			*port = xstrdup(defport);
+		else {
+			xfree(*host);
+			return false;
+		}
+		return true;
+	}
+	colon = strrchr(spec, ':');
+	if (colon == NULL || strchr(spec, ':') != colon) {
+		if (colon != NULL || defport == NULL)
+			return false;
+		*host = xstrdup(spec);
+		*port = xstrdup(defport);
+		return true;
+	}
+	if (colon == spec || colon[1] == '\0')
+		return false;
+	*host = xstrndup(spec, (size_t)(colon - spec));
+	*port = xstrdup(colon + 1);
+	return true;
+}
+
+static bool
+valid_port(const char *s)
+{
+	long long v;
+	return parse_ll(s, 1, 65535, &v);
+}
+
+static void
+d_listen(struct parser *p, int n, char **w)
+{
+	static const struct { const char *name; enum listen_kind k; } kinds[] = {
+		{ "smtp", LISTEN_SMTP }, { "submission", LISTEN_SUBMISSION },
+		{ "smtps", LISTEN_SMTPS }, { "imap", LISTEN_IMAP }, { "imaps", LISTEN_IMAPS },
+		{ "pop3", LISTEN_POP3 }, { "pop3s", LISTEN_POP3S }, { "milter", LISTEN_MILTER },
+		{ "http", LISTEN_HTTP },
+	};
+	struct listen_conf l;
+	struct addrinfo hints, *res = NULL;
+	char *host = NULL, *port = NULL;
+	size_t i;
+	int r;
+
+	memset(&l, 0, sizeof(l));
+	l.fd = -1;
+	l.file = p->file;
+	l.line = p->line;
+	if (n < 3) {
+		perr(p, "listen: expected \"listen KIND ADDRESS:PORT [options]\"");
+		return;
+	}
+	for (i = 0; i < ARRAY_SIZE(kinds); i++)
+		if (!strcmp(w[1], kinds[i].name))
+			break;
+	if (i == ARRAY_SIZE(kinds)) {
+		perr(p, "listen: unknown listener kind \"%s\" (smtp, submission, smtps, imap, imaps, pop3, pop3s, milter, http)",
+		    esc(w[1]));
+		return;
+	}
+	l.kind = kinds[i].k;
+	l.tls = l.kind == LISTEN_SMTPS || l.kind == LISTEN_IMAPS || l.kind == LISTEN_POP3S ?
+	    TLS_IMPLICIT : TLS_NONE;
+	l.auth = l.kind == LISTEN_SUBMISSION || l.kind == LISTEN_SMTPS ? AUTH_REQUIRED : AUTH_NONE;
+
+	for (int a = 3; a < n; a++) {
+		if (!strncmp(w[a], "tls=", 4)) {
+			const char *v = w[a] + 4;
+			if (!strcmp(v, "none")) l.tls = TLS_NONE;
+			else if (!strcmp(v, "starttls")) l.tls = TLS_STARTTLS;
+			else if (!strcmp(v, "implicit")) l.tls = TLS_IMPLICIT;
+			else perr(p, "listen: tls= takes none, starttls or implicit, not \"%s\"", esc(v));
+		} else if (!strncmp(w[a], "auth=", 5)) {
+			const char *v = w[a] + 5;
+			if (!strcmp(v, "none")) l.auth = AUTH_NONE;
+			else if (!strcmp(v, "optional")) l.auth = AUTH_OPTIONAL;
+			else if (!strcmp(v, "required")) l.auth = AUTH_REQUIRED;
+			else perr(p, "listen: auth= takes none, optional or required, not \"%s\"", esc(v));
+		} else
+			perr(p, "listen: unknown option \"%s\" (tls=, auth=)", esc(w[a]));
+	}
+	if (l.kind != LISTEN_SMTP) {
+		perr(p, "listen %s: not supported by this version of moat yet (only \"listen smtp\")",
+		    w[1]);
+		return;
+	}
+	if (l.tls != TLS_NONE || l.auth != AUTH_NONE) {
+		perr(p, "listen %s: tls= and auth= are not supported by this version of moat yet", w[1]);
+		return;
+	}
+	if (!parse_hostport(w[2], NULL, &host, &port) || !valid_port(port)) {
+		perr(p, "listen: \"%s\" is not ADDRESS:PORT (IPv6 as [::1]:25)", esc(w[2]));
+		goto out;
+	}
+	if (!strcmp(host, "*"))
+		host[0] = '\0';
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | AI_PASSIVE;
+	hints.ai_socktype = SOCK_STREAM;
+	r = getaddrinfo(host[0] ? host : NULL, port, &hints, &res);
+	if (r != 0 || res == NULL) {
+		perr(p, "listen: \"%s\" is not a numeric IP address (use 0.0.0.0, ::, or a local address)",
+		    esc(host));
+		goto out;
+	}
+	memcpy(&l.ss, res->ai_addr, res->ai_addrlen);
+	l.sslen = res->ai_addrlen;
+	freeaddrinfo(res);
+	for (i = 0; i < p->c->nlistens; i++) {
+		struct listen_conf *o = &p->c->listens[i];
+		if (o->sslen == l.sslen && !memcmp(&o->ss, &l.ss, l.sslen)) {
+			perr(p, "listen: %s is already used by the listener at line %d", w[2], o->line);
+			goto out;
+		}
+	}
+	l.spec = xstrdup(w[2]);
+	p->c->listens = xreallocarray(p->c->listens, p->c->nlistens + 1, sizeof(l));
+	p->c->listens[p->c->nlistens++] = l;
+out:
+	free(host);
+	free(port);
+}
+
+static bool
+valid_domain(const char *d)
+{
+	size_t len = strlen(d), lab = 0;
+	if (len == 0 || len > 253)
+		return false;
+	for (const char *s = d; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c == '.') {
+			if (lab == 0)
+				return false;
+			lab = 0;
+			continue;
+		}
+		if (!(c == '-' || c == '_' || (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
+		    (c >= 'A' && c <= 'Z') || c >= 0x80))
+			return false;
+		if (++lab > 63)
+			return false;
+	}
+	return lab > 0;
+}
+
+static bool
+parse_relay(struct parser *p, const char *url, struct relay_dest *r)
+{
+	const char *rest;
+	const char *defport;
+
+	memset(r, 0, sizeof(*r));
+	if (!strncmp(url, "smtp://", 7)) {
+		r->proto = RELAY_SMTP; rest = url + 7; defport = "25";
+	} else if (!strncmp(url, "lmtp://", 7)) {
+		r->proto = RELAY_LMTP; rest = url + 7; defport = "24";
+	} else if (!strncmp(url, "lmtp:unix:", 10) || !strncmp(url, "smtp:unix:", 10)) {
+		r->proto = url[0] == 'l' ? RELAY_LMTP : RELAY_SMTP;
+		if (url[10] != '/') {
+			perr(p, "deliver relay: unix socket path must be absolute in \"%s\"", esc(url));
+			return false;
+		}
+		r->unix_path = xstrdup(url + 10);
+		r->name = xstrdup(url);
+		return true;
+	} else {
+		perr(p, "deliver relay: \"%s\" is not smtp://HOST[:PORT], lmtp://HOST[:PORT] or lmtp:unix:/PATH",
+		    esc(url));
+		return false;
+	}
+	while (rest[0] && rest[strlen(rest) - 1] == '/')
+		break;
+	char *tmp = xstrdup(rest);
+	size_t tl = strlen(tmp);
+	if (tl && tmp[tl - 1] == '/')
+		tmp[tl - 1] = '\0';
+	if (!parse_hostport(tmp, defport, &r->host, &r->port) || !valid_port(r->port) ||
+	    r->host[0] == '\0') {
+		perr(p, "deliver relay: bad host or port in \"%s\"", esc(url));
+		free(tmp);
+		free(r->host);
+		free(r->port);
+		memset(r, 0, sizeof(*r));
+		return false;
+	}
+	free(tmp);
+	struct buf b = BUF_INIT;
+	if (strchr(r->host, ':'))
+		buf_printf(&b, "%s://[%s]:%s", r->proto == RELAY_LMTP ? "lmtp" : "smtp", r->host, r->port);
+	else
+		buf_printf(&b, "%s://%s:%s", r->proto == RELAY_LMTP ? "lmtp" : "smtp", r->host, r->port);
+	r->name = buf_steal(&b);
+	return true;
+}
+
+static void
+d_domain(struct parser *p, int n, char **w)
+{
+	struct domain_conf d;
+
+	memset(&d, 0, sizeof(d));
+	if (n < 4 || strcmp(w[2], "deliver") != 0) {
+		perr(p, "domain: expected \"domain NAME deliver store\" or \"domain NAME deliver relay URL\"");
+		return;
+	}
+	if (!valid_domain(w[1])) {
+		perr(p, "domain: \"%s\" is not a valid domain name", esc(w[1]));
+		return;
+	}
+	if (!strcmp(w[3], "store")) {
+		if (n != 4) {
+			perr(p, "domain: unexpected words after \"deliver store\"");
+			return;
+		}
+		d.deliver = DELIVER_STORE;
+	} else if (!strcmp(w[3], "relay")) {
+		if (n != 5) {
+			perr(p, "domain: \"deliver relay\" takes one URL (smtp://HOST:PORT or lmtp://HOST:PORT)");
+			return;
+		}
+		if (!parse_relay(p, w[4], &d.relay))
+			return;
+		d.deliver = DELIVER_RELAY;
+	} else {
+		perr(p, "domain: deliver takes \"store\" or \"relay URL\", not \"%s\"", esc(w[3]));
+		return;
+	}
+	d.name = xstrdup(w[1]);
+	ascii_lower(d.name);
+	size_t l = strlen(d.name);
+	if (d.name[l - 1] == '.')
+		d.name[l - 1] = '\0';
+	if (conf_find_domain(p->c, d.name)) {
+		perr(p, "domain: %s is configured twice", d.name);
+		free(d.name);
+		free(d.relay.host); free(d.relay.port); free(d.relay.unix_path); free(d.relay.name);
+		return;
+	}
+	p->c->domains = xreallocarray(p->c->domains, p->c->ndomains + 1, sizeof(d));
+	p->c->domains[p->c->ndomains++] = d;
+}
+
+bool
+cidr_parse(const char *s, struct cidr *c)
+{
+	char tmp[INET6_ADDRSTRLEN + 8];
+	char *slash;
+	long long bits;
+	int max;
+
+	if (moat_strlcpy(tmp, s, sizeof(tmp)) >= sizeof(tmp))
+		return false;
+	memset(c, 0, sizeof(*c));
+	slash = strchr(tmp, '/');
+	if (slash)
+		*slash++ = '\0';
+	if (inet_pton(AF_INET, tmp, c->addr) == 1) {
+		c->family = AF_INET; max = 32;
+	} else if (inet_pton(AF_INET6, tmp, c->addr) == 1) {
+		c->family = AF_INET6; max = 128;
+	} else
+		return false;
+	if (slash) {
+		if (!parse_ll(slash, 0, max, &bits))
+			return false;
+		c->bits = (int)bits;
+	} else
+		c->bits = max;
+	return true;
+}
+
+static bool
+prefix_eq(const unsigned char *a, const unsigned char *b, int bits)
+{
+	int bytes = bits / 8, rem = bits % 8;
+	if (memcmp(a, b, (size_t)bytes) != 0)
+		return false;
+	if (rem == 0)
+		return true;
+	unsigned char mask = (unsigned char)(0xff << (8 - rem));
+	return (a[bytes] & mask) == (b[bytes] & mask);
+}
+
+bool
+cidr_match(const struct cidr *c, const struct sockaddr *sa)
+{
+	const unsigned char *a;
+	if (sa->sa_family == AF_INET) {
+		a = (const unsigned char *)&((const struct sockaddr_in *)sa)->sin_addr;
+		if (c->family == AF_INET)
+			return prefix_eq(a, c->addr, c->bits);
+		return false;
+	}
+	if (sa->sa_family == AF_INET6) {
+		a = (const unsigned char *)&((const struct sockaddr_in6 *)sa)->sin6_addr;
+		if (c->family == AF_INET6)
+			return prefix_eq(a, c->addr, c->bits);
+		/* v4-mapped v6 against a v4 rule */
+		static const unsigned char mapped[12] = { 0,0,0,0,0,0,0,0,0,0,0xff,0xff };
+		if (!memcmp(a, mapped, 12))
+			return prefix_eq(a + 12, c->addr, c->bits);
+	}
+	return false;
+}
+
+bool
+cidr_list_match(const struct cidr *l, size_t n, const struct sockaddr *sa)
+{
+	for (size_t i = 0; i < n; i++)
+		if (cidr_match(&l[i], sa))
+			return true;
+	return false;
+}
+
+static void
+d_limit_exempt(struct parser *p, int n, char **w)
+{
+	struct moat_conf *c = p->c;
+	/* the directive replaces the default list */
+	free(c->limit_exempt);
+	c->limit_exempt = NULL;
+	c->nlimit_exempt = 0;
+	for (int i = 1; i < n; i++) {
+		struct cidr cd;
+		if (!strcmp(w[i], "none"))
+			continue;
+		if (!cidr_parse(w[i], &cd)) {
+			perr(p, "smtp-limit-exempt: \"%s\" is not an address or CIDR", esc(w[i]));
+			continue;
+		}
+		c->limit_exempt = xreallocarray(c->limit_exempt, c->nlimit_exempt + 1, sizeof(cd));
+		c->limit_exempt[c->nlimit_exempt++] = cd;
+	}
+}
+
+static void
+d_state_dir(struct parser *p, int n, char **w)
+{
+	char cwd[PATH_MAX];
+	if (n != 2) {
+		perr(p, "state-dir: expected one path");
+		return;
+	}
+	free(p->c->state_dir);
+	if (w[1][0] == '/')
+		p->c->state_dir = xstrdup(w[1]);
+	else {
+		if (getcwd(cwd, sizeof(cwd)) == NULL) {
+			perr(p, "state-dir: cannot resolve relative path: %s", strerror(errno));
+			return;
+		}
+		struct buf b = BUF_INIT;
+		buf_printf(&b, "%s/%s", cwd, strncmp(w[1], "./", 2) == 0 ? w[1] + 2 : w[1]);
+		p->c->state_dir = buf_steal(&b);
+	}
+	size_t l = strlen(p->c->state_dir);
+	while (l > 1 && p->c->state_dir[l - 1] == '/')
+		p->c->state_dir[--l] = '\0';
+}
+
+static void
+d_log_level(struct parser *p, int n, char **w)
+{
+	static const char *names[] = { "crit", "warn", "notice", "info", "debug" };
+	if (n == 2)
+		for (size_t i = 0; i < ARRAY_SIZE(names); i++)
+			if (!strcmp(w[1], names[i])) {
+				p->c->log_level = (int)i;
+				return;
+			}
+	perr(p, "log-level: expected crit, warn, notice, info or debug");
+}
+
+static void
+d_syslog_facility(struct parser *p, int n, char **w)
+{
+	static const struct { const char *n; int f; } fac[] = {
+		{ "mail", LOG_MAIL }, { "daemon", LOG_DAEMON }, { "local0", LOG_LOCAL0 },
+		{ "local1", LOG_LOCAL1 }, { "local2", LOG_LOCAL2 }, { "local3", LOG_LOCAL3 },
+		{ "local4", LOG_LOCAL4 }, { "local5", LOG_LOCAL5 }, { "local6", LOG_LOCAL6 },
+		{ "local7", LOG_LOCAL7 },
+	};
+	if (n == 2)
+		for (size_t i = 0; i < ARRAY_SIZE(fac); i++)
+			if (!strcmp(w[1], fac[i].n)) {
+				p->c->syslog_facility = fac[i].f;
+				return;
+			}
+	perr(p, "syslog-facility: expected mail, daemon or local0 .. local7");
+}
+
+static void
+d_bare_lf(struct parser *p, int n, char **w)
+{
+	if (n == 2 && !strcmp(w[1], "normal"))
+		p->c->smtp_reject_bare_lf = false;
+	else if (n == 2 && !strcmp(w[1], "reject"))
+		p->c->smtp_reject_bare_lf = true;
+	else
+		perr(p, "smtp-bare-lf: expected normal or reject");
+}
+
+static const struct {
+	const char *name;
+	void (*fn)(struct parser *, int, char **);
+} directives[] = {
+	{ "listen", d_listen },
+	{ "domain", d_domain },
+	{ "state-dir", d_state_dir },
+	{ "log-level", d_log_level },
+	{ "syslog-facility", d_syslog_facility },
+	{ "smtp-limit-exempt", d_limit_exempt },
+	{ "smtp-bare-lf", d_bare_lf },
+};
+
+static void
+parse_line(struct parser *p, char *line)
+{
+	char *w[MAXWORDS];
+	int n = tokenize(p, line, w);
+	size_t i;
+
+	if (n <= 0)
+		return;
+	for (i = 0; i < ARRAY_SIZE(directives); i++)
+		if (!strcmp(w[0], directives[i].name)) {
+			directives[i].fn(p, n, w);
+			return;
+		}
+	for (i = 0; i < ARRAY_SIZE(settings); i++)
+		if (!strcmp(w[0], settings[i].name)) {
+			if (n != 2) {
+				perr(p, "%s: expected exactly one value%s", w[0],
+				    settings[i].type == CT_STRING ? " (quote it if it has spaces)" : "");
+				return;
+			}
+			if (p->seen[i])
+				perr(p, "%s: set twice (first at line %d)", w[0], p->seen[i]);
+			else if (set_scalar(p, &settings[i], w[1], p->c))
+				p->seen[i] = (unsigned char)MIN(p->line, 255);
+			return;
+		}
+	perr(p, "unknown directive \"%s\"", esc(w[0]));
+}
+
+static void
+set_defaults(struct parser *p, struct moat_conf *c)
+{
+	struct buf dummy = BUF_INIT;
+	struct parser dp = { .file = "(defaults)", .errs = &dummy };
+
+	c->log_level = LOG_LVL_INFO;
+	c->syslog_facility = LOG_MAIL;
+	for (size_t i = 0; i < ARRAY_SIZE(settings); i++)
+		if (settings[i].def)
+			set_scalar(&dp, &settings[i], settings[i].def, c);
+	if (dummy.len)
+		fatalx("internal: bad built-in default: %s", dummy.data);
+	buf_free(&dummy);
+	(void)p;
+	static const char *exempt[] = { "127.0.0.0/8", "::1" };
+	c->limit_exempt = xcalloc(ARRAY_SIZE(exempt), sizeof(struct cidr));
+	for (size_t i = 0; i < ARRAY_SIZE(exempt); i++)
+		cidr_parse(exempt[i], &c->limit_exempt[i]);
+	c->nlimit_exempt = ARRAY_SIZE(exempt);
+}
+
+static void
+finish(struct parser *p, struct moat_conf *c)
+{
+	p->line = 0;
+	if (c->hostname == NULL) {
+		char hn[256];
+		if (gethostname(hn, sizeof(hn) - 1) < 0 || hn[0] == '\0')
+			moat_strlcpy(hn, "localhost", sizeof(hn));
+		hn[sizeof(hn) - 1] = '\0';
+		c->hostname = xstrdup(hn);
+	} else if (!valid_domain(c->hostname)) {
+		buf_printf(p->errs, "%s: hostname \"%s\" is not a valid host name\n", p->file,
+		    esc(c->hostname));
+		p->nerr++;
+	}
+	if (c->state_dir == NULL)
+		c->state_dir = xstrdup(LOCALSTATEDIR "/lib/moat");
+	if (c->postmaster == NULL) {
+		struct buf b = BUF_INIT;
+		buf_printf(&b, "postmaster@%s", c->hostname);
+		c->postmaster = buf_steal(&b);
+	}
+	if (c->pid_file == NULL) {
+		struct buf b = BUF_INIT;
+		buf_printf(&b, "%s/moatd.pid", c->state_dir);
+		c->pid_file = buf_steal(&b);
+	}
+	if (c->queue_retry_max < c->queue_retry_min) {
+		buf_printf(p->errs, "%s: queue-retry-max (%llds) is below queue-retry-min (%llds)\n",
+		    p->file, c->queue_retry_max, c->queue_retry_min);
+		p->nerr++;
+	}
+	if (c->recipient_delimiter && strlen(c->recipient_delimiter) > 1) {
+		buf_printf(p->errs, "%s: recipient-delimiter must be one character\n", p->file);
+		p->nerr++;
+	}
+}
+
+struct moat_conf *
+conf_load_string(const char *name, const char *text, struct buf *errs)
+{
+	struct parser p;
+	struct moat_conf *c = xcalloc(1, sizeof(*c));
+	const char *s = text;
+
+	memset(&p, 0, sizeof(p));
+	p.file = name;
+	p.errs = errs;
+	p.c = c;
+	c->path = xstrdup(name);
+	set_defaults(&p, c);
+	while (*s) {
+		const char *nl = strchr(s, '\n');
+		size_t len = nl ? (size_t)(nl - s) : strlen(s);
+		char *line = xstrndup(s, len);
+		p.line++;
+		if (memchr(s, '\0', len) == NULL)
+			parse_line(&p, line);
+		free(line);
+		s += len + (nl ? 1 : 0);
+	}
+	finish(&p, c);
+	if (p.nerr) {
+		conf_free(c);
+		return NULL;
+	}
+	return c;
+}
+
+struct moat_conf *
+conf_load(const char *path, struct buf *errs)
+{
+	FILE *f = fopen(path, "r");
+	struct buf text = BUF_INIT;
+	char chunk[8192];
+	size_t n;
+	struct moat_conf *c;
+
+	if (f == NULL) {
+		buf_printf(errs, "%s:0: cannot open: %s\n", path, strerror(errno));
+		return NULL;
+	}
+	while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0) {
+		buf_add(&text, chunk, n);
+		if (text.len > 16 * 1024 * 1024) {
+			buf_printf(errs, "%s:0: file is larger than 16 MiB\n", path);
+			fclose(f);
+			buf_free(&text);
+			return NULL;
+		}
+	}
+	if (ferror(f)) {
+		buf_printf(errs, "%s:0: read error: %s\n", path, strerror(errno));
+		fclose(f);
+		buf_free(&text);
+		return NULL;
+	}
+	fclose(f);
+	if (memchr(text.data ? text.data : "", '\0', text.len)) {
+		buf_printf(errs, "%s:0: file contains a NUL byte\n", path);
+		buf_free(&text);
+		return NULL;
+	}
+	c = conf_load_string(path, text.data ? text.data : "", errs);
+	buf_free(&text);
+	return c;
+}
+
+const char *
+conf_default_path(const char *arg)
+{
+	static const char sys[] = SYSCONFDIR "/moat/moat.conf";
+	const char *env;
+	struct stat st;
+
+	if (arg)
+		return arg;
+	if ((env = getenv("MOAT_CONF")) != NULL && *env)
+		return env;
+	if (stat(sys, &st) == 0)
+		return sys;
+	return NULL;
+}
+
+struct moat_conf *
+conf_load_default(const char *arg, struct buf *errs)
+{
+	const char *path = conf_default_path(arg);
+	if (path)
+		return conf_load(path, errs);
+	return conf_load_string("(embedded default)", conf_embedded_default, errs);
+}
+
+void
+conf_free(struct moat_conf *c)
+{
+	if (c == NULL)
+		return;
+	for (size_t i = 0; i < ARRAY_SIZE(settings); i++)
+		if (settings[i].type == CT_STRING)
+			free(*(char **)((char *)c + settings[i].off));
+	for (size_t i = 0; i < c->nlistens; i++)
+		free(c->listens[i].spec);
+	free(c->listens);
+	for (size_t i = 0; i < c->ndomains; i++) {
+		struct domain_conf *d = &c->domains[i];
+		free(d->name);
+		free(d->relay.host);
+		free(d->relay.port);
+		free(d->relay.unix_path);
+		free(d->relay.name);
+	}
+	free(c->domains);
+	free(c->limit_exempt);
+	free(c->path);
+	free(c->state_dir);
+	free(c);
+}
+
+const struct domain_conf *
+conf_find_domain(const struct moat_conf *c, const char *domain)
+{
+	size_t dl = strlen(domain);
+	if (dl && domain[dl - 1] == '.')
+		dl--;
+	for (size_t i = 0; i < c->ndomains; i++)
+		if (strlen(c->domains[i].name) == dl &&
+		    ascii_strncasecmp(c->domains[i].name, domain, dl) == 0)
+			return &c->domains[i];
+	return NULL;
+}
+
+void
+conf_path(const struct moat_conf *c, const char *sub, char *out, size_t outsz)
+{
+	if ((size_t)snprintf(out, outsz, "%s/%s", c->state_dir, sub) >= outsz)
+		fatalx("path too long: %s/%s", c->state_dir, sub);
+}

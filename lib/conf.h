@@ -1,0 +1,145 @@
+/*
+ * conf.h - moat.conf: parsed once (by the master), validated as a whole,
+ * then shared read-only.  A reload builds a new struct and swaps it.
+ * Errors are collected in one pass as "FILE:LINE: message" lines.
+ * See docs/moat.conf.5 for the grammar and every directive.
+ */
+#ifndef MOAT_CONF_H
+#define MOAT_CONF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+
+struct buf;
+
+enum listen_kind {
+	LISTEN_SMTP,
+	LISTEN_SUBMISSION,
+	LISTEN_SMTPS,
+	LISTEN_IMAP,
+	LISTEN_IMAPS,
+	LISTEN_POP3,
+	LISTEN_POP3S,
+	LISTEN_MILTER,
+	LISTEN_HTTP,
+};
+
+enum tls_mode { TLS_NONE, TLS_STARTTLS, TLS_IMPLICIT };
+enum auth_mode { AUTH_NONE, AUTH_OPTIONAL, AUTH_REQUIRED };
+
+struct listen_conf {
+	enum listen_kind kind;
+	char   *spec;                   /* "127.0.0.1:2525" as written */
+	struct sockaddr_storage ss;
+	socklen_t sslen;
+	enum tls_mode tls;
+	enum auth_mode auth;
+	int     fd;                     /* bound socket, set by the master; -1 */
+	const char *file;
+	int     line;
+};
+
+enum deliver_kind { DELIVER_STORE, DELIVER_RELAY };
+enum relay_proto  { RELAY_SMTP, RELAY_LMTP };
+
+struct relay_dest {
+	enum relay_proto proto;
+	char   *host;                   /* NULL for a unix socket */
+	char   *port;                   /* "25" */
+	char   *unix_path;              /* lmtp:unix:/path or smtp:unix:/path */
+	char   *name;                   /* canonical "lmtp://10.0.0.5:24", the destination key */
+};
+
+struct domain_conf {
+	char   *name;                   /* lowercase, no trailing dot */
+	enum deliver_kind deliver;
+	struct relay_dest relay;        /* DELIVER_RELAY */
+};
+
+struct cidr {
+	int     family;                 /* AF_INET or AF_INET6 */
+	unsigned char addr[16];
+	int     bits;
+};
+
+struct moat_conf {
+	char   *path;                   /* file name, or "(embedded default)" */
+	char   *hostname;
+	char   *state_dir;              /* absolute path */
+	char   *user;                   /* NULL: "moat" if it exists, else "nobody" (when root) */
+	char   *pid_file;               /* NULL: <state-dir>/moatd.pid */
+	int     log_level;              /* LOG_LVL_* */
+	int     syslog_facility;
+	int     threads;                /* thread pool size */
+
+	struct listen_conf *listens;
+	size_t  nlistens;
+	struct domain_conf *domains;
+	size_t  ndomains;
+
+	/* SMTP server limits */
+	char   *smtp_banner;            /* text after "220 hostname " */
+	long long smtp_max_line;        /* command line, bytes incl. CRLF */
+	long long smtp_max_data_line;   /* message text line, bytes incl. CRLF */
+	long long message_size_limit;   /* bytes; SIZE= and DATA/BDAT */
+	long long smtp_max_rcpts;       /* per message; 452 4.5.3 beyond */
+	long long smtp_max_messages;    /* per session */
+	long long smtp_max_bad_commands;/* then 421 and close */
+	long long smtp_max_received;    /* Received headers before 554 5.4.6 loop */
+	long long smtp_timeout;         /* seconds waiting for a command */
+	long long smtp_data_timeout;    /* seconds between data reads */
+	long long smtp_stress_timeout;  /* idle timeout under stress */
+	long long smtp_max_sessions;    /* total concurrent */
+	long long smtp_max_sessions_per_ip;
+	long long smtp_max_header_size; /* bytes of header section */
+	bool    smtp_reject_bare_lf;    /* false: Postfix 3.9 "normal"; true: "reject" */
+	struct cidr *limit_exempt;      /* per-IP limits do not apply (default loopback) */
+	size_t  nlimit_exempt;
+	char   *recipient_delimiter;    /* "+" ; NULL/"" = none */
+
+	/* queue and delivery */
+	long long queue_retry_min;      /* seconds */
+	long long queue_retry_max;
+	long long queue_lifetime;
+	long long bounce_lifetime;      /* for null-sender messages (bounces) */
+	long long queue_scan_interval;
+	long long relay_concurrency;    /* connections per destination */
+	long long relay_connect_timeout;
+	long long relay_command_timeout;
+	long long relay_data_timeout;
+	long long relay_max_messages_per_connection;
+	char   *postmaster;             /* address for notices; default postmaster@hostname */
+};
+
+/*
+ * Parse a file (path) or a string (name, text).  On any error returns NULL
+ * and appends "FILE:LINE: message\n" lines to errs.
+ */
+struct moat_conf *conf_load(const char *path, struct buf *errs);
+struct moat_conf *conf_load_string(const char *name, const char *text, struct buf *errs);
+void conf_free(struct moat_conf *);
+
+/*
+ * Which file to use: -c FILE, else $MOAT_CONF, else SYSCONFDIR/moat/moat.conf
+ * if it exists, else NULL (= the embedded default).
+ */
+const char *conf_default_path(const char *arg);
+struct moat_conf *conf_load_default(const char *arg, struct buf *errs);
+extern const char conf_embedded_default[];
+
+/* exact, case-insensitive domain lookup; NULL if the domain is not ours */
+const struct domain_conf *conf_find_domain(const struct moat_conf *, const char *domain);
+
+/* parse "1.2.3.4/24", "::1", "10.0.0.0/8" */
+bool cidr_parse(const char *, struct cidr *);
+bool cidr_match(const struct cidr *, const struct sockaddr *);
+bool cidr_list_match(const struct cidr *, size_t n, const struct sockaddr *);
+
+const char *listen_kind_name(enum listen_kind);
+
+/* state-dir sub-paths, built into buf of size PATH_MAX: conf_path(c, "spool/queue", out) */
+void conf_path(const struct moat_conf *, const char *sub, char *out, size_t outsz);
+
+#endif

@@ -1,0 +1,1 @@
+# store/: the built-in Maildir++ store (maildir.c is in libmoat.a).

@@ -1,0 +1,411 @@
+"""moattest - harness for moat's integration tests (Python stdlib only).
+
+Every test script prints TAP.  A test starts its own moatd on a free
+loopback port with a temporary state-dir, drives it with real clients and
+stops it.  No traffic leaves 127.0.0.0/8.
+
+    from moattest import TAP, Moat, Sink
+    t = TAP()
+    with Sink() as sink, Moat(domains={"example.test": "relay smtp://127.0.0.1:%d" % sink.port}) as m:
+        ...
+    t.done()
+"""
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+BUILDDIR = os.environ.get("MOAT_BUILDDIR") or os.path.abspath(
+    os.path.join(os.path.dirname(__file__), "..", ".."))
+SRCDIR = os.environ.get("MOAT_SRCDIR") or BUILDDIR
+MOATD = os.path.join(BUILDDIR, "moatd")
+MOAT = os.path.join(BUILDDIR, "moat")
+SHARED = os.path.abspath(os.path.join(SRCDIR, "..", "shared"))
+
+
+class TAP:
+    def __init__(self):
+        self.n = 0
+        self.failed = 0
+        self.done_called = False
+
+    def ok(self, cond, desc, diag=None):
+        self.n += 1
+        print("%sok %d - %s" % ("" if cond else "not ", self.n, desc), flush=True)
+        if not cond:
+            self.failed += 1
+            if diag is not None:
+                for line in str(diag).splitlines()[:40]:
+                    print("#   " + line, flush=True)
+        return bool(cond)
+
+    def eq(self, got, want, desc):
+        return self.ok(got == want, desc, "got:  %r\nwant: %r" % (got, want))
+
+    def diag(self, msg):
+        for line in str(msg).splitlines():
+            print("# " + line, flush=True)
+
+    def skip_all(self, reason):
+        print("1..0 # SKIP %s" % reason, flush=True)
+        sys.exit(0)
+
+    def done(self):
+        print("1..%d" % self.n, flush=True)
+        sys.exit(1 if self.failed else 0)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_port(port, host="127.0.0.1", timeout=10.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            c = socket.create_connection((host, port), timeout=1)
+            c.close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def make_tmpdir(prefix="moat-test-"):
+    d = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(d, 0o755)      # moatd's worker may run as another user when tests run as root
+    return d
+
+
+class Moat:
+    """A moatd started in the foreground with a generated config.
+
+    domains: {"example.test": "store" | "relay smtp://127.0.0.1:PORT"}
+    extra:   more config lines (str)
+    """
+
+    def __init__(self, domains=None, extra="", port=None, tmpdir=None, start=True):
+        self.tmp = tmpdir or make_tmpdir()
+        self.own_tmp = tmpdir is None
+        self.port = port or free_port()
+        self.state = os.path.join(self.tmp, "state")
+        self.conf = os.path.join(self.tmp, "moat.conf")
+        self.logpath = os.path.join(self.tmp, "moatd.log")
+        self.domains = domains if domains is not None else {"example.test": "store"}
+        self.extra = extra
+        self.proc = None
+        self.write_conf()
+        if start:
+            self.start()
+
+    def write_conf(self, extra=None):
+        if extra is not None:
+            self.extra = extra
+        lines = ["hostname mx.moat.test", "state-dir %s" % self.state,
+                 "listen smtp 127.0.0.1:%d" % self.port, "log-level debug"]
+        for d, how in self.domains.items():
+            lines.append("domain %s deliver %s" % (d, how))
+        lines.append(self.extra)
+        with open(self.conf, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+    def start(self, wait=True):
+        self.logf = open(self.logpath, "ab")
+        self.proc = subprocess.Popen([MOATD, "-f", "-c", self.conf],
+                                     stdout=self.logf, stderr=subprocess.STDOUT)
+        if wait and not wait_port(self.port):
+            self.stop()
+            raise RuntimeError("moatd did not start listening:\n" + self.log())
+        return self
+
+    def stop(self, sig=signal.SIGTERM, timeout=20):
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        rc = self.proc.returncode
+        self.proc = None
+        self.logf.close()
+        return rc
+
+    def kill9_all(self):
+        """kill -9 the master and every worker it started."""
+        if self.proc is None:
+            return
+        pids = [self.proc.pid] + children(self.proc.pid)
+        for p in pids:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
+        self.proc = None
+        self.logf.close()
+
+    def worker_pids(self):
+        return children(self.proc.pid) if self.proc else []
+
+    def log(self):
+        try:
+            with open(self.logpath, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def wait_log(self, pattern, timeout=10.0):
+        end = time.time() + timeout
+        rx = re.compile(pattern)
+        while time.time() < end:
+            m = rx.search(self.log())
+            if m:
+                return m
+            time.sleep(0.05)
+        return None
+
+    def cli(self, *args, input=None, check=False):
+        r = subprocess.run([MOAT, "-c", self.conf] + list(args), input=input,
+                           capture_output=True, text=True, timeout=60)
+        if check and r.returncode != 0:
+            raise RuntimeError("moat %s failed: %s" % (" ".join(args), r.stderr))
+        return r
+
+    def maildir(self, addr):
+        local, domain = addr.split("@", 1)
+        return os.path.join(self.state, "mail", domain.lower(), local.lower())
+
+    def maildir_files(self, addr, sub="new"):
+        d = os.path.join(self.maildir(addr), sub)
+        try:
+            return sorted(os.path.join(d, f) for f in os.listdir(d))
+        except FileNotFoundError:
+            return []
+
+    def queue_files(self):
+        d = os.path.join(self.state, "spool", "queue")
+        try:
+            return sorted(os.listdir(d))
+        except FileNotFoundError:
+            return []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.stop()
+        if self.own_tmp and not os.environ.get("MOAT_KEEP_TMP"):
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def children(pid):
+    """direct children of pid (from /proc)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                st = f.read()
+            ppid = int(st[st.rindex(")") + 2:].split()[1])
+            if ppid == pid:
+                out.append(int(d))
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+class Sink:
+    """A threaded SMTP/LMTP sink on loopback that records what it receives.
+
+    reply(stage, arg) may be overridden through `replies`:
+      replies = {"rcpt": {"bad@x": "550 5.1.1 no such user"}, "data": "451 4.3.0 later",
+                 "connect": "554 go away", "mail": "..."}
+    messages: list of dicts {mail_from, rcpts, data(bytes), params}
+    """
+
+    def __init__(self, lmtp=False, port=None, replies=None, ext=("PIPELINING", "8BITMIME", "SIZE 100000000", "DSN", "ENHANCEDSTATUSCODES", "SMTPUTF8")):
+        self.lmtp = lmtp
+        self.port = port or free_port()
+        self.replies = replies or {}
+        self.ext = ext
+        self.messages = []
+        self.connections = 0
+        self.lock = threading.Lock()
+        self.sock = None
+        self.running = False
+
+    def start(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", self.port))
+        self.sock.listen(128)
+        self.running = True
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self.running = False
+        if self.sock:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self.sock.close()
+            self.sock = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *a):
+        self.stop()
+
+    def wait_messages(self, n, timeout=30.0):
+        end = time.time() + timeout
+        while time.time() < end:
+            with self.lock:
+                if len(self.messages) >= n:
+                    return True
+            time.sleep(0.05)
+        with self.lock:
+            return len(self.messages) >= n
+
+    def _accept(self):
+        while self.running:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.connections += 1
+            threading.Thread(target=self._session, args=(c,), daemon=True).start()
+
+    def _session(self, c):
+        f = c.makefile("rb")
+        def send(s):
+            c.sendall((s + "\r\n").encode())
+        try:
+            r = self.replies.get("connect")
+            if r:
+                send(r)
+                return
+            send("220 sink.test ESMTP sink")
+            mail_from, rcpts, params = None, [], {}
+            while True:
+                line = f.readline(100000)
+                if not line:
+                    return
+                cmd = line.decode("utf-8", "replace").rstrip("\r\n")
+                u = cmd.upper()
+                if u.startswith("EHLO") or u.startswith("LHLO") or u.startswith("HELO"):
+                    lines = ["sink.test"] + list(self.ext)
+                    for i, l in enumerate(lines):
+                        send("250%s%s" % ("-" if i < len(lines) - 1 else " ", l))
+                elif u.startswith("MAIL FROM:"):
+                    r = self.replies.get("mail")
+                    m = re.match(r"MAIL FROM:\s*<([^>]*)>(.*)", cmd, re.I)
+                    mail_from = m.group(1) if m else cmd[10:]
+                    params = {"mail": m.group(2).strip() if m else ""}
+                    rcpts = []
+                    send(r or "250 2.1.0 ok")
+                elif u.startswith("RCPT TO:"):
+                    m = re.match(r"RCPT TO:\s*<([^>]*)>(.*)", cmd, re.I)
+                    addr = m.group(1) if m else cmd[8:]
+                    r = self.replies.get("rcpt", {}).get(addr)
+                    if r is None or r.startswith("2"):
+                        rcpts.append(addr)
+                        params.setdefault("rcpt", {})[addr] = m.group(2).strip() if m else ""
+                    send(r or "250 2.1.5 ok")
+                elif u == "DATA":
+                    if not rcpts:
+                        send("554 5.5.1 no valid recipients")
+                        continue
+                    send("354 go ahead")
+                    data = []
+                    while True:
+                        l = f.readline(10000000)
+                        if not l:
+                            return
+                        if l == b".\r\n":
+                            break
+                        if l.startswith(b"."):
+                            l = l[1:]
+                        data.append(l)
+                    r = self.replies.get("data")
+                    if r is None or r.startswith("2"):
+                        with self.lock:
+                            self.messages.append({"mail_from": mail_from, "rcpts": list(rcpts),
+                                                  "data": b"".join(data), "params": params})
+                    if self.lmtp:
+                        for a in rcpts:
+                            rr = self.replies.get("lmtp_rcpt", {}).get(a)
+                            send(rr or r or "250 2.0.0 ok")
+                    else:
+                        send(r or "250 2.0.0 ok queued")
+                    mail_from, rcpts = None, []
+                elif u == "RSET":
+                    mail_from, rcpts = None, []
+                    send("250 2.0.0 ok")
+                elif u == "NOOP":
+                    send("250 2.0.0 ok")
+                elif u == "QUIT":
+                    send("221 2.0.0 bye")
+                    return
+                else:
+                    send("502 5.5.2 unknown")
+        except OSError:
+            pass
+        finally:
+            try:
+                c.close()
+            except OSError:
+                pass
+
+
+def smtp_dialog(port, lines, host="127.0.0.1", timeout=10):
+    """Send raw bytes and return everything the server said (for hostile-input tests)."""
+    s = socket.create_connection((host, port), timeout=timeout)
+    out = b""
+    try:
+        out += recv_reply(s)
+        for l in lines:
+            s.sendall(l)
+            out += recv_reply(s)
+    except OSError:
+        pass
+    finally:
+        s.close()
+    return out.decode("utf-8", "replace")
+
+
+def recv_reply(s, timeout=10):
+    """read one complete (possibly multi-line) SMTP reply"""
+    s.settimeout(timeout)
+    data = b""
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except socket.timeout:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+        lines = data.split(b"\r\n")
+        if len(lines) >= 2:
+            last = lines[-2]
+            if len(last) >= 4 and last[3:4] == b" ":
+                return data

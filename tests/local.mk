@@ -1,0 +1,29 @@
+# Tests: every test prints TAP; `make check` counts the individual checks.
+# C unit tests (tests/unit/test_*.c) link libmoat.a; integration tests are
+# Python scripts (stdlib only) that start moatd on loopback ports in a
+# temporary directory (tests/integration/moattest.py is the harness).
+LOG_DRIVER = env AM_TAP_AWK='$(AWK)' $(SHELL) $(top_srcdir)/build-aux/tap-driver.sh
+TEST_LOG_DRIVER = $(LOG_DRIVER)
+PY_LOG_DRIVER = $(LOG_DRIVER)
+TEST_EXTENSIONS = .py
+PY_LOG_COMPILER = $(PYTHON3)
+PYTHON3 = python3
+AM_TESTS_ENVIRONMENT = \
+	MOAT_BUILDDIR='$(abs_top_builddir)'; export MOAT_BUILDDIR; \
+	MOAT_SRCDIR='$(abs_top_srcdir)'; export MOAT_SRCDIR; \
+	PYTHONDONTWRITEBYTECODE=1; export PYTHONDONTWRITEBYTECODE;
+EXTRA_DIST += tests/unit/t.h tests/integration/moattest.py
+
+# ---- unit tests: core (lib/, smtp parser, spool) ----
+check_PROGRAMS += tests/unit/test_util tests/unit/test_conf tests/unit/test_smtp_parse tests/unit/test_spool
+tests_unit_test_util_LDADD = $(MOAT_LIBS)
+tests_unit_test_conf_LDADD = $(MOAT_LIBS)
+tests_unit_test_smtp_parse_LDADD = $(MOAT_LIBS)
+tests_unit_test_spool_LDADD = $(MOAT_LIBS)
+TESTS += tests/unit/test_util tests/unit/test_conf tests/unit/test_smtp_parse tests/unit/test_spool
+
+# ---- unit tests: queue, relay, dsn ----
+
+# ---- unit tests: users, maildir, local delivery ----
+
+# ---- integration tests ----
