@@ -23,6 +23,9 @@ tests_unit_test_spool_LDADD = $(MOAT_LIBS)
 TESTS += tests/unit/test_util tests/unit/test_conf tests/unit/test_smtp_parse tests/unit/test_spool
 
 # ---- unit tests: queue, relay, dsn ----
+check_PROGRAMS += tests/unit/test_dsn
+tests_unit_test_dsn_LDADD = $(MOAT_LIBS)
+TESTS += tests/unit/test_dsn
 
 # ---- unit tests: users, maildir, local delivery ----
 
