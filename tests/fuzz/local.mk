@@ -1,0 +1,19 @@
+# libFuzzer targets for the SMTP parsers (configure --enable-fuzzers, CC=clang).
+# The parser itself is compiled into each target with the fuzzer's coverage
+# instrumentation (the copy in libmoat.a is then not linked); the rest of
+# libmoat.a comes from the archive.
+#   cd tests/fuzz && ./fuzz_smtp_cmd -max_total_time=600 $(srcdir)/corpus/cmd
+EXTRA_DIST += tests/fuzz/fuzz_smtp_cmd.c tests/fuzz/fuzz_smtp_data.c \
+	tests/fuzz/corpus
+if FUZZERS
+FUZZ_FLAGS = -fsanitize=fuzzer,address,undefined -fno-omit-frame-pointer -g
+noinst_PROGRAMS += tests/fuzz/fuzz_smtp_cmd tests/fuzz/fuzz_smtp_data
+tests_fuzz_fuzz_smtp_cmd_SOURCES = tests/fuzz/fuzz_smtp_cmd.c gateway/smtp_parse.c
+tests_fuzz_fuzz_smtp_cmd_CFLAGS = $(AM_CFLAGS) $(FUZZ_FLAGS)
+tests_fuzz_fuzz_smtp_cmd_LDFLAGS = $(FUZZ_FLAGS)
+tests_fuzz_fuzz_smtp_cmd_LDADD = $(MOAT_LIBS)
+tests_fuzz_fuzz_smtp_data_SOURCES = tests/fuzz/fuzz_smtp_data.c gateway/smtp_parse.c
+tests_fuzz_fuzz_smtp_data_CFLAGS = $(AM_CFLAGS) $(FUZZ_FLAGS)
+tests_fuzz_fuzz_smtp_data_LDFLAGS = $(FUZZ_FLAGS)
+tests_fuzz_fuzz_smtp_data_LDADD = $(MOAT_LIBS)
+endif
