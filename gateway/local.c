@@ -99,7 +99,7 @@ local_deliver(const struct moat_conf *c, const char *rcpt, int fd, off_t off, of
 	const char *at;
 	struct users *u;
 	struct maildir_msg m;
-	bool cr = false;
+	bool cr = false, logged = false;
 	off_t done = 0;
 	int r, e;
 
@@ -158,6 +158,7 @@ local_deliver(const struct moat_conf *c, const char *rcpt, int fd, off_t off, of
 			errno = EIO;            /* the spool file is shorter than its envelope says */
 			log_warnx("local: to=<%s> spool file truncated at %lld of %lld bytes",
 			    canon, (long long)done, (long long)len);
+			logged = true;
 			goto ioerr;
 		}
 		done += n;
@@ -184,7 +185,8 @@ local_deliver(const struct moat_conf *c, const char *rcpt, int fd, off_t off, of
 	return LOCAL_OK;
 ioerr:
 	e = errno;
-	log_warn("local: to=<%s> write %s", canon, m.tmppath);
+	if (!logged)
+		log_warn("local: to=<%s> write %s", canon, m.tmppath);
 	maildir_abort(&m);
 	free(in);
 	free(out);

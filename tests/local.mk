@@ -28,5 +28,12 @@ tests_unit_test_dsn_LDADD = $(MOAT_LIBS)
 TESTS += tests/unit/test_dsn
 
 # ---- unit tests: users, maildir, local delivery ----
+check_PROGRAMS += tests/unit/test_users tests/unit/test_maildir
+tests_unit_test_users_LDADD = $(MOAT_LIBS)
+tests_unit_test_maildir_LDADD = $(MOAT_LIBS)
+TESTS += tests/unit/test_users tests/unit/test_maildir
 
 # ---- integration tests ----
+# users, Maildir store and local delivery, the moat CLI
+TESTS += tests/integration/test_store.py tests/integration/test_cli.py
+EXTRA_DIST += tests/integration/test_store.py tests/integration/test_cli.py
