@@ -93,6 +93,8 @@ struct smtp_data_reader {
 	size_t  size;           /* bytes emitted (or that would have been) */
 	unsigned flags;
 	bool    prev_crlf;      /* the previous line ended in CRLF (or start of data) */
+	bool    raw;            /* BDAT content: no dot handling, never "done";
+	                         * bare LF still becomes CRLF, limits still apply */
 };
 
 typedef void (*smtp_emit_fn)(void *arg, const char *p, size_t len);

@@ -161,7 +161,7 @@ tokenize(struct parser *p, char *s, char **w)
 static bool
 set_scalar(struct parser *p, const struct setting *st, const char *v, struct moat_conf *c)
 {
-	long long x;
+	long long x = 0;
 	char *base = (char *)c;
 
 	switch (st->type) {

@@ -1,0 +1,1078 @@
+/*
+ * smtp_session.c - the SMTP server sessions.
+ *
+ * Runs in: the worker process, on its event loop.  Untrusted input: every
+ * byte from the client.  Limits enforced here: command line length
+ * (smtp-max-line, checked before the line is complete), bad commands,
+ * recipients per message, messages per session, message size (SIZE= and
+ * counted while receiving), text line length, header size, Received hops,
+ * idle time (shorter under stress), sessions in total and per client IP.
+ *
+ * A command is a table row: verb, the states it is allowed in, and its
+ * handler.  Message data goes through the pure DATA reader in
+ * smtp_parse.c straight into the spool writer; at the end the commit
+ * (fdatasync + rename + directory fsync) runs in the thread pool and the
+ * 250 is sent only when it returns.  While a commit is out the session
+ * reads nothing more, so pipelined commands wait their turn.
+ */
+#include "config.h"
+#include "smtp_session.h"
+#include "smtp_parse.h"
+#include "buf.h"
+#include "conf.h"
+#include "log.h"
+#include "pool.h"
+#include "queue.h"
+#include "spool.h"
+#include "users.h"
+#include "util.h"
+#include "worker.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+
+enum sstate {
+	S_INIT,         /* before HELO/EHLO */
+	S_HELO,         /* no transaction */
+	S_MAIL,         /* MAIL accepted, no RCPT yet */
+	S_RCPT,         /* at least one RCPT accepted */
+	S_DATA,         /* reading DATA content */
+	S_BDAT,         /* reading a BDAT chunk */
+	S_COMMIT,       /* waiting for the pool to commit */
+	S_CLOSING,      /* flushing the last reply */
+};
+
+#define ST(s) (1u << (s))
+
+struct session {
+	char    sid[17];
+	struct bufferevent *bev;
+	const struct listen_conf *listen;
+	struct sockaddr_storage ss;
+	char    ip[INET6_ADDRSTRLEN];
+	int     port;
+	bool    exempt;             /* from per-IP limits */
+	enum sstate state;
+	bool    esmtp;
+	char   *helo;
+	int     nbad;
+	int     nmsgs;
+	int     ncmds;
+	uint64_t started_ms;
+	bool    skipping;           /* discarding the rest of an overlong command line */
+
+	/* the transaction */
+	struct envelope env;
+	struct smtp_mail_params mp;
+	struct spool_writer *w;
+	struct smtp_data_reader dr;
+	bool    used_bdat;
+	bool    used_data;
+	long long bdat_left;        /* bytes left in the current chunk */
+	bool    bdat_last;
+	const char *bdat_error;     /* chunks are read and discarded, then this reply */
+	bool    bdat_oneshot;       /* bdat_error is a sequence error for this chunk only */
+	enum sstate bdat_prev;      /* state before the BDAT command */
+	/* header scan over the emitted message */
+	bool    in_headers;
+	size_t  header_bytes;
+	char    linehead[10];
+	size_t  lineheadlen;
+	int     nreceived;
+	bool    header_too_big;
+
+	/* the commit job */
+	char   *commit_err;
+	int     refs;
+	bool    dead;               /* connection gone; free when refs reach 0 */
+	struct session *next, *prev;
+};
+
+static struct session *sessions;
+static size_t nsessions;
+static struct evconnlistener **listeners;
+static size_t nlisteners;
+static void (*drain_cb)(void *);
+static void *drain_arg;
+
+/* per-IP session counts: a small chained hash table */
+struct ipcount {
+	char    ip[INET6_ADDRSTRLEN];
+	int     n;
+	struct ipcount *next;
+};
+#define IPHASH 1024
+static struct ipcount *iptab[IPHASH];
+
+static unsigned
+iphash(const char *s)
+{
+	unsigned h = 2166136261u;
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 16777619u;
+	return h % IPHASH;
+}
+
+static int
+ip_count(const char *ip, int delta)
+{
+	struct ipcount **pp = &iptab[iphash(ip)], *c;
+	for (; (c = *pp) != NULL; pp = &c->next)
+		if (!strcmp(c->ip, ip))
+			break;
+	if (c == NULL) {
+		if (delta <= 0)
+			return 0;
+		c = xcalloc(1, sizeof(*c));
+		moat_strlcpy(c->ip, ip, sizeof(c->ip));
+		c->next = iptab[iphash(ip)];
+		iptab[iphash(ip)] = c;
+		pp = &iptab[iphash(ip)];
+	}
+	c->n += delta;
+	int n = c->n;
+	if (c->n <= 0) {
+		*pp = c->next;
+		free(c);
+	}
+	return n;
+}
+
+static void session_read(struct bufferevent *, void *);
+static void session_process(struct session *);
+static void session_free(struct session *);
+static void reply(struct session *, const char *, ...) LOGFMT(2, 3);
+
+static const struct moat_conf *
+C(void)
+{
+	return W->conf;
+}
+
+static void
+reply(struct session *s, const char *fmt, ...)
+{
+	va_list ap;
+	struct evbuffer *out = bufferevent_get_output(s->bev);
+
+	va_start(ap, fmt);
+	evbuffer_add_vprintf(out, fmt, ap);
+	va_end(ap);
+	evbuffer_add(out, "\r\n", 2);
+}
+
+static void
+set_timeout(struct session *s)
+{
+	long long t = C()->smtp_timeout;
+	if (s->state == S_DATA || s->state == S_BDAT)
+		t = C()->smtp_data_timeout;
+	/* stress: above 3/4 of the session limit, idle clients get less time */
+	if (nsessions * 4 > (size_t)C()->smtp_max_sessions * 3 && t > C()->smtp_stress_timeout)
+		t = C()->smtp_stress_timeout;
+	struct timeval tv = { (time_t)t, 0 };
+	struct timeval wtv = { (time_t)C()->smtp_timeout, 0 };
+	bufferevent_set_timeouts(s->bev, &tv, &wtv);
+}
+
+/* finish the reply, then close */
+static void
+close_after(struct session *s)
+{
+	s->state = S_CLOSING;
+	bufferevent_disable(s->bev, EV_READ);
+	if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
+		session_free(s);
+}
+
+static void
+reset_transaction(struct session *s)
+{
+	if (s->w) {
+		spool_abort(s->w);
+		spool_writer_free(s->w);
+		s->w = NULL;
+	}
+	envelope_clear(&s->env);
+	memset(&s->mp, 0, sizeof(s->mp));
+	s->used_bdat = s->used_data = false;
+	s->bdat_left = 0;
+	s->bdat_last = false;
+	s->bdat_error = NULL;
+	s->bdat_oneshot = false;
+	if (s->state != S_INIT && s->state != S_CLOSING)
+		s->state = S_HELO;
+}
+
+static const char *
+kw(const char *s)
+{
+	return s ? s : "";
+}
+
+/* one log line for a refused command */
+static void
+log_reject(struct session *s, const char *stage, const char *rcpt, const char *rep)
+{
+	char r[300];
+	log_esc(rep, strlen(rep), r, sizeof(r));
+	log_info("sid=%s qid=NOQUEUE event=reject stage=%s ip=%s from=<%s> to=<%s> helo=<%s> reply=\"%s\"",
+	    s->sid, stage, s->ip, esc(s->env.sender), esc(rcpt), esc(s->helo), r);
+}
+
+static bool
+bad_command(struct session *s)
+{
+	if (++s->nbad >= C()->smtp_max_bad_commands) {
+		reply(s, "421 4.7.0 %s Error: too many errors", C()->hostname);
+		log_info("sid=%s event=disconnect-errors ip=%s errors=%d", s->sid, s->ip, s->nbad);
+		close_after(s);
+		return true;
+	}
+	return false;
+}
+
+/* ---- commands ---- */
+
+static void
+cmd_helo(struct session *s, const struct smtp_command *c)
+{
+	bool ehlo = c->cmd == CMD_EHLO;
+
+	if (!smtp_valid_helo(c->arg, c->arglen)) {
+		reply(s, "501 5.5.4 Syntax: %s hostname", ehlo ? "EHLO" : "HELO");
+		bad_command(s);
+		return;
+	}
+	reset_transaction(s);
+	free(s->helo);
+	s->helo = xstrndup(c->arg, c->arglen);
+	s->esmtp = ehlo;
+	s->state = S_HELO;
+	if (!ehlo) {
+		reply(s, "250 %s", C()->hostname);
+		return;
+	}
+	reply(s, "250-%s", C()->hostname);
+	reply(s, "250-PIPELINING");
+	reply(s, "250-SIZE %lld", C()->message_size_limit);
+	reply(s, "250-8BITMIME");
+	reply(s, "250-ENHANCEDSTATUSCODES");
+	reply(s, "250-SMTPUTF8");
+	reply(s, "250-DSN");
+	reply(s, "250 CHUNKING");
+}
+
+static void
+cmd_mail(struct session *s, const struct smtp_command *c)
+{
+	char addr[SMTP_PATH_MAX + 1];
+	const char *rep;
+
+	if (s->nmsgs >= C()->smtp_max_messages) {
+		reply(s, "421 4.7.0 %s Error: too many messages in one session", C()->hostname);
+		close_after(s);
+		return;
+	}
+	if (smtp_parse_mail(c->arg, c->arglen, s->esmtp, addr, sizeof(addr), &s->mp, &rep) < 0) {
+		reply(s, "%s", rep);
+		log_reject(s, "mail", "", rep);
+		bad_command(s);
+		return;
+	}
+	if (s->mp.body == BODY_BINARYMIME) {
+		reply(s, "555 5.5.4 BODY=BINARYMIME is not supported");
+		return;
+	}
+	if (s->mp.size > C()->message_size_limit) {
+		rep = "552 5.3.4 Message size exceeds fixed maximum message size";
+		reply(s, "%s", rep);
+		log_reject(s, "mail", "", rep);
+		return;
+	}
+	envelope_clear(&s->env);
+	s->env.sender = xstrdup(addr);
+	s->env.body = s->mp.body;
+	s->env.smtputf8 = s->mp.smtputf8;
+	s->env.ret = s->mp.ret;
+	s->env.envid = s->mp.envid[0] ? xstrdup(s->mp.envid) : NULL;
+	s->state = S_MAIL;
+	reply(s, "250 2.1.0 Ok");
+}
+
+static void
+cmd_rcpt(struct session *s, const struct smtp_command *c)
+{
+	char addr[SMTP_PATH_MAX + 1];
+	struct smtp_rcpt_params rp;
+	const char *rep, *domain;
+	const struct domain_conf *d;
+	char rbuf[SMTP_PATH_MAX + 128];
+
+	if (smtp_parse_rcpt(c->arg, c->arglen, s->env.smtputf8, addr, sizeof(addr), &rp, &rep) < 0) {
+		reply(s, "%s", rep);
+		log_reject(s, "rcpt", "", rep);
+		bad_command(s);
+		return;
+	}
+	if (s->env.nrcpts >= (size_t)C()->smtp_max_rcpts) {
+		reply(s, "452 4.5.3 Error: too many recipients");
+		return;
+	}
+	if (strcmp(addr, "postmaster") == 0)
+		moat_strlcpy(addr, C()->postmaster, sizeof(addr));
+	domain = smtp_addr_domain(addr);
+	d = domain ? conf_find_domain(C(), domain) : NULL;
+	if (d == NULL) {
+		snprintf(rbuf, sizeof(rbuf), "550 5.7.1 <%s>: Relay access denied", addr);
+		reply(s, "%s", rbuf);
+		log_reject(s, "rcpt", addr, rbuf);
+		return;
+	}
+	if (d->deliver == DELIVER_STORE) {
+		struct users *u = worker_users();
+		int r = u ? users_exists(u, addr, C()->recipient_delimiter) : -1;
+		if (r == 0) {
+			snprintf(rbuf, sizeof(rbuf),
+			    "550 5.1.1 <%s>: Recipient address rejected: User unknown in local recipient table",
+			    addr);
+			reply(s, "%s", rbuf);
+			log_reject(s, "rcpt", addr, rbuf);
+			return;
+		}
+		if (r < 0) {
+			snprintf(rbuf, sizeof(rbuf), "451 4.3.0 <%s>: Temporary lookup failure", addr);
+			reply(s, "%s", rbuf);
+			log_reject(s, "rcpt", addr, rbuf);
+			return;
+		}
+	}
+	/* the same recipient twice is delivered once */
+	for (size_t i = 0; i < s->env.nrcpts; i++)
+		if (!ascii_strcasecmp(s->env.rcpts[i].addr, addr)) {
+			reply(s, "250 2.1.5 Ok");
+			return;
+		}
+	envelope_add_rcpt(&s->env, addr, rp.orcpt, rp.notify);
+	s->state = S_RCPT;
+	reply(s, "250 2.1.5 Ok");
+}
+
+/* message bytes from the DATA/BDAT reader: to the spool, and the header scan */
+static void
+emit(void *arg, const char *p, size_t len)
+{
+	struct session *s = arg;
+
+	spool_write(s->w, p, len);
+	if (!s->in_headers)
+		return;
+	for (size_t i = 0; i < len && s->in_headers; i++) {
+		char ch = p[i];
+		if (++s->header_bytes > (size_t)C()->smtp_max_header_size)
+			s->header_too_big = true;
+		if (ch == '\n') {
+			/* line done: "\r\n" alone ends the header section */
+			if (s->lineheadlen == 1 && s->linehead[0] == '\r')
+				s->in_headers = false;
+			else if (s->lineheadlen >= 9 && !ascii_strncasecmp(s->linehead, "received:", 9))
+				s->nreceived++;
+			s->lineheadlen = 0;
+		} else if (s->lineheadlen < sizeof(s->linehead))
+			s->linehead[s->lineheadlen++] = ch;
+	}
+}
+
+static void
+received_header(struct session *s, struct buf *b)
+{
+	char date[64];
+	rfc5322_date(s->env.arrival, date, sizeof(date));
+	const char *with = s->env.smtputf8 ? "UTF8SMTP" : s->esmtp ? "ESMTP" : "SMTP";
+	buf_printf(b, "Received: from %s (unknown [%s])\r\n\tby %s (moat) with %s id %s",
+	    s->helo ? s->helo : "unknown", s->ip, C()->hostname, with, s->env.qid);
+	if (s->env.nrcpts == 1)
+		buf_printf(b, "\r\n\tfor <%s>", s->env.rcpts[0].addr);
+	buf_printf(b, "; %s\r\n", date);
+}
+
+/* open the spool file: at DATA or the first BDAT */
+static bool
+begin_message(struct session *s)
+{
+	struct buf rcv = BUF_INIT;
+	char *err = NULL;
+
+	spool_new_qid(s->env.qid);
+	s->env.arrival = time(NULL);
+	s->env.client_addr = xstrdup(s->ip);
+	s->env.client_name = xstrdup("unknown");
+	s->env.helo = xstrdup(kw(s->helo));
+	s->env.proto = xstrdup(s->esmtp ? "ESMTP" : "SMTP");
+	received_header(s, &rcv);
+	s->w = spool_begin(&s->env, rcv.data, &err);
+	buf_free(&rcv);
+	if (s->w == NULL) {
+		log_warnx("sid=%s event=spool-error error=\"%s\"", s->sid, esc(err));
+		free(err);
+		return false;
+	}
+	smtp_data_init(&s->dr, (size_t)C()->smtp_max_data_line, (size_t)C()->message_size_limit);
+	s->in_headers = true;
+	s->header_bytes = 0;
+	s->lineheadlen = 0;
+	s->nreceived = 0;
+	s->header_too_big = false;
+	return true;
+}
+
+static void
+cmd_data(struct session *s, const struct smtp_command *c)
+{
+	if (c->arglen) {
+		reply(s, "501 5.5.4 Syntax: DATA");
+		bad_command(s);
+		return;
+	}
+	if (s->used_bdat) {
+		reply(s, "503 5.5.1 Error: DATA cannot follow BDAT");
+		bad_command(s);
+		return;
+	}
+	if (!begin_message(s)) {
+		reply(s, "451 4.3.0 Error: queue file write error");
+		return;
+	}
+	s->used_data = true;
+	s->state = S_DATA;
+	reply(s, "354 End data with <CR><LF>.<CR><LF>");
+}
+
+static void
+cmd_bdat(struct session *s, const struct smtp_command *c)
+{
+	char num[24];
+	const char *sp;
+	size_t nl;
+	long long n;
+
+	sp = memchr(c->arg, ' ', c->arglen);
+	nl = sp ? (size_t)(sp - c->arg) : c->arglen;
+	if (nl == 0 || nl >= sizeof(num)) {
+		reply(s, "501 5.5.4 Syntax: BDAT size [LAST]");
+		log_info("sid=%s event=disconnect-bdat-syntax ip=%s", s->sid, s->ip);
+		close_after(s);         /* chunk boundary unknown: cannot stay in sync */
+		return;
+	}
+	memcpy(num, c->arg, nl);
+	num[nl] = '\0';
+	if (!parse_ll(num, 0, 9223372036854775807LL, &n) ||
+	    (sp && !(c->arglen - nl - 1 == 4 && !ascii_strncasecmp(sp + 1, "LAST", 4)))) {
+		reply(s, "501 5.5.4 Syntax: BDAT size [LAST]");
+		log_info("sid=%s event=disconnect-bdat-syntax ip=%s", s->sid, s->ip);
+		close_after(s);
+		return;
+	}
+	s->bdat_left = n;
+	s->bdat_last = sp != NULL;
+	s->bdat_prev = s->state;
+	if (s->bdat_error == NULL) {
+		if (s->state != S_RCPT) {
+			s->bdat_error = s->state == S_MAIL ? "554 5.5.1 Error: no valid recipients" :
+			    s->state == S_INIT ? "503 5.5.1 Error: send HELO/EHLO first" :
+			    "503 5.5.1 Error: need MAIL command";
+			s->bdat_oneshot = true;
+		} else if (!s->used_bdat) {
+			if (!begin_message(s))
+				s->bdat_error = "451 4.3.0 Error: queue file write error";
+			else {
+				s->dr.raw = true;
+				s->used_bdat = true;
+			}
+		}
+	}
+	s->state = S_BDAT;
+	set_timeout(s);
+}
+
+static void
+cmd_rset(struct session *s, const struct smtp_command *c)
+{
+	reset_transaction(s);
+	reply(s, "250 2.0.0 Ok");
+}
+
+static void
+cmd_noop(struct session *s, const struct smtp_command *c)
+{
+	reply(s, "250 2.0.0 Ok");
+}
+
+static void
+cmd_quit(struct session *s, const struct smtp_command *c)
+{
+	reply(s, "221 2.0.0 Bye");
+	close_after(s);
+}
+
+static void
+cmd_help(struct session *s, const struct smtp_command *c)
+{
+	reply(s, "214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY");
+}
+
+static void
+cmd_vrfy(struct session *s, const struct smtp_command *c)
+{
+	if (c->arglen == 0) {
+		reply(s, "501 5.5.4 Syntax: VRFY address");
+		bad_command(s);
+		return;
+	}
+	reply(s, "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery");
+}
+
+static void
+cmd_notimpl(struct session *s, const struct smtp_command *c)
+{
+	reply(s, "502 5.5.1 Error: command not implemented");
+	bad_command(s);
+}
+
+static void
+cmd_http(struct session *s, const struct smtp_command *c)
+{
+	log_info("sid=%s event=disconnect-http ip=%s", s->sid, s->ip);
+	reply(s, "421 4.7.0 %s Error: this is an SMTP server, not an HTTP proxy", C()->hostname);
+	close_after(s);
+}
+
+static const struct {
+	enum smtp_cmd cmd;
+	unsigned states;
+	void (*fn)(struct session *, const struct smtp_command *);
+	const char *seq_error;
+} commands[] = {
+	{ CMD_HELO, ~0u, cmd_helo, NULL },
+	{ CMD_EHLO, ~0u, cmd_helo, NULL },
+	{ CMD_MAIL, ST(S_HELO), cmd_mail, NULL },
+	{ CMD_RCPT, ST(S_MAIL) | ST(S_RCPT), cmd_rcpt, "503 5.5.1 Error: need MAIL command" },
+	{ CMD_DATA, ST(S_RCPT), cmd_data, NULL },
+	{ CMD_BDAT, ~0u, cmd_bdat, NULL },
+	{ CMD_RSET, ~0u, cmd_rset, NULL },
+	{ CMD_NOOP, ~0u, cmd_noop, NULL },
+	{ CMD_QUIT, ~0u, cmd_quit, NULL },
+	{ CMD_HELP, ~0u, cmd_help, NULL },
+	{ CMD_VRFY, ~0u, cmd_vrfy, NULL },
+	{ CMD_EXPN, ~0u, cmd_notimpl, NULL },
+	{ CMD_ETRN, ~0u, cmd_notimpl, NULL },
+	{ CMD_STARTTLS, ~0u, cmd_notimpl, NULL },
+	{ CMD_AUTH, ~0u, cmd_notimpl, NULL },
+	{ CMD_HTTP, ~0u, cmd_http, NULL },
+};
+
+static void
+sequence_error(struct session *s, enum smtp_cmd cmd)
+{
+	const char *r;
+	if (s->state == S_INIT)
+		r = "503 5.5.1 Error: send HELO/EHLO first";
+	else if (cmd == CMD_MAIL)
+		r = "503 5.5.1 Error: nested MAIL command";
+	else if (cmd == CMD_DATA)
+		r = s->state == S_MAIL ? "554 5.5.1 Error: no valid recipients" :
+		    "503 5.5.1 Error: need RCPT command";
+	else
+		r = "503 5.5.1 Error: need MAIL command";
+	reply(s, "%s", r);
+	bad_command(s);
+}
+
+static void
+dispatch(struct session *s, const char *line, size_t len)
+{
+	struct smtp_command c;
+
+	s->ncmds++;
+	if (memchr(line, '\0', len)) {
+		reply(s, "500 5.5.2 Error: NUL character in command");
+		bad_command(s);
+		return;
+	}
+	smtp_parse_command(line, len, &c);
+	if (c.cmd == CMD_UNKNOWN) {
+		char l[128];
+		log_debug("sid=%s event=unknown-command ip=%s line=\"%s\"", s->sid, s->ip,
+		    log_esc(line, len, l, sizeof(l)));
+		reply(s, "500 5.5.2 Error: command not recognized");
+		bad_command(s);
+		return;
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(commands); i++) {
+		if (commands[i].cmd != c.cmd)
+			continue;
+		if (!(commands[i].states & ST(s->state))) {
+			sequence_error(s, c.cmd);
+			return;
+		}
+		commands[i].fn(s, &c);
+		return;
+	}
+}
+
+/* ---- end of message ---- */
+
+static void
+commit_work(void *arg)
+{
+	struct session *s = arg;
+	if (spool_commit(s->w, &s->commit_err) < 0 && s->commit_err == NULL)
+		s->commit_err = xstrdup("commit failed");
+}
+
+static void
+commit_done(void *arg)
+{
+	struct session *s = arg;
+	char to[512];
+	struct buf tob = BUF_INIT;
+
+	s->refs--;
+	for (size_t i = 0; i < s->env.nrcpts && tob.len < 400; i++)
+		buf_printf(&tob, "%s<%s>", i ? "," : "", s->env.rcpts[i].addr);
+	log_esc(tob.data ? tob.data : "", tob.len, to, sizeof(to));
+	buf_free(&tob);
+	if (s->commit_err) {
+		log_crit("sid=%s qid=%s event=spool-error ip=%s error=\"%s\"", s->sid, s->env.qid,
+		    s->ip, esc(s->commit_err));
+		xfree(s->commit_err);
+		if (!s->dead)
+			reply(s, "451 4.3.0 Error: queue file write error");
+	} else {
+		log_info("sid=%s qid=%s event=accepted ip=%s from=<%s> to=%s nrcpt=%zu size=%lld proto=%s helo=<%s>",
+		    s->sid, s->env.qid, s->ip, esc(s->env.sender), to, s->env.nrcpts,
+		    (long long)spool_size(s->w), s->env.proto, esc(s->helo));
+		s->nmsgs++;
+		if (W->queue)
+			queue_submit(W->queue, s->env.qid);
+		if (!s->dead)
+			reply(s, "250 2.0.0 Ok: queued as %s", s->env.qid);
+	}
+	spool_writer_free(s->w);
+	s->w = NULL;
+	if (s->dead) {
+		if (s->refs == 0)
+			session_free(s);
+		return;
+	}
+	s->state = S_HELO;
+	reset_transaction(s);
+	if (W->draining) {
+		reply(s, "421 4.3.2 %s Service shutting down", C()->hostname);
+		close_after(s);
+		return;
+	}
+	bufferevent_enable(s->bev, EV_READ);
+	set_timeout(s);
+	session_process(s);         /* pipelined commands already buffered */
+}
+
+static void
+end_of_message(struct session *s)
+{
+	const char *err = NULL;
+	unsigned f = s->dr.flags;
+	char why[128];
+
+	if (f & SMTP_DATA_TOO_BIG)
+		err = "552 5.3.4 Error: message file too big";
+	else if (f & SMTP_DATA_NUL)
+		err = "554 5.6.0 Error: message contains NUL characters";
+	else if ((f & SMTP_DATA_BARE_LF) && C()->smtp_reject_bare_lf)
+		err = "550 5.5.2 Error: bare <LF> received";
+	else if (f & SMTP_DATA_LONG_LINE) {
+		snprintf(why, sizeof(why), "554 5.6.0 Error: message has a line longer than %lld bytes",
+		    C()->smtp_max_data_line);
+		err = why;
+	} else if (s->header_too_big)
+		err = "552 5.3.4 Error: message header section too big";
+	else if (s->nreceived > C()->smtp_max_received)
+		err = "554 5.4.6 Error: too many hops (mail forwarding loop)";
+	if (err) {
+		char to[256];
+		snprintf(to, sizeof(to), "%s", s->env.nrcpts ? s->env.rcpts[0].addr : "");
+		reply(s, "%s", err);
+		log_reject(s, "data", to, err);
+		reset_transaction(s);
+		s->state = S_HELO;
+		return;
+	}
+	if ((f & SMTP_DATA_BARE_LF))
+		log_info("sid=%s event=bare-lf ip=%s (normalised to CRLF)", s->sid, s->ip);
+	s->state = S_COMMIT;
+	bufferevent_disable(s->bev, EV_READ);
+	s->refs++;
+	pool_submit(W->pool, commit_work, commit_done, s);
+}
+
+/* ---- input ---- */
+
+static bool
+read_data(struct session *s, struct evbuffer *in)
+{
+	struct evbuffer_iovec v[8];
+	bool done = false;
+	int n = evbuffer_peek(in, -1, NULL, v, 8);
+	size_t total = 0;
+
+	for (int i = 0; i < n && i < 8 && !done; i++) {
+		size_t used = smtp_data_feed(&s->dr, v[i].iov_base, v[i].iov_len, emit, s, &done);
+		total += used;
+	}
+	evbuffer_drain(in, total);
+	if (done) {
+		end_of_message(s);
+		return true;
+	}
+	return total > 0;
+}
+
+static bool
+read_bdat(struct session *s, struct evbuffer *in)
+{
+	size_t avail = evbuffer_get_length(in);
+	size_t take = (size_t)MIN((long long)avail, s->bdat_left);
+
+	if (take) {
+		if (s->bdat_error == NULL) {
+			struct evbuffer_iovec v[8];
+			int n = evbuffer_peek(in, (ev_ssize_t)take, NULL, v, 8);
+			size_t left = take, used = 0;
+			bool done;
+			for (int i = 0; i < n && i < 8 && left; i++) {
+				size_t l = MIN(left, v[i].iov_len);
+				smtp_data_feed(&s->dr, v[i].iov_base, l, emit, s, &done);
+				left -= l;
+				used += l;
+			}
+			take = used;
+		}
+		evbuffer_drain(in, take);
+		s->bdat_left -= (long long)take;
+	}
+	if (s->bdat_left > 0)
+		return take > 0;
+	/* chunk complete */
+	if (s->bdat_error == NULL && (s->dr.flags & SMTP_DATA_TOO_BIG))
+		s->bdat_error = "552 5.3.4 Error: message file too big";
+	if (s->bdat_error) {
+		reply(s, "%s", s->bdat_error);
+		if (s->bdat_oneshot) {
+			s->bdat_error = NULL;
+			s->bdat_oneshot = false;
+			s->state = s->bdat_prev;
+			bad_command(s);
+		} else if (s->bdat_last)
+			reset_transaction(s);
+		else
+			s->state = S_RCPT;  /* failed transaction: later chunks get the error */
+		return true;
+	}
+	if (s->bdat_last) {
+		end_of_message(s);
+		return true;
+	}
+	reply(s, "250 2.0.0 Ok: %lld octets received", (long long)spool_size(s->w));
+	s->state = S_RCPT;
+	return true;
+}
+
+static bool
+read_command(struct session *s, struct evbuffer *in)
+{
+	size_t max = (size_t)C()->smtp_max_line;
+	struct evbuffer_ptr p = evbuffer_search_eol(in, NULL, NULL, EVBUFFER_EOL_LF);
+
+	if (p.pos < 0) {
+		size_t len = evbuffer_get_length(in);
+		if (len > max) {
+			evbuffer_drain(in, len);
+			if (!s->skipping) {
+				s->skipping = true;
+				reply(s, "500 5.5.2 Error: line too long");
+				log_info("sid=%s event=line-too-long ip=%s", s->sid, s->ip);
+				bad_command(s);
+			}
+		}
+		return false;
+	}
+	size_t linelen = (size_t)p.pos;         /* excluding LF */
+	if (s->skipping) {
+		evbuffer_drain(in, linelen + 1);
+		s->skipping = false;
+		return true;
+	}
+	if (linelen + 1 > max) {
+		evbuffer_drain(in, linelen + 1);
+		reply(s, "500 5.5.2 Error: line too long");
+		bad_command(s);
+		return true;
+	}
+	char *line = xmalloc(linelen + 1);
+	evbuffer_remove(in, line, linelen + 1);
+	bool bare = linelen == 0 || line[linelen - 1] != '\r';
+	if (!bare)
+		linelen--;
+	line[linelen] = '\0';
+	if (bare && C()->smtp_reject_bare_lf) {
+		reply(s, "500 5.5.2 Error: bare <LF> received");
+		bad_command(s);
+	} else
+		dispatch(s, line, linelen);
+	free(line);
+	return true;
+}
+
+static void
+session_process(struct session *s)
+{
+	struct evbuffer *in = bufferevent_get_input(s->bev);
+
+	while (evbuffer_get_length(in) > 0) {
+		bool progress;
+		switch (s->state) {
+		case S_DATA:
+			progress = read_data(s, in);
+			break;
+		case S_BDAT:
+			progress = read_bdat(s, in);
+			break;
+		case S_COMMIT:
+		case S_CLOSING:
+			return;
+		default:
+			progress = read_command(s, in);
+			break;
+		}
+		if (s->state == S_CLOSING || s->dead)
+			return;
+		if (!progress)
+			break;
+	}
+	/* bound what a client may pipeline ahead of us */
+	if (evbuffer_get_length(bufferevent_get_output(s->bev)) > 1024 * 1024)
+		bufferevent_disable(s->bev, EV_READ);
+	set_timeout(s);
+}
+
+static void
+session_read(struct bufferevent *bev, void *arg)
+{
+	session_process(arg);
+}
+
+static void
+session_write(struct bufferevent *bev, void *arg)
+{
+	struct session *s = arg;
+	if (s->state == S_CLOSING) {
+		session_free(s);
+		return;
+	}
+	if (s->state != S_COMMIT && !(bufferevent_get_enabled(bev) & EV_READ)) {
+		bufferevent_enable(bev, EV_READ);
+		session_process(s);
+	}
+}
+
+static void
+session_event(struct bufferevent *bev, short what, void *arg)
+{
+	struct session *s = arg;
+
+	if ((what & BEV_EVENT_TIMEOUT) && s->state == S_CLOSING) {
+		session_free(s);
+		return;
+	}
+	if (what & BEV_EVENT_TIMEOUT) {
+		log_info("sid=%s event=timeout ip=%s state=%d", s->sid, s->ip, (int)s->state);
+		if (s->state == S_COMMIT)
+			return;
+		reply(s, "421 4.4.2 %s Error: timeout exceeded", C()->hostname);
+		close_after(s);
+		return;
+	}
+	/* EOF or error: the client is gone */
+	if (s->state == S_COMMIT) {
+		s->dead = true;
+		bufferevent_disable(bev, EV_READ | EV_WRITE);
+		return;
+	}
+	if (s->w)
+		log_info("sid=%s event=lost-connection ip=%s state=%d", s->sid, s->ip, (int)s->state);
+	session_free(s);
+}
+
+static void
+session_free(struct session *s)
+{
+	if (s->refs > 0) {
+		s->dead = true;
+		return;
+	}
+	log_info("sid=%s event=disconnect ip=%s messages=%d commands=%d errors=%d duration=%.3f",
+	    s->sid, s->ip, s->nmsgs, s->ncmds, s->nbad, (now_ms() - s->started_ms) / 1000.0);
+	reset_transaction(s);
+	if (s->prev)
+		s->prev->next = s->next;
+	else
+		sessions = s->next;
+	if (s->next)
+		s->next->prev = s->prev;
+	nsessions--;
+	if (!s->exempt)
+		ip_count(s->ip, -1);
+	bufferevent_free(s->bev);
+	free(s->helo);
+	free(s);
+	if (drain_cb && nsessions == 0) {
+		void (*cb)(void *) = drain_cb;
+		drain_cb = NULL;
+		cb(drain_arg);
+	}
+}
+
+static void
+on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, int salen,
+    void *arg)
+{
+	const struct listen_conf *l = arg;
+	struct session *s;
+	unsigned char rnd[8];
+	static const char hex[] = "0123456789abcdef";
+	int one = 1;
+
+	s = xcalloc(1, sizeof(*s));
+	random_bytes(rnd, sizeof(rnd));
+	for (int i = 0; i < 8; i++) {
+		s->sid[i * 2] = hex[rnd[i] >> 4];
+		s->sid[i * 2 + 1] = hex[rnd[i] & 15];
+	}
+	s->listen = l;
+	memcpy(&s->ss, sa, MIN((size_t)salen, sizeof(s->ss)));
+	if (sa->sa_family == AF_INET) {
+		inet_ntop(AF_INET, &((struct sockaddr_in *)sa)->sin_addr, s->ip, sizeof(s->ip));
+		s->port = ntohs(((struct sockaddr_in *)sa)->sin_port);
+	} else if (sa->sa_family == AF_INET6) {
+		struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)sa;
+		static const unsigned char mapped[12] = { 0,0,0,0,0,0,0,0,0,0,0xff,0xff };
+		if (!memcmp(&s6->sin6_addr, mapped, 12))
+			inet_ntop(AF_INET, (char *)&s6->sin6_addr + 12, s->ip, sizeof(s->ip));
+		else
+			inet_ntop(AF_INET6, &s6->sin6_addr, s->ip, sizeof(s->ip));
+		s->port = ntohs(s6->sin6_port);
+	} else
+		moat_strlcpy(s->ip, "unknown", sizeof(s->ip));
+	s->started_ms = now_ms();
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	s->bev = bufferevent_socket_new(W->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (s->bev == NULL) {
+		close(fd);
+		free(s);
+		return;
+	}
+	bufferevent_setcb(s->bev, session_read, session_write, session_event, s);
+	s->next = sessions;
+	if (sessions)
+		sessions->prev = s;
+	sessions = s;
+	nsessions++;
+	s->exempt = cidr_list_match(C()->limit_exempt, C()->nlimit_exempt, sa);
+	int perip = s->exempt ? 0 : ip_count(s->ip, 1);
+	log_info("sid=%s event=connect ip=%s port=%d listener=%s sessions=%zu", s->sid, s->ip,
+	    s->port, l->spec, nsessions);
+	if (nsessions > (size_t)C()->smtp_max_sessions) {
+		reply(s, "421 4.7.0 %s Error: too many connections", C()->hostname);
+		log_info("sid=%s event=reject-connection ip=%s reason=max-sessions", s->sid, s->ip);
+		close_after(s);
+		return;
+	}
+	if (perip > C()->smtp_max_sessions_per_ip) {
+		reply(s, "421 4.7.0 %s Error: too many connections from %s", C()->hostname, s->ip);
+		log_info("sid=%s event=reject-connection ip=%s reason=max-sessions-per-ip", s->sid, s->ip);
+		close_after(s);
+		return;
+	}
+	if (W->draining) {
+		reply(s, "421 4.3.2 %s Service shutting down", C()->hostname);
+		close_after(s);
+		return;
+	}
+	s->state = S_INIT;
+	reply(s, "220 %s %s", C()->hostname, C()->smtp_banner);
+	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+	set_timeout(s);
+}
+
+static void
+on_accept_error(struct evconnlistener *lis, void *arg)
+{
+	/* EMFILE and friends: log, back off by disabling briefly */
+	log_warn("smtp: accept");
+}
+
+int
+smtp_listen(const struct listen_conf *l)
+{
+	struct evconnlistener *lis;
+
+	lis = evconnlistener_new(W->base, on_accept, (void *)l,
+	    LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_REUSEABLE, -1, l->fd);
+	if (lis == NULL)
+		return -1;
+	evconnlistener_set_error_cb(lis, on_accept_error);
+	listeners = xreallocarray(listeners, nlisteners + 1, sizeof(*listeners));
+	listeners[nlisteners++] = lis;
+	return 0;
+}
+
+size_t
+smtp_session_count(void)
+{
+	return nsessions;
+}
+
+void
+smtp_drain(void (*cb)(void *), void *arg)
+{
+	struct session *s, *next;
+
+	for (size_t i = 0; i < nlisteners; i++)
+		evconnlistener_disable(listeners[i]);
+	drain_cb = cb;
+	drain_arg = arg;
+	for (s = sessions; s; s = next) {
+		next = s->next;
+		/* idle between transactions: tell it now; others finish first */
+		if ((s->state == S_INIT || s->state == S_HELO) &&
+		    evbuffer_get_length(bufferevent_get_input(s->bev)) == 0) {
+			reply(s, "421 4.3.2 %s Service shutting down", C()->hostname);
+			close_after(s);
+		}
+	}
+	if (nsessions == 0 && drain_cb) {
+		drain_cb = NULL;
+		cb(arg);
+	}
+}

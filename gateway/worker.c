@@ -1,0 +1,154 @@
+/*
+ * worker.c - the worker process (unprivileged): one libevent loop for the
+ * SMTP sessions, the queue manager and the control socket, plus the thread
+ * pool for blocking work.  SIGTERM drains: listeners close, idle sessions
+ * get 421, transactions in flight finish, deliveries in flight finish,
+ * then the process exits (at most drain-timeout later).
+ */
+#include "config.h"
+#include "worker.h"
+#include "conf.h"
+#include "control.h"
+#include "log.h"
+#include "pool.h"
+#include "queue.h"
+#include "smtp_session.h"
+#include "spool.h"
+#include "users.h"
+#include "util.h"
+
+#include <limits.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#define DRAIN_TIMEOUT 30
+
+struct worker *W;
+static struct worker wk;
+static struct event *ev_term, *ev_int, *ev_hup, *ev_drain_timer;
+static bool sessions_done, queue_done;
+static uint64_t users_retry_at;
+
+struct users *
+worker_users(void)
+{
+	char path[PATH_MAX];
+	char *err = NULL;
+
+	if (wk.users)
+		return wk.users;
+	if (now_ms() < users_retry_at)
+		return NULL;
+	conf_path(wk.conf, "moat.db", path, sizeof(path));
+	wk.users = users_open(path, true, &err);
+	if (wk.users == NULL) {
+		log_warnx("users: cannot open %s: %s", path, err ? err : "?");
+		free(err);
+		users_retry_at = now_ms() + 1000;
+	}
+	return wk.users;
+}
+
+static void
+maybe_exit(void)
+{
+	if (sessions_done && queue_done) {
+		log_info("worker event=drained");
+		event_base_loopexit(wk.base, NULL);
+	}
+}
+
+static void
+on_sessions_done(void *arg)
+{
+	sessions_done = true;
+	maybe_exit();
+}
+
+static void
+on_queue_done(void *arg)
+{
+	queue_done = true;
+	maybe_exit();
+}
+
+static void
+on_drain_timeout(evutil_socket_t fd, short ev, void *arg)
+{
+	log_warnx("worker event=drain-timeout sessions=%zu (closing them)", smtp_session_count());
+	event_base_loopexit(wk.base, NULL);
+}
+
+static void
+on_term(evutil_socket_t sig, short ev, void *arg)
+{
+	struct timeval tv = { DRAIN_TIMEOUT, 0 };
+
+	if (wk.draining)
+		return;
+	log_info("worker event=draining signal=%d sessions=%zu", (int)sig, smtp_session_count());
+	wk.draining = true;
+	control_stop();
+	ev_drain_timer = evtimer_new(wk.base, on_drain_timeout, NULL);
+	evtimer_add(ev_drain_timer, &tv);
+	smtp_drain(on_sessions_done, NULL);
+	queue_drain(wk.queue, on_queue_done, NULL);
+}
+
+static void
+on_hup(evutil_socket_t sig, short ev, void *arg)
+{
+	/* the master reloads by starting a new worker; nothing to do here */
+}
+
+int
+worker_main(const struct moat_conf *c)
+{
+	char *err = NULL;
+
+	memset(&wk, 0, sizeof(wk));
+	wk.conf = c;
+	wk.started = time(NULL);
+	W = &wk;
+	signal(SIGPIPE, SIG_IGN);
+	if ((wk.base = event_base_new()) == NULL)
+		fatalx("worker: event_base_new failed");
+	if (spool_init(c, &err) < 0)
+		fatalx("worker: spool: %s", err);
+	wk.pool = pool_new(wk.base, c->threads);
+	wk.queue = queue_new(wk.base, wk.pool, c);
+	for (size_t i = 0; i < c->nlistens; i++) {
+		const struct listen_conf *l = &c->listens[i];
+		if (l->kind == LISTEN_SMTP && l->fd >= 0 && smtp_listen(l) < 0)
+			fatalx("worker: cannot listen on %s", l->spec);
+	}
+	if (control_start() < 0)
+		log_warnx("worker: no control socket; \"moat queue flush\" will not reach this worker");
+	ev_term = evsignal_new(wk.base, SIGTERM, on_term, NULL);
+	ev_int = evsignal_new(wk.base, SIGINT, on_term, NULL);
+	ev_hup = evsignal_new(wk.base, SIGHUP, on_hup, NULL);
+	event_add(ev_term, NULL);
+	event_add(ev_int, NULL);
+	event_add(ev_hup, NULL);
+	queue_start(wk.queue);
+	log_info("worker event=started pid=%d threads=%d", (int)getpid(), c->threads);
+
+	event_base_dispatch(wk.base);
+
+	queue_free(wk.queue);
+	pool_free(wk.pool);
+	if (wk.users)
+		users_close(wk.users);
+	event_free(ev_term);
+	event_free(ev_int);
+	event_free(ev_hup);
+	if (ev_drain_timer)
+		event_free(ev_drain_timer);
+	log_info("worker event=exit pid=%d", (int)getpid());
+	return 0;
+}

@@ -1,0 +1,34 @@
+/*
+ * worker.h - the worker process: one libevent loop for every session, a
+ * thread pool for blocking work, the queue manager.  Unprivileged.
+ */
+#ifndef MOAT_WORKER_H
+#define MOAT_WORKER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct event_base;
+struct pool;
+struct queue;
+struct users;
+struct moat_conf;
+
+struct worker {
+	struct event_base *base;
+	struct pool  *pool;
+	struct queue *queue;
+	const struct moat_conf *conf;
+	struct users *users;            /* loop-thread handle, opened lazily */
+	bool    draining;
+	long long started;              /* unix time */
+};
+
+extern struct worker *W;
+
+/* run the worker until it is told to stop; returns the exit status */
+int  worker_main(const struct moat_conf *);
+/* the loop-thread users handle (opened on first use, retried if absent) */
+struct users *worker_users(void);
+
+#endif
