@@ -3,6 +3,7 @@
 # from Debian 12's packages.
 #
 #   contrib/install-deps.sh build   what `configure && make` needs
+#   contrib/install-deps.sh run     that, plus swaks to try moatd out
 #   contrib/install-deps.sh test    that, plus what `make check` and the
 #                                   benchmark use (postfix for smtp-source and
 #                                   smtp-sink, swaks, clang for the fuzzers)
@@ -18,13 +19,15 @@ set -eu
 
 BUILD_PKGS="autoconf automake libtool pkg-config gcc make libc6-dev
   libevent-dev libsqlite3-dev libcrypt-dev libssl-dev"
+RUN_PKGS="$BUILD_PKGS swaks"
 TEST_PKGS="$BUILD_PKGS python3 postfix swaks clang libclang-rt-14-dev
   man-db groff-base procps iproute2"
 
 case "${1:-build}" in
 build) PKGS=$BUILD_PKGS ;;
+run)   PKGS=$RUN_PKGS ;;
 test)  PKGS=$TEST_PKGS ;;
-*)     echo "usage: $0 build|test" >&2; exit 2 ;;
+*)     echo "usage: $0 build|run|test" >&2; exit 2 ;;
 esac
 
 missing=""

@@ -15,7 +15,7 @@ set -eu
 src=$(cd "$(dirname "$0")/.." && pwd)
 build=${MOAT_BUILD_DIR:-$src/build}
 
-sh "$src/contrib/install-deps.sh" build
+sh "$src/contrib/install-deps.sh" run
 
 cd "$src"
 if [ -f "$src/config.status" ]; then
