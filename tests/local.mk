@@ -37,3 +37,6 @@ TESTS += tests/unit/test_users tests/unit/test_maildir
 # users, Maildir store and local delivery, the moat CLI
 TESTS += tests/integration/test_store.py tests/integration/test_cli.py
 EXTRA_DIST += tests/integration/test_store.py tests/integration/test_cli.py
+# config checking (moatd -n), usage messages, moat.conf(5) covers lib/conf.c
+TESTS += tests/integration/test_config.py
+EXTRA_DIST += tests/integration/test_config.py
