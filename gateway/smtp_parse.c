@@ -443,7 +443,7 @@ smtp_parse_mail(const char *arg, size_t len, bool utf8_ok, char *addr, size_t ad
 	if (mp->body == BODY_BINARYMIME) {
 		/* needs BDAT; checked by the session when DATA is used */
 	}
-	if (r == -2 && !mp->smtputf8) {
+	if (has_8bit(addr, strlen(addr)) && !mp->smtputf8) {
 		*reply = "553 5.6.7 Non-ASCII sender address requires the SMTPUTF8 parameter";
 		return -1;
 	}
