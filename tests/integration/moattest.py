@@ -409,3 +409,164 @@ def recv_reply(s, timeout=10):
             last = lines[-2]
             if len(last) >= 4 and last[3:4] == b" ":
                 return data
+
+
+# ---- helpers for protocol tests (raw sockets, spool inspection) ----
+
+class SMTPConn:
+    """A raw SMTP client that keeps its read buffer, so pipelined replies
+    are never lost.  reply() returns (code, text, raw): code is an int or
+    None (connection closed or timed out), text the reply lines joined
+    with "\\n" without the codes."""
+
+    def __init__(self, port, host="127.0.0.1", timeout=10, source=None, greet=True):
+        self.s = socket.create_connection((host, port), timeout=timeout,
+                                          source_address=(source, 0) if source else None)
+        self.timeout = timeout
+        self.buf = b""
+        self.eof = False
+        self.greeting = self.reply() if greet else None
+
+    def send(self, data):
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        self.s.sendall(data)
+
+    def _fill(self, deadline):
+        if self.eof:
+            return False
+        left = deadline - time.time()
+        if left <= 0:
+            return False
+        self.s.settimeout(left)
+        try:
+            chunk = self.s.recv(65536)
+        except socket.timeout:
+            return False
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self.eof = True
+            return False
+        self.buf += chunk
+        return True
+
+    def reply(self, timeout=None):
+        deadline = time.time() + (timeout if timeout is not None else self.timeout)
+        lines = []
+        raw = b""
+        while True:
+            i = self.buf.find(b"\r\n")
+            if i < 0:
+                if not self._fill(deadline):
+                    return (None, "\n".join(lines), raw)
+                continue
+            line, self.buf = self.buf[:i], self.buf[i + 2:]
+            raw += line + b"\r\n"
+            txt = line.decode("utf-8", "replace")
+            lines.append(txt[4:])
+            if len(txt) < 4 or txt[3] != "-":
+                try:
+                    return (int(txt[:3]), "\n".join(lines), raw)
+                except ValueError:
+                    return (None, "\n".join(lines), raw)
+
+    def cmd(self, line, timeout=None):
+        if isinstance(line, str):
+            line = line.encode("utf-8")
+        self.send(line + b"\r\n")
+        return self.reply(timeout)
+
+    def replies(self, n, timeout=None):
+        return [self.reply(timeout) for _ in range(n)]
+
+    def wait_closed(self, timeout=5):
+        """True if the server closes the connection within timeout
+        (any bytes still buffered are kept in self.buf)."""
+        deadline = time.time() + timeout
+        while not self.eof and time.time() < deadline:
+            self._fill(deadline)
+        return self.eof
+
+    def close(self):
+        try:
+            self.s.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+
+def enhanced(text):
+    """the RFC 3463 enhanced status code at the start of a reply text"""
+    m = re.match(r"\s*([245]\.\d{1,3}\.\d{1,3})\b", text or "")
+    return m.group(1) if m else None
+
+
+QID_RE = re.compile(r"\b([0-9A-Fa-f]{16,20})\b")
+
+
+def parse_spool_file(path):
+    """read spool/queue/QID: returns (envelope dict, message bytes); the
+    envelope dict maps key -> value, with "rcpt" -> list of values."""
+    with open(path, "rb") as f:
+        data = f.read()
+    i = data.find(b"\n\n")
+    if i < 0:
+        return None, None
+    env = {"rcpt": []}
+    for line in data[:i].decode("utf-8", "replace").split("\n"):
+        k, _, v = line.partition(" ")
+        if k == "rcpt":
+            env["rcpt"].append(v)
+        else:
+            env[k] = v
+    return env, data[i + 2:]
+
+
+def spool_messages(m, sub="queue"):
+    """{qid: (env, message bytes)} for every file in state-dir/spool/SUB"""
+    d = os.path.join(m.state, "spool", sub)
+    out = {}
+    try:
+        names = os.listdir(d)
+    except FileNotFoundError:
+        return out
+    for n in names:
+        try:
+            out[n] = parse_spool_file(os.path.join(d, n))
+        except OSError:
+            pass        # delivered and removed meanwhile
+    return out
+
+
+def find_message(m, sink, needle, timeout=10.0):
+    """Wait for a message whose bytes contain needle, at the sink or in the
+    spool queue.  Returns ("sink", dict) or ("spool", (qid, env, data)) or
+    (None, None)."""
+    if isinstance(needle, str):
+        needle = needle.encode("utf-8")
+    end = time.time() + timeout
+    while True:
+        if sink is not None:
+            with sink.lock:
+                for msg in sink.messages:
+                    if needle in msg["data"]:
+                        return "sink", msg
+        for qid, (env, data) in spool_messages(m).items():
+            if data is not None and needle in data:
+                return "spool", (qid, env, data)
+        if time.time() >= end:
+            return None, None
+        time.sleep(0.05)
+
+
+def sink_count(sink, needle):
+    if isinstance(needle, str):
+        needle = needle.encode("utf-8")
+    with sink.lock:
+        return sum(1 for msg in sink.messages if needle in msg["data"])
