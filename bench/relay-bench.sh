@@ -106,7 +106,7 @@ domain bench.test deliver relay smtp://127.0.0.1:$SINK
 relay-concurrency 20
 smtp-max-sessions-per-ip 1000
 EOF
-"$moatd" -n -c "$T/moat/moat.conf" || die "moatd -n rejected the bench config"
+"$moatd" -n -c "$T/moat/moat.conf" >/dev/null || die "moatd -n rejected the bench config"
 "$moatd" -f -c "$T/moat/moat.conf" >"$T/moat/moatd.log" 2>&1 &
 moat_pid=$!
 wait_port "$MOATP" || die "moatd did not start: $(tail -n 20 "$T/moat/moatd.log")"

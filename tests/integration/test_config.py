@@ -244,7 +244,7 @@ domain other.test deliver relay ftp://x
 ]
 
 for name, text, want in BAD:
-    fname = re.sub(r"[^a-z0-9]+", "-", name) + ".conf"
+    fname = re.sub(r"[^a-z0-9]+", "-", name.lower()) + ".conf"
     path, r = check(fname, text)
     got = err_lines(path, r)
     t.ok(r.returncode != 0, "%s: moatd -n exits non-zero" % name, show(r))
