@@ -147,7 +147,8 @@ queue_list(struct moat_conf *c, bool json)
 		fprintf(stderr, "moat: cannot read the spool: %s\n", strerror(errno));
 		return 1;
 	}
-	qsort(q.v, q.n, QID_SIZE, cmp_qid);
+	if (q.n > 1)
+		qsort(q.v, q.n, QID_SIZE, cmp_qid);
 	if (json)
 		printf("[");
 	else if (q.n > 0)

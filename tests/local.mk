@@ -40,3 +40,9 @@ EXTRA_DIST += tests/integration/test_store.py tests/integration/test_cli.py
 # config checking (moatd -n), usage messages, moat.conf(5) covers lib/conf.c
 TESTS += tests/integration/test_config.py
 EXTRA_DIST += tests/integration/test_config.py
+# delivery queue, SMTP/LMTP relay client, DSNs, moat queue
+TESTS += tests/integration/test_relay.py tests/integration/test_queue_cli.py
+EXTRA_DIST += tests/integration/test_relay.py tests/integration/test_queue_cli.py
+# SMTP conformance, hostile input, durability (kill -9, downstream outage, smtp-source load)
+TESTS += tests/integration/test_smtp.py tests/integration/test_hostile.py tests/integration/test_durability.py
+EXTRA_DIST += tests/integration/test_smtp.py tests/integration/test_hostile.py tests/integration/test_durability.py
