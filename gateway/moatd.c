@@ -405,6 +405,8 @@ main(int argc, char **argv)
 	int n = spool_clean_incoming();
 	if (n)
 		log_info("master event=spool-cleanup removed=%d (never acknowledged)", n);
+	if ((n = spool_recover()) > 0)
+		log_warnx("master event=spool-recover set-aside=%d (incomplete, never acknowledged)", n);
 
 	sigemptyset(&set);
 	sigaddset(&set, SIGCHLD);

@@ -25,12 +25,16 @@
 #include <unistd.h>
 
 #define SPOOL_MAGIC      "MOAT-SPOOL 1\n"
+/* every committed file ends with "\nMOAT-END <qid>\n": a file without it
+ * (a crash between rename and fsync) was never acknowledged */
+#define TRAILER_LEN      (1 + 9 + 18 + 1)
 #define ENVELOPE_MAX     (4 * 1024 * 1024)
 #define WRITE_CHUNK      (64 * 1024)
 
 static char dir_incoming[PATH_MAX];
 static char dir_queue[PATH_MAX];
 static char dir_state[PATH_MAX];
+static char dir_corrupt[PATH_MAX];
 static int  queue_dirfd = -1;
 
 /* group commit of the queue directory fsync */
@@ -54,12 +58,13 @@ int
 spool_init(const struct moat_conf *c, char **err)
 {
 	char base[PATH_MAX];
-	const char *dirs[] = { dir_incoming, dir_queue, dir_state };
+	const char *dirs[] = { dir_incoming, dir_queue, dir_state, dir_corrupt };
 
 	conf_path(c, "spool", base, sizeof(base));
 	snprintf(dir_incoming, sizeof(dir_incoming), "%s/incoming", base);
 	snprintf(dir_queue, sizeof(dir_queue), "%s/queue", base);
 	snprintf(dir_state, sizeof(dir_state), "%s/state", base);
+	snprintf(dir_corrupt, sizeof(dir_corrupt), "%s/corrupt", base);
 	for (size_t i = 0; i < ARRAY_SIZE(dirs); i++)
 		if (mkdir_p(dirs[i], 0700) < 0) {
 			char msg[PATH_MAX + 128];
@@ -288,40 +293,51 @@ dir_sync_group(void)
 	return 0;
 }
 
+/*
+ * Commit: the message and its end marker are written, the file is renamed
+ * into queue/, then fsync(file) and fsync(queue dir).  On ext4 the file
+ * fsync commits the rename in the same journal transaction, so the
+ * directory fsync is nearly free; on any POSIX file system both together
+ * make name and data durable.  A crash between rename and fsync can leave
+ * a partial file in queue/: it lacks the end marker and is set aside at
+ * start (spool_recover), never delivered; it was never acknowledged.
+ */
 int
 spool_commit(struct spool_writer *w, char **err)
 {
 	const char *what = "write";
+	char trailer[TRAILER_LEN + 1];
 
+	snprintf(trailer, sizeof(trailer), "\nMOAT-END %s\n", w->qid);
+	buf_add(&w->wbuf, trailer, TRAILER_LEN);
 	writer_flush(w);
-	if (w->err == 0 && fdatasync(w->fd) < 0) {
+	if (w->err == 0 && rename(w->tmppath, w->qpath) < 0) {
 		w->err = errno;
-		what = "fdatasync";
+		what = "rename";
+	} else if (w->err == 0) {
+		w->committed = true;    /* the file is now at qpath */
+		if (fsync(w->fd) < 0) {
+			w->err = errno;
+			what = "fsync";
+		} else if (dir_sync_group() < 0) {
+			w->err = errno;
+			what = "fsync(queue dir)";
+		}
 	}
 	if (close(w->fd) < 0 && w->err == 0) {
 		w->err = errno;
 		what = "close";
 	}
 	w->fd = -1;
-	if (w->err == 0 && rename(w->tmppath, w->qpath) < 0) {
-		w->err = errno;
-		what = "rename";
-	}
-	if (w->err == 0 && dir_sync_group() < 0) {
-		/* the file is in queue/ but maybe not durably: it will be
-		 * delivered, but we must not promise it: answer 4xx */
-		w->err = errno;
-		what = "fsync(queue dir)";
-		unlink(w->qpath);
-	}
 	if (w->err) {
 		char msg[256];
 		snprintf(msg, sizeof(msg), "%s %s: %s", what, w->qid, strerror(w->err));
 		*err = xstrdup(msg);
-		unlink(w->tmppath);
+		/* not acknowledged: it must not be delivered either */
+		unlink(w->committed ? w->qpath : w->tmppath);
+		w->committed = false;
 		return -1;
 	}
-	w->committed = true;
 	return 0;
 }
 
@@ -481,9 +497,14 @@ spool_read_envelope_fd(int fd, struct envelope *e, char **err)
 		envelope_clear(e);
 		return env_error(err, strerror(errno));
 	}
-	e->data_len = st.st_size - e->data_off;
-	if (e->data_len < 0)
-		e->data_len = 0;
+	e->data_len = st.st_size - e->data_off - TRAILER_LEN;
+	char want[TRAILER_LEN + 1], got[TRAILER_LEN];
+	snprintf(want, sizeof(want), "\nMOAT-END %s\n", e->qid);
+	if (e->data_len < 0 || pread(fd, got, TRAILER_LEN, st.st_size - TRAILER_LEN) != TRAILER_LEN ||
+	    memcmp(got, want, TRAILER_LEN) != 0) {
+		envelope_clear(e);
+		return env_error(err, "incomplete queue file (no end marker): never acknowledged");
+	}
 	return 0;
 }
 
@@ -532,9 +553,40 @@ spool_remove(const char *qid)
 		return -1;
 	}
 	spool_queue_path(qid, path, sizeof(path));
-	if (unlink(path) < 0)
-		return -1;
-	/* not strictly needed for safety (a resurrected file means a
-	 * duplicate, not a loss), but keeps restarts quiet */
-	return dir_sync_group();
+	/* no directory fsync: a file that comes back after a crash means a
+	 * duplicate delivery, never a loss, and an fsync here would double
+	 * the journal commits per message */
+	return unlink(path);
+}
+
+int
+spool_recover(void)
+{
+	DIR *d = opendir(dir_queue);
+	struct dirent *de;
+	int n = 0;
+
+	if (d == NULL)
+		return 0;
+	while ((de = readdir(d)) != NULL) {
+		struct envelope e;
+		char *err = NULL;
+		if (!spool_valid_qid(de->d_name))
+			continue;
+		if (spool_read_envelope(de->d_name, &e, &err) == 0) {
+			envelope_clear(&e);
+			continue;
+		}
+		char from[PATH_MAX], to[PATH_MAX];
+		snprintf(from, sizeof(from), "%s/%s", dir_queue, de->d_name);
+		snprintf(to, sizeof(to), "%s/%s", dir_corrupt, de->d_name);
+		if (rename(from, to) == 0) {
+			log_warnx("qid=%s event=spool-corrupt moved-to=%s error=\"%s\"", de->d_name, to,
+			    esc(err));
+			n++;
+		}
+		free(err);
+	}
+	closedir(d);
+	return n;
 }

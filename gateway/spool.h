@@ -24,11 +24,13 @@
  *                                     ORCPT = "-" or the xtext value)
  *   <empty line>
  *   message...
+ *   "\nMOAT-END QID\n"                 (end marker, written at commit)
  *
  * Values never contain CR, LF or NUL (the SMTP parser refuses them).
- * Durability: spool_commit() = flush + fdatasync(file) + rename into
- * queue/ + fsync(queue dir), the directory fsync group-committed across
- * threads.  Only after it returns 0 may the 250 be sent.
+ * Durability: spool_commit() = write message + end marker, rename into
+ * queue/, fsync(file), fsync(queue dir) (group-committed across threads).
+ * Only after it returns 0 may the 250 be sent.  data_len excludes the
+ * end marker; readers never see it.
  */
 #ifndef MOAT_SPOOL_H
 #define MOAT_SPOOL_H
@@ -81,6 +83,10 @@ int  spool_init(const struct moat_conf *, char **err);
 void spool_new_qid(char out[QID_SIZE]);
 /* remove every incoming/ file (not acknowledged).  Returns count. */
 int  spool_clean_incoming(void);
+/* move queue/ files that fail to parse or lack the end marker (a crash
+ * before their commit finished; never acknowledged) to spool/corrupt/.
+ * Master, at start only.  Returns count. */
+int  spool_recover(void);
 
 /* envelope helpers */
 void envelope_add_rcpt(struct envelope *, const char *addr, const char *orcpt, unsigned notify);
