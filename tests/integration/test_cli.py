@@ -7,6 +7,7 @@ to the run user (the unprivileged worker must read and write them).
 """
 import os
 import pwd
+import re
 import sqlite3
 import stat
 import subprocess
@@ -14,7 +15,7 @@ import sys
 import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from moattest import TAP, Moat, MOAT  # noqa: E402
+from moattest import TAP, Moat, MOAT, MOATD  # noqa: E402
 
 try:
     with warnings.catch_warnings():
@@ -78,6 +79,10 @@ with Moat(domains={"example.test": "store", "relay.test": "relay smtp://127.0.0.
     r = m.cli("user", "list")
     t.ok(r.returncode == 0 and r.stdout == "", "user list on a fresh state-dir: empty",
          "rc=%d out=%r err=%r" % (r.returncode, r.stdout, r.stderr))
+
+    r = m.cli("status")
+    t.ok(r.returncode == 1 and "not running" in r.stderr,
+         "moat status without a daemon: a clear message, exit 1", "rc=%d %s" % (r.returncode, r.stderr))
 
     # --- user add ---
     r = m.cli("user", "add", "Alice@Example.TEST", input="s3cret\n")
@@ -184,5 +189,14 @@ with Moat(domains={"example.test": "store", "relay.test": "relay smtp://127.0.0.
              "as root with a missing run user: refused before creating anything", r.stderr)
     else:
         t.diag("not root: ownership checks skipped")
+
+# --- the control socket client (cli_control) against a running moatd ---
+if os.path.exists(MOATD):
+    with Moat(domains={"example.test": "store"}) as m:
+        r = m.cli("status")
+        t.ok(r.returncode == 0 and re.search(r"\bpid=\d+", r.stdout),
+             "moat status asks the running daemon over control.sock", "rc=%d %r %r" % (r.returncode, r.stdout, r.stderr))
+        r = m.cli("status", "extra")
+        t.eq(r.returncode, 2, "moat status with arguments: usage")
 
 t.done()
