@@ -27,6 +27,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,32 +35,73 @@
 
 #define LOCAL_CHUNK     (64 * 1024)
 
-/* one users handle per pool thread, reopened if the state-dir changes */
-static __thread struct users *local_users;
-static __thread char local_users_path[PATH_MAX];
+/*
+ * One users handle per pool thread, opened on first use, reopened if the
+ * state-dir changes, closed by the key destructor when the thread exits.
+ */
+struct local_tls {
+	struct users *users;
+	char    path[PATH_MAX];
+};
+
+static pthread_key_t local_key;
+static pthread_once_t local_key_once = PTHREAD_ONCE_INIT;
+
+static void
+local_tls_free(void *p)
+{
+	struct local_tls *t = p;
+
+	users_close(t->users);
+	free(t);
+}
+
+static void
+local_key_init(void)
+{
+	if (pthread_key_create(&local_key, local_tls_free) != 0)
+		fatalx("local: pthread_key_create failed");
+}
+
+static struct local_tls *
+local_tls(void)
+{
+	struct local_tls *t;
+
+	pthread_once(&local_key_once, local_key_init);
+	if ((t = pthread_getspecific(local_key)) == NULL) {
+		t = xcalloc(1, sizeof(*t));
+		if (pthread_setspecific(local_key, t) != 0)
+			fatalx("local: pthread_setspecific failed");
+	}
+	return t;
+}
 
 static struct users *
 local_users_handle(const struct moat_conf *c, char **err)
 {
+	struct local_tls *t = local_tls();
 	char path[PATH_MAX];
 
 	conf_path(c, "moat.db", path, sizeof(path));
-	if (local_users && strcmp(path, local_users_path) == 0)
-		return local_users;
-	users_close(local_users);
-	local_users = NULL;
-	local_users_path[0] = '\0';
-	if ((local_users = users_open(path, false, err)) != NULL)
-		moat_strlcpy(local_users_path, path, sizeof(local_users_path));
-	return local_users;
+	if (t->users && strcmp(path, t->path) == 0)
+		return t->users;
+	users_close(t->users);
+	t->users = NULL;
+	t->path[0] = '\0';
+	if ((t->users = users_open(path, false, err)) != NULL)
+		moat_strlcpy(t->path, path, sizeof(t->path));
+	return t->users;
 }
 
 static void
 local_drop_handle(void)
 {
-	users_close(local_users);
-	local_users = NULL;
-	local_users_path[0] = '\0';
+	struct local_tls *t = local_tls();
+
+	users_close(t->users);
+	t->users = NULL;
+	t->path[0] = '\0';
 }
 
 /* the reply for a failed write/fsync: always temporary */

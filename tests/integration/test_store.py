@@ -176,6 +176,10 @@ with Moat(domains={"example.test": "store", "other.test": "store"}) as m:
     while time.time() < end and m.queue_files():
         time.sleep(0.1)
     t.eq(m.queue_files(), [], "the spool is empty after local delivery")
-    t.ok(not re.search(r"(AddressSanitizer|runtime error:)", m.log()), "no sanitizer report in the log")
+    rc = m.stop()
+    t.eq(rc, 0, "moatd stops cleanly on SIGTERM")
+    t.ok(not re.search(r"(AddressSanitizer|LeakSanitizer|runtime error:)", m.log()),
+         "no sanitizer or leak report in the log (after shutdown)",
+         "\n".join(l for l in m.log().splitlines() if "Sanitizer" in l or " in " in l)[:3000])
 
 t.done()
