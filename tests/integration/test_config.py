@@ -7,6 +7,7 @@ docs/moat.conf.5; contrib/moat.conf.sample is a valid configuration.
 """
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -322,8 +323,18 @@ if os.path.exists(sample):
     t.ok(not missing_in_sample, "contrib/moat.conf.sample mentions every directive",
          "missing: %s" % " ".join(missing_in_sample))
 
+# the man pages render without groff warnings (what `man -l` shows)
+groff = shutil.which("groff")
+for page in ("moatd.8", "moat.1", "moat.conf.5"):
+    path = os.path.join(SRCDIR, "docs", page)
+    if groff is None:
+        t.ok(True, "docs/%s renders # SKIP groff not installed" % page)
+        continue
+    r = run([groff, "-man", "-ww", "-z", "-Tutf8", path])
+    t.ok(r.returncode == 0 and r.stderr.strip() == "", "docs/%s renders without warnings" % page,
+         show(r))
+
 if not os.environ.get("MOAT_KEEP_TMP"):
-    import shutil
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(cwd, ignore_errors=True)
 t.done()
