@@ -193,8 +193,8 @@ user_open_db(const struct moat_conf *c)
 		return NULL;
 	}
 	for (size_t i = 0; i < ARRAY_SIZE(sfx); i++) {
-		snprintf(side, sizeof(side), "%s%s", path, sfx[i]);
-		if (access(side, F_OK) == 0)
+		if ((size_t)snprintf(side, sizeof(side), "%s%s", path, sfx[i]) < sizeof(side) &&
+		    access(side, F_OK) == 0)
 			privs_chown(c, side);
 	}
 	return u;
