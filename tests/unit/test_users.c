@@ -130,6 +130,22 @@ main(void)
 	is_int(users_verify(u, "nobody@example.net", "s3cret pw"), 0, "verify: unknown user");
 	is_int(users_verify(u, "not an address", "x"), 0, "verify: invalid address");
 
+	/* no user enumeration by timing: an unknown user costs a hash too */
+	{
+		uint64_t t0, t_known = 0, t_unknown = 0;
+		int i;
+		for (i = 0; i < 3; i++) {
+			t0 = wall_us();
+			users_verify(u, "alice@example.net", "wrong");
+			t_known += wall_us() - t0;
+			t0 = wall_us();
+			users_verify(u, "nobody@example.net", "wrong");
+			t_unknown += wall_us() - t0;
+		}
+		ok(t_unknown * 3 >= t_known, "verify of an unknown user costs about as much as a wrong "
+		    "password (%llu vs %llu us)", (unsigned long long)t_unknown, (unsigned long long)t_known);
+	}
+
 	/* a second handle (another thread/process) sees the same data */
 	u2 = users_open(path, false, &err);
 	ok(u2 != NULL, "second handle opens");
