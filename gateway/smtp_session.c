@@ -509,6 +509,11 @@ cmd_bdat(struct session *s, const struct smtp_command *c)
 static void
 cmd_rset(struct session *s, const struct smtp_command *c)
 {
+	if (c->arglen) {
+		reply(s, "501 5.5.4 Syntax: RSET");
+		bad_command(s);
+		return;
+	}
 	reset_transaction(s);
 	reply(s, "250 2.0.0 Ok");
 }
@@ -516,6 +521,7 @@ cmd_rset(struct session *s, const struct smtp_command *c)
 static void
 cmd_noop(struct session *s, const struct smtp_command *c)
 {
+	/* RFC 5321 4.1.1.9: NOOP may carry a string, which is ignored */
 	reply(s, "250 2.0.0 Ok");
 }
 
@@ -849,8 +855,11 @@ session_process(struct session *s)
 {
 	struct evbuffer *in = bufferevent_get_input(s->bev);
 
-	while (evbuffer_get_length(in) > 0) {
+	for (;;) {
 		bool progress;
+		/* a BDAT chunk may be empty ("BDAT 0 LAST"): it completes with no input */
+		if (evbuffer_get_length(in) == 0 && !(s->state == S_BDAT && s->bdat_left == 0))
+			break;
 		switch (s->state) {
 		case S_DATA:
 			progress = read_data(s, in);
