@@ -23,9 +23,11 @@ tests_unit_test_spool_LDADD = $(MOAT_LIBS)
 TESTS += tests/unit/test_util tests/unit/test_conf tests/unit/test_smtp_parse tests/unit/test_spool
 
 # ---- unit tests: queue, relay, dsn ----
-check_PROGRAMS += tests/unit/test_dsn
+check_PROGRAMS += tests/unit/test_dsn tests/unit/test_relay
 tests_unit_test_dsn_LDADD = $(MOAT_LIBS)
-TESTS += tests/unit/test_dsn
+tests_unit_test_relay_SOURCES = tests/unit/test_relay.c gateway/relay.c
+tests_unit_test_relay_LDADD = $(MOAT_LIBS)
+TESTS += tests/unit/test_dsn tests/unit/test_relay
 
 # ---- unit tests: users, maildir, local delivery ----
 check_PROGRAMS += tests/unit/test_users tests/unit/test_maildir
