@@ -519,13 +519,18 @@ def parse_spool_file(path):
     if i < 0:
         return None, None
     env = {"rcpt": []}
+    msg = data[i + 2:]
+    # the end marker written at commit ("\nMOAT-END QID\n") is not message data
+    j = msg.rfind(b"\nMOAT-END ")
+    if j >= 0 and msg.endswith(b"\n") and b"\n" not in msg[j + 1:-1]:
+        msg = msg[:j]
     for line in data[:i].decode("utf-8", "replace").split("\n"):
         k, _, v = line.partition(" ")
         if k == "rcpt":
             env["rcpt"].append(v)
         else:
             env[k] = v
-    return env, data[i + 2:]
+    return env, msg
 
 
 def spool_messages(m, sub="queue"):
@@ -545,9 +550,9 @@ def spool_messages(m, sub="queue"):
 
 
 def find_message(m, sink, needle, timeout=10.0):
-    """Wait for a message whose bytes contain needle, at the sink or in the
-    spool queue.  Returns ("sink", dict) or ("spool", (qid, env, data)) or
-    (None, None)."""
+    """Wait for a message whose bytes contain needle to reach the sink.
+    Returns ("sink", dict); if it never arrived but sits in the spool queue,
+    ("spool", (qid, env, data)) after the timeout; else (None, None)."""
     if isinstance(needle, str):
         needle = needle.encode("utf-8")
     end = time.time() + timeout
@@ -557,12 +562,23 @@ def find_message(m, sink, needle, timeout=10.0):
                 for msg in sink.messages:
                     if needle in msg["data"]:
                         return "sink", msg
-        for qid, (env, data) in spool_messages(m).items():
-            if data is not None and needle in data:
-                return "spool", (qid, env, data)
         if time.time() >= end:
-            return None, None
+            break
         time.sleep(0.05)
+    for qid, (env, data) in spool_messages(m).items():
+        if data is not None and needle in data:
+            return "spool", (qid, env, data)
+    return None, None
+
+
+def wait_queue_empty(m, timeout=15.0):
+    """wait until state-dir/spool/queue is empty (everything delivered)"""
+    end = time.time() + timeout
+    while time.time() < end:
+        if not m.queue_files():
+            return True
+        time.sleep(0.05)
+    return not m.queue_files()
 
 
 def sink_count(sink, needle):

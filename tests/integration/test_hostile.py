@@ -17,7 +17,7 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from moattest import (TAP, Moat, Sink, SMTPConn, MOATD, enhanced, find_message,  # noqa: E402
-                      sink_count, spool_messages)
+                      sink_count, spool_messages, wait_queue_empty)
 
 t = TAP()
 if not os.path.exists(MOATD):
@@ -67,11 +67,15 @@ def goes_on_or_closes(c, desc):
 
 
 def nowhere(m, sink, mk, desc, wait=2.0):
+    wait_queue_empty(m, wait)
     where, _ = find_message(m, sink, mk, wait)
     return t.ok(where is None, desc, "found in %r" % where)
 
 
 def count_everywhere(m, sink, needle):
+    """messages holding needle, at the sink or still queued (waits for the
+    queue to drain first, so nothing is counted twice)"""
+    wait_queue_empty(m, 15)
     n = sink_count(sink, needle)
     nb = needle.encode()
     n += sum(1 for env, data in spool_messages(m).values() if data is not None and nb in data)

@@ -560,7 +560,7 @@ def t_received_limit(m, sink):
     r = send_raw(m.port, "loop@sender.test", ["u@" + DOMAIN], loop)
     check(r["end"], 554, "5.4.6", "60 Received headers (> smtp-max-received 50) -> 554 5.4.6")
     where, _ = find_message(m, sink, mk, 3)
-    t.ok(where is None, "the looping message is neither spooled nor delivered")
+    t.ok(where is None, "the looping message is neither spooled nor delivered", repr(where))
     # 30 Received headers are fine
     hdrs = "".join("Received: from h%d.test by h%d.test; Mon, 23 Nov 2026 04:00:00 +0000\r\n" % (i, i)
                    for i in range(30))
