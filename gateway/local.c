@@ -143,14 +143,20 @@ local_deliver(const struct moat_conf *c, const char *rcpt, int fd, off_t off, of
 	struct maildir_msg m;
 	bool cr = false, logged = false;
 	off_t done = 0;
-	int r, e;
+	int r = 0, e;
 
 	if (!users_canon(rcpt, c->recipient_delimiter, canon, sizeof(canon))) {
 		buf_printf(reply, "550 5.1.3 <%s>: bad recipient address syntax", esc(rcpt));
 		return LOCAL_PERMFAIL;
 	}
+	/* RFC 5321 4.5.1: postmaster@ every domain we serve must be accepted;
+	 * it has a mailbox even before anybody adds the user to read it */
+	bool postmaster = ascii_strncasecmp(canon, "postmaster@", 11) == 0;
 	if ((u = local_users_handle(c, &err)) == NULL) {
-		if (errno == ENOENT) {
+		if (errno == ENOENT && postmaster) {
+			free(err);
+			err = NULL;
+		} else if (errno == ENOENT) {
 			/* no users database at all: nobody can be a local user */
 			free(err);
 			buf_printf(reply, "550 5.1.1 <%s>: no such user", canon);
@@ -161,12 +167,12 @@ local_deliver(const struct moat_conf *c, const char *rcpt, int fd, off_t off, of
 		buf_printf(reply, "451 4.3.0 <%s>: users database unavailable", canon);
 		return LOCAL_TEMPFAIL;
 	}
-	if ((r = users_exists(u, canon, NULL)) < 0) {
+	if (u && (r = users_exists(u, canon, NULL)) < 0) {
 		local_drop_handle();
 		buf_printf(reply, "451 4.3.0 <%s>: users database lookup failed", canon);
 		return LOCAL_TEMPFAIL;
 	}
-	if (r == 0) {
+	if (u && r == 0 && !postmaster) {
 		buf_printf(reply, "550 5.1.1 <%s>: no such user", canon);
 		return LOCAL_PERMFAIL;
 	}

@@ -330,8 +330,15 @@ cmd_rcpt(struct session *s, const struct smtp_command *c)
 		reply(s, "452 4.5.3 Error: too many recipients");
 		return;
 	}
-	if (strcmp(addr, "postmaster") == 0)
-		moat_strlcpy(addr, C()->postmaster, sizeof(addr));
+	if (strcmp(addr, "postmaster") == 0) {
+		/* <postmaster> with no domain: our postmaster if that domain is
+		 * ours, else postmaster@ the first configured domain */
+		const char *pd = smtp_addr_domain(C()->postmaster);
+		if (pd && conf_find_domain(C(), pd))
+			moat_strlcpy(addr, C()->postmaster, sizeof(addr));
+		else if (C()->ndomains)
+			snprintf(addr, sizeof(addr), "postmaster@%s", C()->domains[0].name);
+	}
 	domain = smtp_addr_domain(addr);
 	d = domain ? conf_find_domain(C(), domain) : NULL;
 	if (d == NULL) {
@@ -343,6 +350,8 @@ cmd_rcpt(struct session *s, const struct smtp_command *c)
 	if (d->deliver == DELIVER_STORE) {
 		struct users *u = worker_users();
 		int r = u ? users_exists(u, addr, C()->recipient_delimiter) : -1;
+		if (r == 0 && ascii_strncasecmp(addr, "postmaster@", 11) == 0)
+			r = 1;      /* RFC 5321 4.5.1: always accepted */
 		if (r == 0) {
 			snprintf(rbuf, sizeof(rbuf),
 			    "550 5.1.1 <%s>: Recipient address rejected: User unknown in local recipient table",

@@ -172,6 +172,17 @@ with Moat(domains={"example.test": "store", "other.test": "store"}) as m:
     t.eq([l.split("\t")[0] for l in r.stdout.splitlines()],
          ["alice@example.test", "carol@other.test", "dave@example.test"], "moat user list")
 
+    # RFC 5321 4.5.1: postmaster@ a served domain is accepted without a user
+    code, text = rcpt(m.port, "Postmaster@other.test")
+    t.ok(200 <= code < 300, "postmaster@ a store domain accepted with no such user", "%d %s" % (code, text))
+    code, text = rcpt(m.port, "postmaster")
+    t.ok(200 <= code < 300, "RCPT TO:<postmaster> (no domain) accepted", "%d %s" % (code, text))
+    s = smtplib.SMTP("127.0.0.1", m.port, timeout=30)
+    s.sendmail("sender@remote.test", ["postmaster@other.test"], BODY % ("pm", "to the postmaster"))
+    s.quit()
+    got = wait_files(m, "postmaster@other.test", 1)
+    t.eq(len(got), 1, "mail to postmaster@ lands in that domain's postmaster mailbox")
+
     end = time.time() + 10
     while time.time() < end and m.queue_files():
         time.sleep(0.1)
