@@ -435,6 +435,12 @@ record(struct delivery *d, size_t i, int code, bool remote_reply, const char *re
 	clean_text(r->reply);
 	moat_strlcpy(r->remote, remote_reply && remote ? remote : "", sizeof(r->remote));
 	dsn_status_of_reply(r->reply, r->dstatus, sizeof(r->dstatus));
+	if (r->dstatus[0] == '\0' && code >= 200 && code <= 599) {
+		/* local reasons start with an enhanced code only: "4.4.1 connect to ..." */
+		char tmp[64];
+		snprintf(tmp, sizeof(tmp), "%d %.50s", code, r->reply);
+		dsn_status_of_reply(tmp, r->dstatus, sizeof(r->dstatus));
+	}
 	if (r->dstatus[0] == '\0')
 		snprintf(r->dstatus, sizeof(r->dstatus), "%d.0.0", code / 100 == 2 ? 2 :
 		    code / 100 == 5 ? 5 : 4);

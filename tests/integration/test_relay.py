@@ -12,9 +12,11 @@ exactly once.
 import hashlib
 import os
 import re
+import shutil
 import smtplib
 import socket
 import sys
+import tempfile
 import threading
 import time
 
@@ -315,5 +317,34 @@ with Moat(domains={"old.test": "relay smtp://127.0.0.1:%d" % hs.port}, extra=FAS
     t.ok(any(c.upper().startswith("HELO ") for c in hs.cmds), "HELO: fell back to HELO")
     t.ok("MAIL FROM:<s@old.test>" in hs.cmds, "HELO: MAIL without ESMTP parameters", hs.cmds)
 hs.sock.close()
+
+# ---- 12. LMTP over a unix socket ----
+us = Sink(lmtp=True)        # not started on TCP: its session code serves the unix socket
+utmp = tempfile.mkdtemp(prefix="moat-lmtp-")
+upath = os.path.join(utmp, "lmtp.sock")
+usock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+usock.bind(upath)
+os.chmod(utmp, 0o755)
+os.chmod(upath, 0o777)      # moatd's worker may run as another user
+usock.listen(8)
+
+
+def unix_accept():
+    while True:
+        try:
+            c, _ = usock.accept()
+        except OSError:
+            return
+        threading.Thread(target=us._session, args=(c,), daemon=True).start()
+
+
+threading.Thread(target=unix_accept, daemon=True).start()
+with Moat(domains={"sock.test": "relay lmtp:unix:%s" % upath}, extra=FAST) as m:
+    send(m, "s@sock.test", ["u1@sock.test", "u2@sock.test"], "over unix\r\n", "unix lmtp")
+    t.ok(us.wait_messages(1, 20), "unix LMTP: delivered", m.log()[-2000:])
+    t.ok(m.wait_log(r"event=delivered to=<u2@sock\.test> relay=lmtp:unix:"), "unix LMTP: logged per recipient")
+    t.ok(wait_queue_empty(m), "unix LMTP: queue empty")
+usock.close()
+shutil.rmtree(utmp, ignore_errors=True)
 
 t.done()
