@@ -12,6 +12,11 @@
 #   MOAT_JOBS=N          make -jN (default 2)
 #   MOAT_CHECK_TIMEOUT=S time limit for `make check` in seconds (default 1800)
 #   TESTS="a b"          run only these tests (passed to make check)
+#   MOAT_FUZZ_RUNS=N     after the suite, run each libFuzzer target for N
+#                        inputs from its seed corpus with a fixed seed, so a
+#                        run is repeatable (default 200000; 0 skips the fuzz
+#                        stage).  The targets are built with clang in BUILD-fuzz.
+#   MOAT_FUZZ_SECONDS=S  time cap per target (default 90)
 #
 # Counting: every TAP result is one test (automake's tap-driver writes one
 # ":test-result:" line per result into each .trs file).  failed = FAIL +
@@ -91,8 +96,64 @@ if [ $check_rc -eq 124 ] || [ $check_rc -eq 137 ]; then
 	timed_out=1
 fi
 
+# ---- fuzz smoke: every libFuzzer target, from its seed corpus ----
+# Each target that runs its inputs without a crash is one passed test; a
+# crash, a leak or a build failure is one failed test (its output and the
+# crashing input are printed).  -seed=1 makes the run repeatable; long
+# fuzzing campaigns are run by hand (see tests/fuzz/local.mk).
+fuzz_pass=0 fuzz_fail=0
+fuzz_runs=${MOAT_FUZZ_RUNS:-200000}
+fuzz_secs=${MOAT_FUZZ_SECONDS:-90}
+if [ "$build" = "$src" ]; then
+	echo "test.sh: in-tree build: skipping the fuzz stage (it needs a second, out-of-tree build)"
+elif [ "$fuzz_runs" -gt 0 ] 2>/dev/null && [ -d "$src/tests/fuzz" ]; then
+	fbuild=$build-fuzz
+	echo "== fuzz: CC=clang configure --enable-fuzzers in $fbuild; $fuzz_runs inputs (at most ${fuzz_secs}s) per target"
+	mkdir -p "$fbuild"
+	targets=()
+	for c in "$src"/tests/fuzz/fuzz_*.c; do
+		[ -f "$c" ] && targets+=("tests/fuzz/$(basename "$c" .c)")
+	done
+	if [ ${#targets[@]} -eq 0 ]; then
+		echo "test.sh: no fuzz targets"
+	elif ! (cd "$fbuild" && CC=clang "$src/configure" --enable-fuzzers >configure.out 2>&1 &&
+	    make -j"$jobs" "${targets[@]}" >make.out 2>&1); then
+		echo "======== FAILED: building the fuzz targets ========"
+		tail -n 40 "$fbuild/configure.out" "$fbuild/make.out" 2>/dev/null
+		fuzz_fail=$((fuzz_fail + 1))
+	else
+		for tgt in "${targets[@]}"; do
+			name=$(basename "$tgt")             # fuzz_smtp_cmd
+			short=${name#fuzz_}; short=${short#smtp_}
+			work=$(mktemp -d "$fbuild/corpus-$name.XXXXXX")
+			for d in "$src/tests/fuzz/corpus/$short" "$src/tests/fuzz/corpus/${name#fuzz_}"; do
+				[ -d "$d" ] && cp -R "$d/." "$work/" && break
+			done
+			log=$fbuild/$name.log
+			rm -f "$fbuild/$name-"*
+			if (cd "$fbuild" && ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:print_stacktrace=1" \
+			    UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+			    timeout $((fuzz_secs + 120)) "./$tgt" -seed=1 -runs="$fuzz_runs" -max_total_time="$fuzz_secs" \
+			    -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+			    -artifact_prefix="$fbuild/$name-" "$work" >"$log" 2>&1); then
+				echo "PASS: fuzz $name ($(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$') inputs)"
+				fuzz_pass=$((fuzz_pass + 1))
+			else
+				echo "FAIL: fuzz $name"
+				echo "======== FAILED: fuzz $name ========"
+				grep -v '^#[0-9]' "$log" | tail -n 80
+				for a in "$fbuild/$name-"*; do
+					[ -f "$a" ] && echo "crashing input $a:" && od -c "$a" | head -n 20
+				done
+				fuzz_fail=$((fuzz_fail + 1))
+			fi
+			rm -rf "$work"
+		done
+	fi
+fi
+
 # ---- count ----
-pass=0 fail=0 error=0 skip=0 xfail=0 xpass=0
+pass=$fuzz_pass fail=$fuzz_fail error=0 skip=0 xfail=0 xpass=0
 failed_logs=()
 while IFS= read -r trs; do
 	while IFS= read -r r; do
