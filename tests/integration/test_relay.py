@@ -318,7 +318,29 @@ with Moat(domains={"old.test": "relay smtp://127.0.0.1:%d" % hs.port}, extra=FAS
     t.ok("MAIL FROM:<s@old.test>" in hs.cmds, "HELO: MAIL without ESMTP parameters", hs.cmds)
 hs.sock.close()
 
-# ---- 12. LMTP over a unix socket ----
+# ---- 12. deliver store: Return-Path/Delivered-To, NOTIFY=SUCCESS gives a "delivered" DSN ----
+with Sink() as back, Moat(domains={"store.test": "store",
+                                   "sender.test": "relay smtp://127.0.0.1:%d" % back.port}, extra=FAST) as m:
+    r = m.cli("user", "add", "box@store.test", input="secret\n")
+    t.ok(r.returncode == 0, "store: user added", r.stderr)
+    send(m, "alice@sender.test", ["box@store.test"], "stored body\r\n", "store dsn",
+         rcpt_options=["NOTIFY=SUCCESS"])
+    t.ok(wait_until(lambda: len(m.maildir_files("box@store.test")) == 1, 20), "store: delivered to the Maildir",
+         m.log()[-2000:])
+    files = m.maildir_files("box@store.test")
+    if files:
+        data = open(files[0], "rb").read()
+        t.ok(data.startswith(b"Return-Path: <alice@sender.test>\nDelivered-To: box@store.test\n"),
+             "store: Return-Path and Delivered-To prepended", data[:200])
+    t.ok(back.wait_messages(1, 20), "store: a success DSN came back", m.log()[-2000:])
+    if back.messages:
+        raw = back.messages[0]["data"].decode("utf-8", "replace")
+        t.eq(back.messages[0]["mail_from"], "", "store: DSN from the null sender")
+        t.ok("Action: delivered" in raw and "Status: 2.0.0" in raw, "store: Action delivered", raw[:2000])
+    t.ok(m.wait_log(r"event=delivered to=<box@store\.test> relay=store"), "store: delivered log line")
+    t.ok(wait_queue_empty(m), "store: queue empty")
+
+# ---- 13. LMTP over a unix socket ----
 us = Sink(lmtp=True)        # not started on TCP: its session code serves the unix socket
 utmp = tempfile.mkdtemp(prefix="moat-lmtp-")
 upath = os.path.join(utmp, "lmtp.sock")
