@@ -340,7 +340,50 @@ with Sink() as back, Moat(domains={"store.test": "store",
     t.ok(m.wait_log(r"event=delivered to=<box@store\.test> relay=store"), "store: delivered log line")
     t.ok(wait_queue_empty(m), "store: queue empty")
 
-# ---- 13. LMTP over a unix socket ----
+# ---- 13. hostile or silent downstream: bounded replies, timeouts, deferred not lost ----
+
+
+def evil_server(mode):
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+
+    def run():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            try:
+                if mode == "silent":
+                    time.sleep(5)
+                elif mode == "longline":
+                    c.sendall(b"220 " + b"x" * 100000 + b"\r\n")
+                elif mode == "manylines":
+                    c.sendall(b"220-hi\r\n" * 5000 + b"220 hi\r\n")
+                time.sleep(1)
+            except OSError:
+                pass
+            finally:
+                c.close()
+    threading.Thread(target=run, daemon=True).start()
+    return srv
+
+
+for mode, what in (("silent", "timed out"), ("longline", "too long"), ("manylines", "more than")):
+    srv = evil_server(mode)
+    eport = srv.getsockname()[1]
+    with Moat(domains={"evil.test": "relay smtp://127.0.0.1:%d" % eport},
+              extra=FAST + "relay-command-timeout 1\n") as m:
+        send(m, "s@evil.test", ["r@evil.test"], "x\r\n", "evil " + mode)
+        t.ok(m.wait_log(r"event=deferred to=<r@evil\.test> .*%s" % what, 15),
+             "hostile downstream (%s): deferred with a clear reason" % mode, m.log()[-1500:])
+        t.eq(len(m.queue_files()), 1, "hostile downstream (%s): message kept in the queue" % mode)
+        t.ok(m.proc.poll() is None, "hostile downstream (%s): moatd still running" % mode)
+    srv.close()
+
+# ---- 14. LMTP over a unix socket ----
 us = Sink(lmtp=True)        # not started on TCP: its session code serves the unix socket
 utmp = tempfile.mkdtemp(prefix="moat-lmtp-")
 upath = os.path.join(utmp, "lmtp.sock")
