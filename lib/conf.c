@@ -75,6 +75,7 @@ static const struct setting settings[] = {
 	{ "relay-data-timeout",     CT_DURATION, OFF(relay_data_timeout), "600", 1, 7200 },
 	{ "relay-max-messages-per-connection", CT_INT, OFF(relay_max_messages_per_connection), "1000", 1, 1000000 },
 	{ "postmaster",             CT_STRING,   OFF(postmaster), NULL, 0, 0 },
+	{ "auth-allow-plaintext",   CT_BOOL,     OFF(auth_allow_plaintext), "no", 0, 0 },
 };
 
 struct parser {
@@ -288,19 +289,19 @@ d_listen(struct parser *p, int n, char **w)
 		return;
 	}
 	l.kind = kinds[i].k;
-	l.tls = l.kind == LISTEN_SMTPS || l.kind == LISTEN_IMAPS || l.kind == LISTEN_POP3S ?
-	    TLS_IMPLICIT : TLS_NONE;
-	l.auth = l.kind == LISTEN_SUBMISSION || l.kind == LISTEN_SMTPS ? AUTH_REQUIRED : AUTH_NONE;
+	/* tls/auth defaults are settled in finish(), once the certificates are known */
 
 	for (int a = 3; a < n; a++) {
 		if (!strncmp(w[a], "tls=", 4)) {
 			const char *v = w[a] + 4;
+			l.tls_set = true;
 			if (!strcmp(v, "none")) l.tls = TLS_NONE;
 			else if (!strcmp(v, "starttls")) l.tls = TLS_STARTTLS;
 			else if (!strcmp(v, "implicit")) l.tls = TLS_IMPLICIT;
 			else perr(p, "listen: tls= takes none, starttls or implicit, not \"%s\"", esc(v));
 		} else if (!strncmp(w[a], "auth=", 5)) {
 			const char *v = w[a] + 5;
+			l.auth_set = true;
 			if (!strcmp(v, "none")) l.auth = AUTH_NONE;
 			else if (!strcmp(v, "optional")) l.auth = AUTH_OPTIONAL;
 			else if (!strcmp(v, "required")) l.auth = AUTH_REQUIRED;
@@ -308,13 +309,8 @@ d_listen(struct parser *p, int n, char **w)
 		} else
 			perr(p, "listen: unknown option \"%s\" (tls=, auth=)", esc(w[a]));
 	}
-	if (l.kind != LISTEN_SMTP) {
-		perr(p, "listen %s: not supported by this version of moat yet (only \"listen smtp\")",
-		    w[1]);
-		return;
-	}
-	if (l.tls != TLS_NONE || l.auth != AUTH_NONE) {
-		perr(p, "listen %s: tls= and auth= are not supported by this version of moat yet", w[1]);
+	if (l.kind == LISTEN_MILTER || l.kind == LISTEN_HTTP) {
+		perr(p, "listen %s: not supported by this version of moat yet", w[1]);
 		return;
 	}
 	if (!parse_hostport(w[2], NULL, &host, &port) || !valid_port(port)) {
@@ -630,10 +626,42 @@ d_bare_lf(struct parser *p, int n, char **w)
 		perr(p, "smtp-bare-lf: expected normal or reject");
 }
 
+static void
+d_tls(struct parser *p, int n, char **w)
+{
+	struct moat_conf *c = p->c;
+
+	if (n == 5 && !strcmp(w[1], "certificate") && !strcmp(w[3], "key")) {
+		struct tls_cert_conf t = { xstrdup(w[2]), xstrdup(w[4]), p->file, p->line };
+		if (access(t.cert, R_OK) < 0)
+			perr(p, "tls certificate: cannot read %s: %s", esc(t.cert), strerror(errno));
+		if (access(t.key, R_OK) < 0)
+			perr(p, "tls certificate: cannot read key %s: %s", esc(t.key), strerror(errno));
+		c->tls_certs = xreallocarray(c->tls_certs, c->ntls_certs + 1, sizeof(t));
+		c->tls_certs[c->ntls_certs++] = t;
+	} else if (n == 3 && !strcmp(w[1], "min-version")) {
+		if (!strcmp(w[2], "1.2") || !strcmp(w[2], "TLSv1.2"))
+			c->tls_min_version = 0x0303;
+		else if (!strcmp(w[2], "1.3") || !strcmp(w[2], "TLSv1.3"))
+			c->tls_min_version = 0x0304;
+		else
+			perr(p, "tls min-version: expected 1.2 or 1.3 (older versions are not offered)");
+	} else if (n == 3 && !strcmp(w[1], "ciphers")) {
+		free(c->tls_ciphers);
+		c->tls_ciphers = xstrdup(w[2]);
+	} else if (n == 3 && !strcmp(w[1], "ciphersuites")) {
+		free(c->tls_ciphersuites);
+		c->tls_ciphersuites = xstrdup(w[2]);
+	} else
+		perr(p, "tls: expected \"tls certificate FILE key FILE\", \"tls min-version 1.2|1.3\", "
+		    "\"tls ciphers LIST\" or \"tls ciphersuites LIST\"");
+}
+
 static const struct {
 	const char *name;
 	void (*fn)(struct parser *, int, char **);
 } directives[] = {
+	{ "tls", d_tls },
 	{ "listen", d_listen },
 	{ "domain", d_domain },
 	{ "state-dir", d_state_dir },
@@ -727,6 +755,29 @@ finish(struct parser *p, struct moat_conf *c)
 		    p->file, c->queue_retry_max, c->queue_retry_min);
 		p->nerr++;
 	}
+	for (size_t i = 0; i < c->nlistens; i++) {
+		struct listen_conf *l = &c->listens[i];
+		bool implicit = l->kind == LISTEN_SMTPS || l->kind == LISTEN_IMAPS ||
+		    l->kind == LISTEN_POP3S;
+		if (!l->tls_set)
+			l->tls = implicit ? TLS_IMPLICIT : c->ntls_certs ? TLS_STARTTLS : TLS_NONE;
+		if (!l->auth_set)
+			l->auth = l->kind == LISTEN_SUBMISSION || l->kind == LISTEN_SMTPS ?
+			    AUTH_REQUIRED : AUTH_NONE;
+		if (l->tls != TLS_NONE && c->ntls_certs == 0) {
+			buf_printf(p->errs, "%s:%d: listen %s %s needs TLS: add \"tls certificate FILE key FILE\"\n",
+			    l->file, l->line, listen_kind_name(l->kind), l->spec);
+			p->nerr++;
+		}
+		if (implicit && l->tls != TLS_IMPLICIT) {
+			buf_printf(p->errs, "%s:%d: listen %s is implicit TLS; tls=%s makes no sense\n",
+			    l->file, l->line, listen_kind_name(l->kind),
+			    l->tls == TLS_NONE ? "none" : "starttls");
+			p->nerr++;
+		}
+	}
+	if (c->tls_min_version == 0)
+		c->tls_min_version = 0x0303;
 	if (c->recipient_delimiter && strlen(c->recipient_delimiter) > 1) {
 		buf_printf(p->errs, "%s: recipient-delimiter must be one character\n", p->file);
 		p->nerr++;
@@ -849,6 +900,14 @@ conf_free(struct moat_conf *c)
 	}
 	free(c->domains);
 	free(c->limit_exempt);
+	for (size_t i = 0; i < c->ntls_certs; i++) {
+		free(c->tls_certs[i].cert);
+		free(c->tls_certs[i].key);
+	}
+	free(c->tls_certs);
+	free(c->tls_ciphers);
+	free(c->tls_ciphersuites);
+	free(c->relay_authenticated);
 	free(c->path);
 	free(c->state_dir);
 	free(c);

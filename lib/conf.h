@@ -36,6 +36,7 @@ struct listen_conf {
 	socklen_t sslen;
 	enum tls_mode tls;
 	enum auth_mode auth;
+	bool    tls_set, auth_set;      /* given explicitly (else defaults by kind) */
 	int     fd;                     /* bound socket, set by the master; -1 */
 	const char *file;
 	int     line;
@@ -64,6 +65,13 @@ struct cidr {
 	int     bits;
 };
 
+struct tls_cert_conf {
+	char   *cert;                   /* PEM, full chain */
+	char   *key;
+	const char *file;
+	int     line;
+};
+
 struct moat_conf {
 	char   *path;                   /* file name, or "(embedded default)" */
 	char   *hostname;
@@ -78,6 +86,16 @@ struct moat_conf {
 	size_t  nlistens;
 	struct domain_conf *domains;
 	size_t  ndomains;
+
+	/* TLS (server side): the first certificate is the default, the others
+	 * are chosen by SNI from their subject alternative names */
+	struct tls_cert_conf *tls_certs;
+	size_t  ntls_certs;
+	int     tls_min_version;        /* TLS1_2_VERSION or TLS1_3_VERSION */
+	char   *tls_ciphers;            /* TLS <= 1.2 cipher list (OpenSSL syntax) */
+	char   *tls_ciphersuites;       /* TLS 1.3 suites */
+	bool    auth_allow_plaintext;   /* offer AUTH/LOGIN without TLS (default no) */
+	char   *relay_authenticated;    /* where authenticated submission goes (smtp://...) */
 
 	/* SMTP server limits */
 	char   *smtp_banner;            /* text after "220 hostname " */

@@ -56,7 +56,7 @@ main(void)
 	c = load("listen smtp 127.0.0.1:25\nbogus 1\nmessage-size-limit 12x\n"
 	    "domain a.test deliver store\ndomain A.test deliver store\n"
 	    "domain b.test deliver relay ftp://x\nlisten smtp 127.0.0.1:25\n"
-	    "smtp-banner \"unterminated\nthreads 0\nlisten imap 127.0.0.1:143\n", &e);
+	    "smtp-banner \"unterminated\nthreads 0\nlisten milter 127.0.0.1:8890\n", &e);
 	ok(c == NULL, "broken config refused");
 	ok(strstr(e.data, "t.conf:2: unknown directive \"bogus\"") != NULL, "unknown directive at line 2");
 	ok(strstr(e.data, "t.conf:3: message-size-limit") != NULL, "bad size at line 3");
@@ -65,7 +65,7 @@ main(void)
 	ok(strstr(e.data, "t.conf:7: listen: 127.0.0.1:25 is already used") != NULL, "duplicate listener at line 7");
 	ok(strstr(e.data, "t.conf:8: unterminated quoted string") != NULL, "unterminated quote at line 8");
 	ok(strstr(e.data, "t.conf:9: threads") != NULL, "out of range at line 9");
-	ok(strstr(e.data, "t.conf:10: listen imap") != NULL, "unsupported listener reported");
+	ok(strstr(e.data, "t.conf:10: listen milter") != NULL, "unsupported listener reported");
 	printf("# errors:\n# %s\n", e.data);
 
 	c = load("threads 4\nthreads 5\n", &e);
@@ -74,6 +74,18 @@ main(void)
 	ok(c == NULL && strstr(e.data, "t.conf:2:"), "hostnames refused in listen");
 	c = load("queue-retry-min 1h\nqueue-retry-max 1m\n", &e);
 	ok(c == NULL && strstr(e.data, "queue-retry-max"), "cross-field check");
+
+	c = load("listen smtps 127.0.0.1:465\nlisten imap 127.0.0.1:143 tls=starttls\n", &e);
+	ok(c == NULL && strstr(e.data, "t.conf:1: listen smtps 127.0.0.1:465 needs TLS") &&
+	    strstr(e.data, "t.conf:2: listen imap"), "TLS listeners need a certificate");
+	c = load("listen submission 127.0.0.1:587\nlisten pop3 127.0.0.1:110\n", &e);
+	ok(c && c->listens[0].auth == AUTH_REQUIRED && c->listens[0].tls == TLS_NONE &&
+	    c->listens[1].tls == TLS_NONE, "defaults without a certificate");
+	conf_free(c);
+	c = load("tls certificate /nonexistent/cert.pem key /nonexistent/key.pem\n", &e);
+	ok(c == NULL && strstr(e.data, "t.conf:1: tls certificate: cannot read"), "unreadable certificate reported");
+	c = load("tls min-version 1.1\n", &e);
+	ok(c == NULL && strstr(e.data, "t.conf:1: tls min-version"), "TLS below 1.2 refused");
 
 	c = conf_load_string("(embedded default)", conf_embedded_default, &e);
 	ok(c != NULL && c->nlistens == 1 && c->ndomains == 1, "embedded default is valid");
