@@ -265,8 +265,13 @@ def t_kill9():
         m.kill9_all()
         time.sleep(0.5)
         acked_at_kill = load.count()
+        leftovers = set(dir_files(m, "incoming"))
+        t.diag("kill -9 of everything left %d half-received files in spool/incoming" % len(leftovers))
         m.start()
         t.ok(m.proc.poll() is None, "moatd restarts after kill -9 of master and workers")
+        time.sleep(0.5)
+        stale = leftovers & set(dir_files(m, "incoming"))
+        t.ok(not stale, "the restart discards the half-received files in spool/incoming", sorted(stale)[:10])
         t.ok(load.wait_acked(acked_at_kill + 150, 30), "mail flows after the restart (%d acked)" % load.count())
         time.sleep(1)
     finally:

@@ -518,6 +518,17 @@ def t_dsn(m, sink):
         for p, what in bad_rcpt:
             check(c.cmd("RCPT TO:<u@%s> %s" % (DOMAIN, p)), 501, "5.5.4", "RCPT %s -> 501 5.5.4" % what)
         check(c.cmd("RCPT TO:<u@%s>" % DOMAIN), 250, None, "plain RCPT after the bad ones -> 250")
+    # with SMTPUTF8 an ORCPT may carry UTF-8 (RFC 6533), but never control
+    # characters: they would be stored and relayed downstream verbatim
+    with SMTPConn(m.port) as c:
+        ehlo(c)
+        check(c.cmd("MAIL FROM:<d@sender.test> SMTPUTF8"), 250, None, "MAIL with SMTPUTF8")
+        check(c.cmd("RCPT TO:<u@%s> ORCPT=utf-8;ü@%s" % (DOMAIN, DOMAIN)), 250, "2.1.5",
+              "SMTPUTF8: ORCPT=utf-8;<UTF-8 address> -> 250")
+        check(c.cmd(b"RCPT TO:<u@example.test> ORCPT=rfc822;a\x01b@example.test"), 501, "5.5.4",
+              "SMTPUTF8: ORCPT with a control character -> 501 5.5.4")
+        check(c.cmd(b"RCPT TO:<u@example.test> ORCPT=rfc822;a\x7fb@example.test"), 501, "5.5.4",
+              "SMTPUTF8: ORCPT with DEL -> 501 5.5.4")
 
 
 def t_smtputf8(m, sink):
