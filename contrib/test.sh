@@ -73,11 +73,11 @@ fi
 # LeakSanitizer works on this machine kind (it needs ptrace of its own
 # threads); leaks fail the run.  Reports go to files so that reports from
 # daemons whose stderr a test swallowed are still seen; they are printed and
-# counted below.  The directory is world-writable because moatd's worker
-# drops privileges when the tests run as root.
-sandir=$build/sanitizer-logs
-rm -rf "$sandir"
-mkdir -p "$sandir" && chmod 1777 "$sandir"
+# counted below.  The directory is in /tmp and world-writable because
+# moatd's worker drops privileges when the tests run as root, and may not be
+# able to reach a build directory under /root.
+sandir=$(mktemp -d /tmp/moat-sanitizer.XXXXXX) || die_summary 0 1
+chmod 1777 "$sandir"
 export ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:abort_on_error=0:print_stacktrace=1:detect_stack_use_after_return=1:disable_coredump=1:log_path=$sandir/asan"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$sandir/ubsan"
 export LSAN_OPTIONS="suppressions=$src/contrib/lsan.supp:print_suppressions=0"
