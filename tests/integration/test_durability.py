@@ -103,6 +103,7 @@ class Load:
                              for i in range(body_lines))
         self.acked = {}
         self.refused = 0
+        self.refused_replies = {}      # "code enhanced" -> count
         self.errors = 0
         self.sent = 0
         self.lock = threading.Lock()
@@ -138,6 +139,12 @@ class Load:
             self.sent += 1
         return "%s-%d-%d" % (self.prefix, i, seq)
 
+    def _refused(self, r):
+        k = "%s %s" % (r[0], r[1].split(" ")[0] if r[1] else "")
+        with self.lock:
+            self.refused += 1
+            self.refused_replies[k] = self.refused_replies.get(k, 0) + 1
+
     def _run(self, i):
         seq = 0
         while not self.stop_ev.is_set():
@@ -154,11 +161,17 @@ class Load:
                         self.stop_ev.wait(0.05)
                         return
                     seq += 1
-                    if c.cmd("MAIL FROM:<load%d@sender.test>" % i)[0] != 250 or \
-                            c.cmd("RCPT TO:<sink%d@%s>" % (i % 3, DOMAIN))[0] != 250 or \
-                            c.cmd("DATA")[0] != 354:
-                        with self.lock:
-                            self.refused += 1
+                    bad = None
+                    for line, want in (("MAIL FROM:<load%d@sender.test>" % i, 250),
+                                       ("RCPT TO:<sink%d@%s>" % (i % 3, DOMAIN), 250), ("DATA", 354)):
+                        r = c.cmd(line)
+                        if r[0] is None:
+                            raise OSError("connection lost")
+                        if r[0] != want:
+                            bad = r
+                            break
+                    if bad is not None:
+                        self._refused(bad)
                         c.cmd("RSET")
                         continue
                     c.send(("From: load%d@sender.test\r\nTo: sink@%s\r\nSubject: load %s\r\n"
@@ -171,8 +184,7 @@ class Load:
                     elif r[0] is None:
                         raise OSError("connection lost at end of data")
                     else:
-                        with self.lock:
-                            self.refused += 1
+                        self._refused(r)
                 c.cmd("QUIT", timeout=5)
             except OSError:
                 with self.lock:
@@ -226,6 +238,8 @@ def report(load, missing, seen, desc):
            "%d duplicated (%d extra copies), %d received without an ack seen by the client"
            % (desc, len(acked), load.refused, load.errors, len(seen), len(dups),
               sum(n - 1 for n in dups.values()), len(unacked)))
+    if load.refused_replies:
+        t.diag("%s: refusals seen by the client: %r" % (desc, load.refused_replies))
     t.eq(len(missing), 0, "%s: every acknowledged message arrived (zero losses)" % desc)
     if missing:
         t.diag("lost: " + " ".join("%s(qid %s)" % (k, load.acked[k]) for k in sorted(missing)[:30]))
