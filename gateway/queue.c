@@ -146,6 +146,7 @@ struct queue {
 	bool    scanning;
 	bool    draining;
 	bool    freeing;
+	bool    in_free;                /* inside queue_free(): q must not go away yet */
 	void  (*drain_cb)(void *);
 	void   *drain_arg;
 	char    state_dir[PATH_MAX];
@@ -1128,7 +1129,7 @@ queue_drain(struct queue *q, void (*cb)(void *), void *arg)
 static bool
 late_callback(struct queue *q)
 {
-	if (q->nactive == 0 && !q->scanning) {
+	if (q->nactive == 0 && !q->scanning && !q->in_free) {
 		free(q);
 		return true;
 	}
@@ -1141,23 +1142,26 @@ queue_free(struct queue *q)
 	if (q == NULL)
 		return;
 	q->freeing = true;
-	/* transactions still out complete now (421): their finish jobs write
-	 * the state, and their callbacks come back through late_callback() */
-	relay_free(q->relay);
-	q->relay = NULL;
+	q->in_free = true;
+	/* forget the idle messages first; active ones are freed by their callback */
 	for (size_t i = 0; i < QUEUE_HASH_SIZE; i++) {
 		struct qmsg *m, *next;
 		for (m = q->hash[i]; m; m = next) {
 			next = m->hnext;
-			if (!m->active)         /* active ones are freed by their callback */
+			if (!m->active)
 				free(m);
 		}
 		q->hash[i] = NULL;
 	}
 	TAILQ_INIT(&q->ready);
 	TAILQ_INIT(&q->deferred);
+	/* transactions still out complete now (421): their finish jobs write
+	 * the state, and their callbacks come back through late_callback() */
+	relay_free(q->relay);
+	q->relay = NULL;
 	event_free(q->tick);
 	q->tick = NULL;
+	q->in_free = false;
 	late_callback(q);
 }
 
