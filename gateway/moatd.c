@@ -20,6 +20,7 @@
 #include "log.h"
 #include "privs.h"
 #include "spool.h"
+#include "tls.h"
 #include "util.h"
 #include "worker.h"
 
@@ -45,6 +46,7 @@
 
 static const char *conf_arg;
 static struct moat_conf *conf;
+static struct tls_server *tls;      /* goes with conf */
 static pid_t master_pid;
 static pid_t worker_pid;
 static time_t worker_started;
@@ -219,7 +221,7 @@ daemonize(void)
 }
 
 static pid_t
-start_worker(struct moat_conf *c)
+start_worker(struct moat_conf *c, struct tls_server *t)
 {
 	pid_t p = fork();
 	sigset_t none;
@@ -243,7 +245,7 @@ start_worker(struct moat_conf *c)
 		close(pid_fd);
 	log_setident("moatd-worker");
 	privs_drop(c);
-	exit(worker_main(c));
+	exit(worker_main(c, t));
 }
 
 static void
@@ -305,7 +307,17 @@ reload(void)
 		conf_free(nc);
 		return;
 	}
+	char *terr = NULL;
+	struct tls_server *nt = tls_server_new(nc, &terr);
+	if (terr) {
+		log_crit("reload refused: %s", terr);
+		log_crit("master event=reload-failed (still running with the previous configuration)");
+		free(terr);
+		conf_free(nc);
+		return;
+	}
 	if (bind_all(nc, conf) < 0) {
+		tls_server_free(nt);
 		/* give back the sockets we took over */
 		for (size_t i = 0; i < nc->nlistens; i++)
 			for (size_t j = 0; j < conf->nlistens; j++)
@@ -321,21 +333,24 @@ reload(void)
 		return;
 	}
 	pid_t old = worker_pid;
-	pid_t p = start_worker(nc);
+	pid_t p = start_worker(nc, nt);
 	if (p < 0) {
 		close_listeners(nc);
 		conf_free(nc);
+		tls_server_free(nt);
 		return;
 	}
 	worker_pid = p;
 	worker_started = time(NULL);
 	if (old > 0) {
 		add_old_worker(old);
-		kill(old, SIGTERM);
+		kill(old, SIGUSR2);     /* stop accepting, let sessions finish */
 	}
 	close_listeners(conf);          /* the ones the new config dropped */
 	conf_free(conf);
+	tls_server_free(tls);
 	conf = nc;
+	tls = nt;
 	log_setlevel(conf->log_level);
 	log_info("master event=reloaded");
 }
@@ -377,8 +392,19 @@ main(int argc, char **argv)
 			return 1;
 		}
 	}
+	{
+		char *terr = NULL;
+		tls = tls_server_new(conf, &terr);
+		if (terr) {
+			fprintf(stderr, "%s\n", terr);
+			free(terr);
+			return 1;
+		}
+	}
 	if (check) {
 		printf("%s: configuration OK\n", conf->path);
+		tls_server_free(tls);
+		conf_free(conf);
 		return 0;
 	}
 
@@ -417,7 +443,7 @@ main(int argc, char **argv)
 
 	log_info("master event=started pid=%d config=%s state-dir=%s", (int)master_pid, conf->path,
 	    conf->state_dir);
-	worker_pid = start_worker(conf);
+	worker_pid = start_worker(conf, tls);
 	worker_started = time(NULL);
 	if (worker_pid < 0) {
 		worker_pid = 0;
@@ -469,7 +495,7 @@ main(int argc, char **argv)
 			continue;
 		}
 		if (worker_pid == 0 && time(NULL) >= restart_at) {
-			worker_pid = start_worker(conf);
+			worker_pid = start_worker(conf, tls);
 			worker_started = time(NULL);
 			if (worker_pid < 0) {
 				worker_pid = 0;
@@ -480,6 +506,7 @@ main(int argc, char **argv)
 	close_listeners(conf);
 	unlink(conf->pid_file);
 	log_info("master event=stopped");
+	tls_server_free(tls);
 	conf_free(conf);
 	return 0;
 }

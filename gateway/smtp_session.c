@@ -24,6 +24,7 @@
 #include "pool.h"
 #include "queue.h"
 #include "spool.h"
+#include "tls.h"
 #include "users.h"
 #include "util.h"
 #include "worker.h"
@@ -71,6 +72,9 @@ struct session {
 	int     ncmds;
 	uint64_t started_ms;
 	bool    skipping;           /* discarding the rest of an overlong command line */
+	bool    tls;                /* the session is encrypted */
+	bool    starttls_pending;   /* switch to TLS once "220 Ready" is flushed */
+	char    tlsinfo[128];       /* "TLSv1.3:TLS_AES_256_GCM_SHA384" once known */
 
 	/* the transaction */
 	struct envelope env;
@@ -271,6 +275,8 @@ cmd_helo(struct session *s, const struct smtp_command *c)
 	reply(s, "250-ENHANCEDSTATUSCODES");
 	reply(s, "250-SMTPUTF8");
 	reply(s, "250-DSN");
+	if (s->listen->tls == TLS_STARTTLS && !s->tls)
+		reply(s, "250-STARTTLS");
 	reply(s, "250 CHUNKING");
 }
 
@@ -408,9 +414,15 @@ received_header(struct session *s, struct buf *b)
 {
 	char date[64];
 	rfc5322_date(s->env.arrival, date, sizeof(date));
-	const char *with = s->env.smtputf8 ? "UTF8SMTP" : s->esmtp ? "ESMTP" : "SMTP";
-	buf_printf(b, "Received: from %s (unknown [%s])\r\n\tby %s (moat) with %s id %s",
-	    s->helo ? s->helo : "unknown", s->ip, C()->hostname, with, s->env.qid);
+	const char *with = s->env.smtputf8 ? (s->tls ? "UTF8SMTPS" : "UTF8SMTP") :
+	    s->esmtp ? (s->tls ? "ESMTPS" : "ESMTP") : "SMTP";
+	buf_printf(b, "Received: from %s (unknown [%s])\r\n", s->helo ? s->helo : "unknown", s->ip);
+	if (s->tls) {
+		char d[160];
+		tls_describe(s->bev, d, sizeof(d));
+		buf_printf(b, "\t(using %s)\r\n", d);
+	}
+	buf_printf(b, "\tby %s (moat) with %s id %s", C()->hostname, with, s->env.qid);
 	if (s->env.nrcpts == 1)
 		buf_printf(b, "\r\n\tfor <%s>", s->env.rcpts[0].addr);
 	buf_printf(b, "; %s\r\n", date);
@@ -428,7 +440,7 @@ begin_message(struct session *s)
 	s->env.client_addr = xstrdup(s->ip);
 	s->env.client_name = xstrdup("unknown");
 	s->env.helo = xstrdup(kw(s->helo));
-	s->env.proto = xstrdup(s->esmtp ? "ESMTP" : "SMTP");
+	s->env.proto = xstrdup(s->esmtp ? (s->tls ? "ESMTPS" : "ESMTP") : "SMTP");
 	received_header(s, &rcv);
 	s->w = spool_begin(&s->env, rcv.data, &err);
 	buf_free(&rcv);
@@ -566,6 +578,58 @@ cmd_notimpl(struct session *s, const struct smtp_command *c)
 }
 
 static void
+cmd_starttls(struct session *s, const struct smtp_command *c)
+{
+	if (c->arglen) {
+		reply(s, "501 5.5.4 Syntax: STARTTLS");
+		bad_command(s);
+		return;
+	}
+	if (s->tls) {
+		reply(s, "503 5.5.1 Error: TLS already active");
+		bad_command(s);
+		return;
+	}
+	if (s->listen->tls != TLS_STARTTLS || W->tls == NULL) {
+		reply(s, "502 5.5.1 Error: command not implemented");
+		bad_command(s);
+		return;
+	}
+	reply(s, "220 2.0.0 Ready to start TLS");
+	s->starttls_pending = true;
+	bufferevent_disable(s->bev, EV_READ);
+}
+
+static void session_read(struct bufferevent *, void *);
+static void session_write(struct bufferevent *, void *);
+static void session_event(struct bufferevent *, short, void *);
+
+/* the 220 is flushed: continue in TLS; RFC 3207 4.2: forget everything */
+static void
+do_starttls(struct session *s)
+{
+	struct bufferevent *nb;
+
+	s->starttls_pending = false;
+	nb = tls_starttls(W->base, W->tls, s->bev);
+	s->bev = nb;
+	if (nb == NULL) {
+		log_warnx("sid=%s event=tls-error ip=%s error=\"cannot start TLS\"", s->sid, s->ip);
+		session_free(s);
+		return;
+	}
+	s->tls = true;
+	reset_transaction(s);
+	free(s->helo);
+	s->helo = NULL;
+	s->esmtp = false;
+	s->state = S_INIT;
+	bufferevent_setcb(nb, session_read, session_write, session_event, s);
+	bufferevent_enable(nb, EV_READ | EV_WRITE);
+	set_timeout(s);
+}
+
+static void
 cmd_http(struct session *s, const struct smtp_command *c)
 {
 	log_info("sid=%s event=disconnect-http ip=%s", s->sid, s->ip);
@@ -592,7 +656,7 @@ static const struct {
 	{ CMD_VRFY, ~0u, cmd_vrfy, NULL },
 	{ CMD_EXPN, ~0u, cmd_notimpl, NULL },
 	{ CMD_ETRN, ~0u, cmd_notimpl, NULL },
-	{ CMD_STARTTLS, ~0u, cmd_notimpl, NULL },
+	{ CMD_STARTTLS, ST(S_INIT) | ST(S_HELO), cmd_starttls, NULL },
 	{ CMD_AUTH, ~0u, cmd_notimpl, NULL },
 	{ CMD_HTTP, ~0u, cmd_http, NULL },
 };
@@ -675,9 +739,10 @@ commit_done(void *arg)
 		if (!s->dead)
 			reply(s, "451 4.3.0 Error: queue file write error");
 	} else {
-		log_info("sid=%s qid=%s event=accepted ip=%s from=<%s> to=%s nrcpt=%zu size=%lld proto=%s helo=<%s>",
+		log_info("sid=%s qid=%s event=accepted ip=%s from=<%s> to=%s nrcpt=%zu size=%lld proto=%s helo=<%s>%s%s",
 		    s->sid, s->env.qid, s->ip, esc(s->env.sender), to, s->env.nrcpts,
-		    (long long)spool_size(s->w), s->env.proto, esc(s->helo));
+		    (long long)spool_size(s->w), s->env.proto, esc(s->helo),
+		    s->tls ? " tls=" : "", s->tls ? s->tlsinfo : "");
 		s->nmsgs++;
 		if (W->queue)
 			queue_submit(W->queue, s->env.qid);
@@ -883,8 +948,8 @@ session_process(struct session *s)
 			progress = read_command(s, in);
 			break;
 		}
-		if (s->state == S_CLOSING || s->dead)
-			return;
+		if (s->state == S_CLOSING || s->dead || s->starttls_pending)
+			return;     /* after STARTTLS nothing more is read in the clear */
 		if (!progress)
 			break;
 	}
@@ -908,6 +973,10 @@ session_write(struct bufferevent *bev, void *arg)
 		session_free(s);
 		return;
 	}
+	if (s->starttls_pending) {
+		do_starttls(s);
+		return;
+	}
 	if (s->state != S_COMMIT && !(bufferevent_get_enabled(bev) & EV_READ)) {
 		bufferevent_enable(bev, EV_READ);
 		session_process(s);
@@ -919,6 +988,17 @@ session_event(struct bufferevent *bev, short what, void *arg)
 {
 	struct session *s = arg;
 
+	if (what & BEV_EVENT_CONNECTED) {
+		/* TLS handshake done (implicit TLS or after STARTTLS) */
+		tls_short(bev, s->tlsinfo, sizeof(s->tlsinfo));
+		log_info("sid=%s event=tls ip=%s tls=%s", s->sid, s->ip, s->tlsinfo);
+		return;
+	}
+	if ((what & BEV_EVENT_ERROR) && s->tls && s->tlsinfo[0] == '\0') {
+		char e[256];
+		tls_errors(e, sizeof(e));
+		log_info("sid=%s event=tls-handshake-failed ip=%s error=\"%s\"", s->sid, s->ip, esc(e));
+	}
 	if ((what & BEV_EVENT_TIMEOUT) && s->state == S_CLOSING) {
 		session_free(s);
 		return;
@@ -1004,7 +1084,11 @@ on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, i
 		moat_strlcpy(s->ip, "unknown", sizeof(s->ip));
 	s->started_ms = now_ms();
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	s->bev = bufferevent_socket_new(W->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (l->tls == TLS_IMPLICIT && W->tls) {
+		s->bev = tls_accept(W->base, W->tls, fd);
+		s->tls = true;
+	} else
+		s->bev = bufferevent_socket_new(W->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	if (s->bev == NULL) {
 		close(fd);
 		free(s);
@@ -1072,7 +1156,7 @@ smtp_session_count(void)
 }
 
 void
-smtp_drain(void (*cb)(void *), void *arg)
+smtp_drain(bool kick, void (*cb)(void *), void *arg)
 {
 	struct session *s, *next;
 
@@ -1080,7 +1164,7 @@ smtp_drain(void (*cb)(void *), void *arg)
 		evconnlistener_disable(listeners[i]);
 	drain_cb = cb;
 	drain_arg = arg;
-	for (s = sessions; s; s = next) {
+	for (s = kick ? sessions : NULL; s; s = next) {
 		next = s->next;
 		/* idle between transactions: tell it now; others finish first */
 		if ((s->state == S_INIT || s->state == S_HELO) &&

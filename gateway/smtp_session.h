@@ -6,15 +6,17 @@
 #ifndef MOAT_SMTP_SESSION_H
 #define MOAT_SMTP_SESSION_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 struct listen_conf;
 
 /* start accepting on an already bound socket (l->fd) */
 int    smtp_listen(const struct listen_conf *l);
-/* stop accepting; tell idle sessions 421 and close them; sessions in a
- * transaction finish it first.  cb(arg) once no session is left. */
-void   smtp_drain(void (*cb)(void *), void *arg);
+/* stop accepting.  kick: tell idle sessions 421 now and close the others
+ * after their transaction (shutdown); !kick: let every session run to its
+ * natural end (reload).  cb(arg) once no session is left. */
+void   smtp_drain(bool kick, void (*cb)(void *), void *arg);
 size_t smtp_session_count(void);
 
 #endif

@@ -30,7 +30,8 @@
 
 struct worker *W;
 static struct worker wk;
-static struct event *ev_term, *ev_int, *ev_hup, *ev_drain_timer;
+static struct event *ev_term, *ev_int, *ev_hup, *ev_usr2, *ev_drain_timer;
+static bool reloading;
 static bool sessions_done, queue_done;
 static uint64_t users_retry_at;
 
@@ -63,10 +64,18 @@ maybe_exit(void)
 	}
 }
 
+static void on_queue_done(void *);
+
 static void
 on_sessions_done(void *arg)
 {
 	sessions_done = true;
+	if (reloading && !wk.draining) {
+		/* reload: the sessions are gone, now finish the deliveries */
+		wk.draining = true;
+		queue_drain(wk.queue, on_queue_done, NULL);
+		return;
+	}
 	maybe_exit();
 }
 
@@ -94,10 +103,36 @@ on_term(evutil_socket_t sig, short ev, void *arg)
 	log_info("worker event=draining signal=%d sessions=%zu", (int)sig, smtp_session_count());
 	wk.draining = true;
 	control_stop();
+	if (ev_drain_timer)
+		event_free(ev_drain_timer);
 	ev_drain_timer = evtimer_new(wk.base, on_drain_timeout, NULL);
 	evtimer_add(ev_drain_timer, &tv);
-	smtp_drain(on_sessions_done, NULL);
+	sessions_done = false;
+	smtp_drain(true, on_sessions_done, NULL);
 	queue_drain(wk.queue, on_queue_done, NULL);
+}
+
+/*
+ * SIGUSR2 from the master: a new worker has taken over the listeners.
+ * Stop accepting, let the sessions end by themselves (their own idle
+ * timeouts apply; at most RELOAD_DRAIN_TIMEOUT), keep delivering meanwhile
+ * (queue files are flock'ed, so the new worker never delivers the same
+ * message), then drain the queue and exit.
+ */
+#define RELOAD_DRAIN_TIMEOUT 900
+static void
+on_usr2(evutil_socket_t sig, short ev, void *arg)
+{
+	struct timeval tv = { RELOAD_DRAIN_TIMEOUT, 0 };
+
+	if (wk.draining || reloading)
+		return;
+	log_info("worker event=reload-drain sessions=%zu", smtp_session_count());
+	reloading = true;
+	control_stop();
+	ev_drain_timer = evtimer_new(wk.base, on_drain_timeout, NULL);
+	evtimer_add(ev_drain_timer, &tv);
+	smtp_drain(false, on_sessions_done, NULL);
 }
 
 static void
@@ -107,12 +142,13 @@ on_hup(evutil_socket_t sig, short ev, void *arg)
 }
 
 int
-worker_main(const struct moat_conf *c)
+worker_main(const struct moat_conf *c, struct tls_server *tls)
 {
 	char *err = NULL;
 
 	memset(&wk, 0, sizeof(wk));
 	wk.conf = c;
+	wk.tls = tls;
 	wk.started = time(NULL);
 	W = &wk;
 	signal(SIGPIPE, SIG_IGN);
@@ -124,7 +160,9 @@ worker_main(const struct moat_conf *c)
 	wk.queue = queue_new(wk.base, wk.pool, c);
 	for (size_t i = 0; i < c->nlistens; i++) {
 		const struct listen_conf *l = &c->listens[i];
-		if (l->kind == LISTEN_SMTP && l->fd >= 0 && smtp_listen(l) < 0)
+		bool smtp = l->kind == LISTEN_SMTP || l->kind == LISTEN_SUBMISSION ||
+		    l->kind == LISTEN_SMTPS;
+		if (smtp && l->fd >= 0 && smtp_listen(l) < 0)
 			fatalx("worker: cannot listen on %s", l->spec);
 	}
 	if (control_start() < 0)
@@ -132,6 +170,8 @@ worker_main(const struct moat_conf *c)
 	ev_term = evsignal_new(wk.base, SIGTERM, on_term, NULL);
 	ev_int = evsignal_new(wk.base, SIGINT, on_term, NULL);
 	ev_hup = evsignal_new(wk.base, SIGHUP, on_hup, NULL);
+	ev_usr2 = evsignal_new(wk.base, SIGUSR2, on_usr2, NULL);
+	event_add(ev_usr2, NULL);
 	event_add(ev_term, NULL);
 	event_add(ev_int, NULL);
 	event_add(ev_hup, NULL);
@@ -147,6 +187,7 @@ worker_main(const struct moat_conf *c)
 	event_free(ev_term);
 	event_free(ev_int);
 	event_free(ev_hup);
+	event_free(ev_usr2);
 	if (ev_drain_timer)
 		event_free(ev_drain_timer);
 	log_info("worker event=exit pid=%d", (int)getpid());

@@ -13,6 +13,7 @@ struct pool;
 struct queue;
 struct users;
 struct moat_conf;
+struct tls_server;
 
 struct worker {
 	struct event_base *base;
@@ -20,6 +21,7 @@ struct worker {
 	struct queue *queue;
 	const struct moat_conf *conf;
 	struct users *users;            /* loop-thread handle, opened lazily */
+	struct tls_server *tls;         /* built by the master; NULL without certificates */
 	bool    draining;
 	long long started;              /* unix time */
 };
@@ -27,7 +29,7 @@ struct worker {
 extern struct worker *W;
 
 /* run the worker until it is told to stop; returns the exit status */
-int  worker_main(const struct moat_conf *);
+int  worker_main(const struct moat_conf *, struct tls_server *);
 /* the loop-thread users handle (opened on first use, retried if absent) */
 struct users *worker_users(void);
 

@@ -36,8 +36,8 @@ tests_unit_test_maildir_LDADD = $(MOAT_LIBS)
 TESTS += tests/unit/test_users tests/unit/test_maildir
 
 # ---- integration tests ----
-TESTS += tests/integration/test_daemon.py
-EXTRA_DIST += tests/integration/test_daemon.py
+TESTS += tests/integration/test_daemon.py tests/integration/test_tls.py
+EXTRA_DIST += tests/integration/test_daemon.py tests/integration/test_tls.py
 # users, Maildir store and local delivery, the moat CLI
 TESTS += tests/integration/test_store.py tests/integration/test_cli.py
 EXTRA_DIST += tests/integration/test_store.py tests/integration/test_cli.py
