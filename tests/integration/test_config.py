@@ -231,6 +231,22 @@ smtp-bare-lf sometimes
     ("bad CIDR", """\
 smtp-limit-exempt 10.0.0.0/33
 """, {1: r"smtp-limit-exempt"}),
+    ("implicit TLS without a certificate", """\
+listen smtps 127.0.0.1:2465
+""", {1: r"(?i)tls"}),
+    ("STARTTLS without a certificate", """\
+# no tls certificate line
+listen smtp 127.0.0.1:2525 tls=starttls
+""", {2: r"(?i)tls"}),
+    ("unreadable certificate", """\
+tls certificate /nonexistent/moat-cert.pem key /nonexistent/moat-key.pem
+""", {1: r"/nonexistent/moat-(cert|key)\.pem"}),
+    ("bad tls min-version", """\
+tls min-version 1.0
+""", {1: r"min-version"}),
+    ("unknown tls setting", """\
+tls protocols all
+""", {1: r"tls"}),
     ("several errors at once", """\
 state-dir %s
 listen smtp 127.0.0.1:99999
