@@ -35,6 +35,11 @@ tests_unit_test_users_LDADD = $(MOAT_LIBS)
 tests_unit_test_maildir_LDADD = $(MOAT_LIBS)
 TESTS += tests/unit/test_users tests/unit/test_maildir
 
+# ---- unit tests: mailbox layer, IMAP parser ----
+check_PROGRAMS += tests/unit/test_mailbox
+tests_unit_test_mailbox_LDADD = $(MOAT_LIBS)
+TESTS += tests/unit/test_mailbox
+
 # ---- integration tests ----
 TESTS += tests/integration/test_daemon.py tests/integration/test_tls.py
 EXTRA_DIST += tests/integration/test_daemon.py tests/integration/test_tls.py
