@@ -2,7 +2,11 @@
 # The parser itself is compiled into each target with the fuzzer's coverage
 # instrumentation (the copy in libmoat.a is then not linked); the rest of
 # libmoat.a comes from the archive.
-#   cd tests/fuzz && ./fuzz_smtp_cmd -max_total_time=600 $(srcdir)/corpus/cmd
+# libFuzzer adds what it finds to the first corpus directory, so fuzz into a
+# scratch copy of the seeds (SRC = the source tree):
+#   mkdir -p /tmp/cmd && cp SRC/tests/fuzz/corpus/cmd/* /tmp/cmd
+#   ./tests/fuzz/fuzz_smtp_cmd -max_total_time=600 /tmp/cmd
+#   (likewise fuzz_smtp_data with corpus/data)
 EXTRA_DIST += tests/fuzz/fuzz_smtp_cmd.c tests/fuzz/fuzz_smtp_data.c \
 	tests/fuzz/corpus
 if FUZZERS
