@@ -55,7 +55,17 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 echo "install-deps: apt-get update && apt-get install$missing"
-$SUDO apt-get update -q
+# retry: a mirror hiccup should not fail a CI run
+retry() {
+	n=1
+	until "$@"; do
+		[ $n -ge 3 ] && return 1
+		echo "install-deps: retrying in $((n * 10))s: $*" >&2
+		sleep $((n * 10))
+		n=$((n + 1))
+	done
+}
+retry $SUDO apt-get update -q
 case " $PKGS " in
 *" postfix "*)
 	echo "postfix postfix/main_mailer_type select No configuration" |
@@ -63,7 +73,7 @@ case " $PKGS " in
 	;;
 esac
 # shellcheck disable=SC2086  # word splitting of the package list is wanted
-$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+retry $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
     --no-install-recommends -o Dpkg::Options::=--force-confdef \
     -o Dpkg::Options::=--force-confold $PKGS
 
