@@ -56,3 +56,8 @@ EXTRA_DIST += tests/integration/test_relay.py tests/integration/test_queue_cli.p
 TESTS += tests/integration/test_smtp.py tests/integration/test_hostile.py tests/integration/test_durability.py
 EXTRA_DIST += tests/integration/test_smtp.py tests/integration/test_hostile.py tests/integration/test_durability.py
 EXTRA_DIST += tests/corpus
+
+# ---- unit tests: MIME parser, Bayes ----
+check_PROGRAMS += tests/unit/test_mime
+tests_unit_test_mime_LDADD = $(MOAT_LIBS)
+TESTS += tests/unit/test_mime

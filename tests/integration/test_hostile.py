@@ -479,6 +479,54 @@ def t_timeout(ms, sink):
     c.close()
 
 
+def t_bdat_huge(m, sink):
+    """a BDAT announcing far more than message-size-limit: refused or
+    drained, never buffered or allocated up front"""
+    pids = m.worker_pids() or [m.proc.pid]
+    before = sum(rss_kb(p) for p in pids)
+    c = open_txn(m)
+    c.send(b"BDAT 9000000000000000000 LAST\r\n")
+    try:
+        c.s.settimeout(10)
+        for _ in range(16):
+            c.s.sendall(b"Z" * (1 << 20))
+    except OSError:
+        pass
+    r = c.reply(3)
+    t.ok(r[0] is None or 400 <= r[0] < 600, "BDAT 9e18 LAST with 16 MB sent: no 2xx", repr(r))
+    after = sum(rss_kb(p) for p in (m.worker_pids() or [m.proc.pid]))
+    t.ok(after - before < 32 * 1024, "memory stays bounded on a huge BDAT (RSS +%d KB)" % (after - before))
+    c.close()
+    serving(m, sink, "a huge BDAT")
+
+
+def t_pipelining_flood(m, sink):
+    """50,000 pipelined NOOPs sent without reading: every reply arrives, in
+    order, while moatd bounds what it buffers for this client"""
+    import threading
+    n = 50000
+    with SMTPConn(m.port, timeout=30) as c:
+        c.cmd("EHLO hostile.test")
+        codes = []
+        def reader():
+            for _ in range(n):
+                r = c.reply(30)
+                if r[0] is None:
+                    return
+                codes.append(r[0])
+        th = threading.Thread(target=reader, daemon=True)
+        th.start()
+        try:
+            c.s.sendall(b"NOOP\r\n" * n)
+        except OSError:
+            pass
+        th.join(120)
+        t.eq((len(codes), set(codes)), (n, {250}), "50,000 pipelined NOOPs -> 50,000 x 250")
+        r = c.cmd("QUIT")
+        t.eq(r[0], 221, "QUIT after the NOOP flood -> 221")
+    serving(m, sink, "a pipelined NOOP flood")
+
+
 def main():
     with Sink() as sink:
         dom = {DOMAIN: "relay smtp://127.0.0.1:%d" % sink.port}
@@ -495,7 +543,8 @@ def main():
             for name, fn in [("long command", t_long_command), ("long data line", t_long_data_line),
                              ("nul", t_nul), ("smuggling", t_smuggling), ("many rcpts", t_many_rcpts),
                              ("garbage after data", t_garbage_after_data), ("idle flood", t_idle),
-                             ("bad commands", t_bad_commands), ("size", t_size)]:
+                             ("bad commands", t_bad_commands), ("size", t_size),
+                             ("bdat huge", t_bdat_huge), ("pipelining flood", t_pipelining_flood)]:
                 section(name, fn, m, sink)
             t.ok(m.proc.poll() is None, "moatd (defaults) survived every hostile case")
             t.ok("AddressSanitizer" not in m.log() and "runtime error" not in m.log(),

@@ -1,0 +1,823 @@
+/*
+ * mime.c - parse a message once (GMime 3) into the tree the filters share:
+ * decoded headers, UTF-8 text parts (HTML rendered to text), attachments
+ * and URLs.  See mime.h.
+ *
+ * Runs in: pool threads of the worker and in the CLI.  Untrusted input:
+ * the whole message.  Limits: MIME depth, part count, decoded text bytes,
+ * header bytes, URL count and URL length (2 KB); what exceeds them is
+ * skipped and flagged, never an error.  GMime builds its own tree
+ * recursively, so a message whose raw text names more multipart or
+ * message/rfc822 types than max_parts is not handed to GMime's MIME parser
+ * at all (headers and the raw body as one text part, MIME_F_PARTS).
+ *
+ * Thread safety: one GMimeParser per call, no globals besides GMime's own
+ * (initialised once by mime_init()), the result is immutable.
+ */
+#include "config.h"
+#include "mime.h"
+#include "buf.h"
+#include "util.h"
+
+#include <ctype.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wstrict-prototypes"
+#pragma GCC diagnostic ignored "-Wshadow"
+#include <gmime/gmime.h>
+#pragma GCC diagnostic pop
+
+#define MIME_URL_MAX    2048            /* bytes of one URL */
+
+struct mime_msg {
+	struct mime_header     *hdr;
+	size_t                  nhdr, hdrcap;
+	struct mime_text       *text;
+	size_t                  ntext, textcap;
+	struct mime_attachment *att;
+	size_t                  natt, attcap;
+	struct mime_url        *url;
+	size_t                  nurl, urlcap;
+	unsigned                flags;
+	unsigned                parts;
+	unsigned                depth;
+	size_t                  decoded;
+	struct mime_limits      lim;
+};
+
+#define GROW(arr, n, cap) do { \
+	if ((n) == (cap)) { \
+		(cap) = (cap) ? (cap) * 2 : 8; \
+		(arr) = xreallocarray((arr), (cap), sizeof(*(arr))); \
+	} } while (0)
+
+void
+mime_init(void)
+{
+	g_mime_init();
+}
+
+/* ---- URLs ---- */
+
+static bool
+host_char(unsigned char c)
+{
+	return isalnum(c) || c == '-' || c == '.' || c == '_' || c >= 0x80;
+}
+
+char *
+mime_url_normalise(const char *s, size_t len, char **hostp)
+{
+	struct buf b = BUF_INIT;
+	size_t i = 0, hs, he, ae, pe;
+	const char *scheme = NULL;
+
+	*hostp = NULL;
+	if (len > MIME_URL_MAX)
+		len = MIME_URL_MAX;
+	if (len >= 7 && ascii_prefix_ci(s, len, "http://")) {
+		scheme = "http://";
+		i = 7;
+	} else if (len >= 8 && ascii_prefix_ci(s, len, "https://")) {
+		scheme = "https://";
+		i = 8;
+	} else if (len >= 6 && ascii_prefix_ci(s, len, "ftp://")) {
+		scheme = "ftp://";
+		i = 6;
+	} else if (len >= 4 && ascii_prefix_ci(s, len, "www.")) {
+		scheme = "http://";
+		i = 0;
+	} else
+		return NULL;
+	/* authority: [userinfo@]host[:port], up to / ? # */
+	for (ae = i; ae < len && s[ae] != '/' && s[ae] != '?' && s[ae] != '#' &&
+	    s[ae] != '\\'; ae++)
+		;
+	hs = i;
+	for (size_t k = i; k < ae; k++)
+		if (s[k] == '@')
+			hs = k + 1;
+	for (he = hs; he < ae && s[he] != ':'; he++)
+		if (!host_char((unsigned char)s[he]))
+			return NULL;
+	pe = he;
+	while (he > hs && s[he - 1] == '.')
+		he--;
+	if (he == hs)
+		return NULL;
+	buf_adds(&b, scheme);
+	for (size_t k = hs; k < he; k++)
+		buf_addc(&b, (char)tolower((unsigned char)s[k]));
+	*hostp = xstrndup(b.data + strlen(scheme), b.len - strlen(scheme));
+	/* port (digits only) and the rest as written */
+	for (size_t k = pe; k < ae; k++)
+		if (k > pe && !isdigit((unsigned char)s[k])) {
+			free(*hostp);
+			*hostp = NULL;
+			buf_free(&b);
+			return NULL;
+		}
+	buf_add(&b, s + pe, ae - pe);
+	if (ae < len)
+		buf_add(&b, s + ae, len - ae);
+	else
+		buf_addc(&b, '/');
+	return buf_steal(&b);
+}
+
+static void
+add_url(struct mime_msg *m, const char *s, size_t len)
+{
+	char *u, *host;
+
+	/* trim blanks and trailing punctuation */
+	while (len && isspace((unsigned char)*s))
+		s++, len--;
+	while (len && strchr(".,;:!?)]}'\"", s[len - 1]))
+		len--;
+	if ((u = mime_url_normalise(s, len, &host)) == NULL)
+		return;
+	for (size_t i = 0; i < m->nurl; i++)
+		if (strcmp(m->url[i].url, u) == 0) {
+			free(u);
+			free(host);
+			return;
+		}
+	if (m->nurl >= m->lim.max_urls) {
+		m->flags |= MIME_F_URLS;
+		free(u);
+		free(host);
+		return;
+	}
+	GROW(m->url, m->nurl, m->urlcap);
+	m->url[m->nurl].url = u;
+	m->url[m->nurl].host = host;
+	m->nurl++;
+}
+
+static void
+href_cb(void *arg, const char *s, size_t len)
+{
+	add_url(arg, s, len);
+}
+
+/* URLs written as text: scheme:// or www. at a word start */
+static void
+scan_urls(struct mime_msg *m, const char *t, size_t len)
+{
+	for (size_t i = 0; i < len; i++) {
+		char c = t[i];
+		size_t e;
+
+		if (c != 'h' && c != 'H' && c != 'w' && c != 'W' && c != 'f' && c != 'F')
+			continue;
+		if (i > 0 && (isalnum((unsigned char)t[i - 1]) || t[i - 1] == '.' ||
+		    t[i - 1] == '/'))
+			continue;
+		if (!(ascii_prefix_ci(t + i, len - i, "http://") ||
+		    ascii_prefix_ci(t + i, len - i, "https://") ||
+		    ascii_prefix_ci(t + i, len - i, "ftp://") ||
+		    ascii_prefix_ci(t + i, len - i, "www.")))
+			continue;
+		for (e = i; e < len && e - i < MIME_URL_MAX; e++) {
+			unsigned char d = (unsigned char)t[e];
+			if (d <= ' ' || d == '<' || d == '>' || d == '"' || d == '`' ||
+			    d == '{' || d == '}' || d == '|' || d == '^' || d == 0x7f)
+				break;
+		}
+		add_url(m, t + i, e - i);
+		i = e;
+	}
+}
+
+/* ---- HTML to text ---- */
+
+static const struct { const char *name; unsigned cp; } html_ents[] = {
+	{ "amp", '&' }, { "lt", '<' }, { "gt", '>' }, { "quot", '"' },
+	{ "apos", '\'' }, { "nbsp", ' ' }, { "copy", 0xa9 }, { "reg", 0xae },
+	{ "euro", 0x20ac }, { "pound", 0xa3 }, { "yen", 0xa5 }, { "cent", 0xa2 },
+	{ "hellip", 0x2026 }, { "mdash", 0x2014 }, { "ndash", 0x2013 },
+	{ "lsquo", 0x2018 }, { "rsquo", 0x2019 }, { "ldquo", 0x201c },
+	{ "rdquo", 0x201d }, { "bull", 0x2022 }, { "trade", 0x2122 },
+	{ "middot", 0xb7 }, { "laquo", 0xab }, { "raquo", 0xbb }, { "shy", 0xad },
+	{ "eacute", 0xe9 }, { "egrave", 0xe8 }, { "agrave", 0xe0 },
+	{ "aacute", 0xe1 }, { "ccedil", 0xe7 }, { "uuml", 0xfc }, { "ouml", 0xf6 },
+	{ "auml", 0xe4 }, { "szlig", 0xdf }, { "ntilde", 0xf1 }, { "iacute", 0xed },
+	{ "oacute", 0xf3 }, { "uacute", 0xfa }, { "times", 0xd7 }, { "deg", 0xb0 },
+	{ "zwnj", 0x200c }, { "zwj", 0x200d },
+};
+
+static void
+put_utf8(struct buf *b, unsigned cp)
+{
+	char u[4];
+
+	if (cp == 0 || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+		cp = 0xfffd;
+	if (cp < 0x80) {
+		buf_addc(b, (char)cp);
+	} else if (cp < 0x800) {
+		u[0] = (char)(0xc0 | (cp >> 6));
+		u[1] = (char)(0x80 | (cp & 0x3f));
+		buf_add(b, u, 2);
+	} else if (cp < 0x10000) {
+		u[0] = (char)(0xe0 | (cp >> 12));
+		u[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+		u[2] = (char)(0x80 | (cp & 0x3f));
+		buf_add(b, u, 3);
+	} else {
+		u[0] = (char)(0xf0 | (cp >> 18));
+		u[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+		u[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
+		u[3] = (char)(0x80 | (cp & 0x3f));
+		buf_add(b, u, 4);
+	}
+}
+
+/* at s[0] == '&': decode one entity into b; returns bytes consumed */
+static size_t
+html_entity(const char *s, size_t len, struct buf *b)
+{
+	size_t i = 1;
+
+	if (i < len && s[i] == '#') {
+		unsigned long cp = 0;
+		bool hex = false, any = false;
+
+		i++;
+		if (i < len && (s[i] == 'x' || s[i] == 'X'))
+			hex = true, i++;
+		for (; i < len && i < 12; i++) {
+			int c = (unsigned char)s[i];
+			if (hex && isxdigit(c))
+				cp = cp * 16 + (unsigned long)(isdigit(c) ? c - '0' : (tolower(c) - 'a' + 10));
+			else if (!hex && isdigit(c))
+				cp = cp * 10 + (unsigned long)(c - '0');
+			else
+				break;
+			any = true;
+		}
+		if (!any) {
+			buf_addc(b, '&');
+			return 1;
+		}
+		if (i < len && s[i] == ';')
+			i++;
+		put_utf8(b, cp > 0x10ffff ? 0xfffd : (unsigned)cp);
+		return i;
+	}
+	for (size_t k = 0; k < ARRAY_SIZE(html_ents); k++) {
+		size_t n = strlen(html_ents[k].name);
+		if (len >= 1 + n && strncmp(s + 1, html_ents[k].name, n) == 0 &&
+		    (len == 1 + n || !isalnum((unsigned char)s[1 + n]))) {
+			put_utf8(b, html_ents[k].cp);
+			i = 1 + n;
+			if (i < len && s[i] == ';')
+				i++;
+			return i;
+		}
+	}
+	buf_addc(b, '&');
+	return 1;
+}
+
+static bool
+tag_is(const char *name, size_t n, const char *want)
+{
+	return strlen(want) == n && ascii_strncasecmp(name, want, n) == 0;
+}
+
+/* find "</NAME" (case-insensitive) from i; returns its index or len */
+static size_t
+find_close(const char *s, size_t len, size_t i, const char *name)
+{
+	size_t n = strlen(name);
+
+	for (; i + 2 + n <= len; i++)
+		if (s[i] == '<' && s[i + 1] == '/' && ascii_strncasecmp(s + i + 2, name, n) == 0)
+			return i;
+	return len;
+}
+
+static void
+space(struct buf *b, char c)
+{
+	if (b->len == 0)
+		return;
+	if (b->data[b->len - 1] == '\n')
+		return;
+	if (b->data[b->len - 1] == ' ') {
+		if (c == '\n')
+			b->data[b->len - 1] = '\n';
+		return;
+	}
+	buf_addc(b, c);
+}
+
+char *
+mime_html_to_text(const char *s, size_t len, size_t *outlen,
+    void (*href)(void *, const char *, size_t), void *arg)
+{
+	struct buf b = BUF_INIT;
+	size_t i = 0;
+
+	buf_reserve(&b, len / 2 + 16);
+	while (i < len) {
+		unsigned char c = (unsigned char)s[i];
+
+		if (c == '&') {
+			i += html_entity(s + i, len - i, &b);
+			continue;
+		}
+		if (isspace(c)) {
+			space(&b, ' ');
+			i++;
+			continue;
+		}
+		if (c != '<') {
+			buf_addc(&b, (char)c);
+			i++;
+			continue;
+		}
+		/* comment, doctype, CDATA */
+		if (i + 4 <= len && strncmp(s + i, "<!--", 4) == 0) {
+			const char *e = memmem(s + i + 4, len - i - 4, "-->", 3);
+			i = e ? (size_t)(e - s) + 3 : len;
+			continue;
+		}
+		size_t j = i + 1, ns, ne;
+		bool closing = false;
+		if (j < len && s[j] == '/')
+			closing = true, j++;
+		ns = j;
+		while (j < len && (isalnum((unsigned char)s[j]) || s[j] == '!' || s[j] == '?'))
+			j++;
+		ne = j;
+		if (ne == ns) {                 /* "a < b": not a tag */
+			buf_addc(&b, '<');
+			i++;
+			continue;
+		}
+		/* attributes up to '>' (quotes honoured) */
+		while (j < len && s[j] != '>') {
+			size_t an, ae, vs, ve;
+			while (j < len && (isspace((unsigned char)s[j]) || s[j] == '/'))
+				j++;
+			an = j;
+			while (j < len && !isspace((unsigned char)s[j]) && s[j] != '=' &&
+			    s[j] != '>' && s[j] != '/')
+				j++;
+			ae = j;
+			if (ae == an) {
+				if (j < len && s[j] != '>')
+					j++;
+				continue;
+			}
+			while (j < len && isspace((unsigned char)s[j]))
+				j++;
+			if (j >= len || s[j] != '=')
+				continue;
+			j++;
+			while (j < len && isspace((unsigned char)s[j]))
+				j++;
+			if (j < len && (s[j] == '"' || s[j] == '\'')) {
+				char q = s[j++];
+				vs = j;
+				while (j < len && s[j] != q)
+					j++;
+				ve = j;
+				if (j < len)
+					j++;
+			} else {
+				vs = j;
+				while (j < len && !isspace((unsigned char)s[j]) && s[j] != '>')
+					j++;
+				ve = j;
+			}
+			if (href && !closing && ve > vs &&
+			    ((ae - an == 4 && ascii_strncasecmp(s + an, "href", 4) == 0) ||
+			    (ae - an == 3 && ascii_strncasecmp(s + an, "src", 3) == 0) ||
+			    (ae - an == 6 && ascii_strncasecmp(s + an, "action", 6) == 0))) {
+				struct buf v = BUF_INIT;
+				for (size_t k = vs; k < ve; ) {
+					if (s[k] == '&')
+						k += html_entity(s + k, ve - k, &v);
+					else
+						buf_addc(&v, s[k++]);
+				}
+				if (v.len)
+					href(arg, v.data, v.len);
+				buf_free(&v);
+			}
+		}
+		i = j < len ? j + 1 : len;
+		const char *name = s + ns;
+		size_t n = ne - ns;
+		if (!closing && (tag_is(name, n, "script") || tag_is(name, n, "style"))) {
+			size_t e = find_close(s, len, i, tag_is(name, n, "script") ? "script" : "style");
+			const char *gt = e < len ? memchr(s + e, '>', len - e) : NULL;
+			i = gt ? (size_t)(gt - s) + 1 : len;
+			continue;
+		}
+		if (tag_is(name, n, "br") || tag_is(name, n, "p") || tag_is(name, n, "div") ||
+		    tag_is(name, n, "tr") || tag_is(name, n, "li") || tag_is(name, n, "table") ||
+		    tag_is(name, n, "title") || tag_is(name, n, "blockquote") ||
+		    (n == 2 && (name[0] == 'h' || name[0] == 'H') && name[1] >= '1' && name[1] <= '6'))
+			space(&b, '\n');
+		else if (tag_is(name, n, "td") || tag_is(name, n, "th") || tag_is(name, n, "img"))
+			space(&b, ' ');
+	}
+	while (b.len && (b.data[b.len - 1] == ' ' || b.data[b.len - 1] == '\n'))
+		b.data[--b.len] = '\0';
+	if (b.data == NULL)
+		buf_addc(&b, '\0'), b.len = 0;
+	*outlen = b.len;
+	return buf_steal(&b);
+}
+
+/* ---- charsets ---- */
+
+static char *
+latin1_to_utf8(const char *s, size_t len, size_t *outlen)
+{
+	struct buf b = BUF_INIT;
+
+	buf_reserve(&b, len + 1);
+	for (size_t i = 0; i < len; i++)
+		put_utf8(&b, (unsigned char)s[i] ? (unsigned char)s[i] : ' ');
+	if (b.data == NULL)
+		buf_addc(&b, '\0'), b.len = 0;
+	*outlen = b.len;
+	return buf_steal(&b);
+}
+
+/* convert to UTF-8 (malloc'ed, valid UTF-8, no NULs) */
+static char *
+to_utf8(const char *s, size_t len, const char *charset, size_t *outlen)
+{
+	gsize rd = 0, wr = 0;
+	gchar *g = NULL;
+	char *r;
+
+	if (charset == NULL || *charset == '\0' || ascii_strcasecmp(charset, "us-ascii") == 0 ||
+	    ascii_strcasecmp(charset, "utf-8") == 0 || ascii_strcasecmp(charset, "utf8") == 0) {
+		if (g_utf8_validate(s, (gssize)len, NULL)) {
+			r = xstrndup(s, len);
+			*outlen = strlen(r);    /* stops at a NUL byte */
+			return r;
+		}
+		if (charset && ascii_strncasecmp(charset, "utf", 3) == 0) {
+			g = g_utf8_make_valid(s, (gssize)len);
+			r = xstrdup(g);
+			g_free(g);
+			*outlen = strlen(r);
+			return r;
+		}
+		charset = "windows-1252";       /* undeclared 8-bit */
+	}
+	if (ascii_strcasecmp(charset, "iso-8859-1") == 0 || ascii_strcasecmp(charset, "latin1") == 0 ||
+	    ascii_strcasecmp(charset, "iso8859-1") == 0)
+		charset = "windows-1252";       /* as browsers do */
+	g = g_convert(s, (gssize)len, "UTF-8", g_mime_charset_iconv_name(charset), &rd, &wr, NULL);
+	if (g == NULL || !g_utf8_validate(g, (gssize)wr, NULL)) {
+		g_free(g);
+		return latin1_to_utf8(s, len, outlen);
+	}
+	r = xstrndup(g, wr);
+	g_free(g);
+	*outlen = strlen(r);
+	return r;
+}
+
+/* ---- the tree walk ---- */
+
+static void
+add_text(struct mime_msg *m, const char *type, char *text, size_t len, bool html)
+{
+	GROW(m->text, m->ntext, m->textcap);
+	m->text[m->ntext].type = xstrdup(type);
+	m->text[m->ntext].text = text;
+	m->text[m->ntext].len = len;
+	m->text[m->ntext].html = html;
+	m->ntext++;
+}
+
+static void
+walk(struct mime_msg *m, GMimeObject *o, unsigned depth)
+{
+	if (o == NULL)
+		return;
+	if (depth > m->lim.max_depth) {
+		m->flags |= MIME_F_DEPTH;
+		return;
+	}
+	if (m->parts >= m->lim.max_parts) {
+		m->flags |= MIME_F_PARTS;
+		return;
+	}
+	m->parts++;
+	if (depth > m->depth)
+		m->depth = depth;
+
+	if (GMIME_IS_MULTIPART(o)) {
+		GMimeMultipart *mp = GMIME_MULTIPART(o);
+		int n = g_mime_multipart_get_count(mp);
+		for (int i = 0; i < n; i++)
+			walk(m, g_mime_multipart_get_part(mp, i), depth + 1);
+		return;
+	}
+	if (GMIME_IS_MESSAGE_PART(o)) {
+		GMimeMessage *inner = g_mime_message_part_get_message(GMIME_MESSAGE_PART(o));
+		if (inner) {
+			const char *subj = g_mime_message_get_subject(inner);
+			if (subj && *subj) {
+				size_t l;
+				char *t = to_utf8(subj, strlen(subj), "utf-8", &l);
+				add_text(m, "message/rfc822", t, l, false);
+			}
+			walk(m, g_mime_message_get_mime_part(inner), depth + 1);
+		}
+		return;
+	}
+	if (!GMIME_IS_PART(o))
+		return;
+
+	GMimePart *part = GMIME_PART(o);
+	GMimeContentType *ct = g_mime_object_get_content_type(o);
+	char *type = ct ? g_mime_content_type_get_mime_type(ct) : g_strdup("text/plain");
+	const char *fname = g_mime_part_get_filename(part);
+	GMimeDataWrapper *dw = g_mime_part_get_content(part);
+	bool is_text = ct && g_mime_content_type_is_type(ct, "text", "*");
+	bool attach = g_mime_part_is_attachment(part) || (fname && *fname);
+
+	for (char *p = type; p && *p; p++)
+		*p = (char)tolower((unsigned char)*p);
+	if (is_text && !attach && dw) {
+		GMimeStream *enc = g_mime_data_wrapper_get_stream(dw);
+		gint64 elen = enc ? g_mime_stream_length(enc) : 0;
+		if (elen < 0)
+			elen = 0;
+		if (m->decoded + (size_t)elen > m->lim.max_decoded) {
+			m->flags |= MIME_F_DECODED;
+		} else {
+			GMimeStream *mem = g_mime_stream_mem_new();
+			GByteArray *ba;
+			const char *cs = g_mime_object_get_content_type_parameter(o, "charset");
+			bool html = strcmp(type, "text/html") == 0;
+			size_t tl, hl;
+			char *t;
+
+			g_mime_data_wrapper_write_to_stream(dw, mem);
+			ba = g_mime_stream_mem_get_byte_array(GMIME_STREAM_MEM(mem));
+			if (ba->len > m->lim.max_decoded - m->decoded) {
+				m->flags |= MIME_F_DECODED;
+				g_byte_array_set_size(ba, (guint)(m->lim.max_decoded - m->decoded));
+			}
+			m->decoded += ba->len;
+			t = to_utf8((const char *)ba->data, ba->len, cs, &tl);
+			g_object_unref(mem);
+			if (html) {
+				char *h = mime_html_to_text(t, tl, &hl, href_cb, m);
+				free(t);
+				t = h;
+				tl = hl;
+			}
+			scan_urls(m, t, tl);
+			add_text(m, type, t, tl, html);
+		}
+	} else {
+		GMimeStream *null = g_mime_stream_null_new();
+		gint64 sz = dw ? g_mime_data_wrapper_write_to_stream(dw, null) : 0;
+		size_t fl;
+
+		g_object_unref(null);
+		GROW(m->att, m->natt, m->attcap);
+		m->att[m->natt].filename = fname ? to_utf8(fname, strlen(fname), "utf-8", &fl) : xstrdup("");
+		m->att[m->natt].type = xstrdup(type ? type : "application/octet-stream");
+		m->att[m->natt].size = sz > 0 ? (size_t)sz : 0;
+		m->natt++;
+	}
+	g_free(type);
+}
+
+/* occurrences of s (case-insensitive) in data, stopping at stop */
+static size_t
+count_ci(const char *data, size_t len, const char *s, size_t stop)
+{
+	size_t n = 0, sl = strlen(s);
+
+	for (size_t i = 0; i + sl <= len; i++)
+		if ((data[i] | 0x20) == s[0] && ascii_strncasecmp(data + i, s, sl) == 0)
+			if (++n > stop)
+				break;
+	return n;
+}
+
+static void
+add_header(struct mime_msg *m, const char *name, const char *raw, size_t *used)
+{
+	size_t nl = strlen(name), rl = raw ? strlen(raw) : 0;
+	char *unf, *dec;
+
+	if (*used + nl + rl > m->lim.max_header) {
+		m->flags |= MIME_F_HEADER;
+		return;
+	}
+	*used += nl + rl + 3;
+	unf = g_mime_utils_header_unfold(raw ? raw : "");
+	dec = g_mime_utils_header_decode_text(NULL, unf);
+	GROW(m->hdr, m->nhdr, m->hdrcap);
+	m->hdr[m->nhdr].name = xstrdup(name);
+	{
+		size_t l;
+		char *v = to_utf8(dec ? dec : unf, strlen(dec ? dec : unf), "utf-8", &l);
+		/* trim leading blanks of the value */
+		char *p = v;
+		while (*p == ' ' || *p == '\t')
+			p++;
+		if (p != v)
+			memmove(v, p, strlen(p) + 1);
+		m->hdr[m->nhdr].value = v;
+	}
+	m->nhdr++;
+	g_free(unf);
+	g_free(dec);
+}
+
+struct mime_msg *
+mime_parse(const char *data, size_t len, const struct mime_limits *lim, char **err)
+{
+	static const struct mime_limits deflim = MIME_LIMITS_DEFAULT;
+	struct mime_msg *m;
+	GMimeStream *st;
+	GMimeParser *p;
+	GMimeMessage *msg = NULL;
+	size_t used = 0;
+
+	if (err)
+		*err = NULL;
+	m = xcalloc(1, sizeof(*m));
+	m->lim = lim ? *lim : deflim;
+	/* an mbox envelope line is not a header */
+	if (len >= 5 && memcmp(data, "From ", 5) == 0) {
+		const char *nl = memchr(data, '\n', len);
+		size_t skip = nl ? (size_t)(nl - data) + 1 : len;
+		data += skip;
+		len -= skip;
+	}
+	{
+		/* is there a header block at all? */
+		const char *e = memchr(data, ':', len < 1000 ? len : 1000);
+		const char *nl = memchr(data, '\n', len < 1000 ? len : 1000);
+		if (e == NULL || (nl && nl < e))
+			m->flags |= MIME_F_BROKEN;
+	}
+	bool too_many = count_ci(data, len, "multipart/", m->lim.max_parts) +
+	    count_ci(data, len, "message/rfc822", m->lim.max_parts) > m->lim.max_parts;
+
+	st = g_mime_stream_mem_new_with_buffer(data, len);
+	p = g_mime_parser_new_with_stream(st);
+	g_object_unref(st);
+	if (!too_many)
+		msg = g_mime_parser_construct_message(p, NULL);
+	g_object_unref(p);
+
+	if (msg == NULL) {
+		/* headers by hand, the body as one text part */
+		const char *body = data, *end = data + len, *lstart;
+		struct buf name = BUF_INIT, val = BUF_INIT;
+
+		if (too_many)
+			m->flags |= MIME_F_PARTS;
+		else
+			m->flags |= MIME_F_BROKEN;
+		for (lstart = data; lstart < end; ) {
+			const char *nl = memchr(lstart, '\n', (size_t)(end - lstart));
+			const char *le = nl ? nl : end;
+			size_t ll = (size_t)(le - lstart);
+			if (ll && lstart[ll - 1] == '\r')
+				ll--;
+			if (ll == 0) {
+				body = nl ? nl + 1 : end;
+				break;
+			}
+			if ((*lstart == ' ' || *lstart == '\t') && name.len) {
+				buf_add(&val, lstart, ll);
+			} else {
+				const char *c = memchr(lstart, ':', ll);
+				if (name.len)
+					add_header(m, name.data, val.data ? val.data : "", &used);
+				buf_reset(&name);
+				buf_reset(&val);
+				if (c == NULL) {
+					body = lstart;
+					break;
+				}
+				buf_add(&name, lstart, (size_t)(c - lstart));
+				buf_add(&val, c + 1, ll - (size_t)(c - lstart) - 1);
+			}
+			lstart = nl ? nl + 1 : end;
+			body = lstart;
+		}
+		if (name.len)
+			add_header(m, name.data, val.data ? val.data : "", &used);
+		buf_free(&name);
+		buf_free(&val);
+		size_t bl = (size_t)(end - body), tl;
+		if (bl > m->lim.max_decoded) {
+			bl = m->lim.max_decoded;
+			m->flags |= MIME_F_DECODED;
+		}
+		m->decoded = bl;
+		char *t = to_utf8(body, bl, NULL, &tl);
+		scan_urls(m, t, tl);
+		add_text(m, "text/plain", t, tl, false);
+		m->parts = 1;
+		return m;
+	}
+
+	GMimeHeaderList *hl = g_mime_object_get_header_list(GMIME_OBJECT(msg));
+	int nh = g_mime_header_list_get_count(hl);
+	for (int i = 0; i < nh; i++) {
+		GMimeHeader *h = g_mime_header_list_get_header_at(hl, i);
+		add_header(m, g_mime_header_get_name(h), g_mime_header_get_raw_value(h), &used);
+	}
+	walk(m, g_mime_message_get_mime_part(msg), 0);
+	g_object_unref(msg);
+	return m;
+}
+
+void
+mime_free(struct mime_msg **mp)
+{
+	struct mime_msg *m = *mp;
+
+	if (m == NULL)
+		return;
+	for (size_t i = 0; i < m->nhdr; i++) {
+		free((char *)m->hdr[i].name);
+		free((char *)m->hdr[i].value);
+	}
+	for (size_t i = 0; i < m->ntext; i++) {
+		free((char *)m->text[i].type);
+		free((char *)m->text[i].text);
+	}
+	for (size_t i = 0; i < m->natt; i++) {
+		free((char *)m->att[i].filename);
+		free((char *)m->att[i].type);
+	}
+	for (size_t i = 0; i < m->nurl; i++) {
+		free((char *)m->url[i].url);
+		free((char *)m->url[i].host);
+	}
+	free(m->hdr);
+	free(m->text);
+	free(m->att);
+	free(m->url);
+	free(m);
+	*mp = NULL;
+}
+
+unsigned mime_flags(const struct mime_msg *m) { return m->flags; }
+unsigned mime_part_count(const struct mime_msg *m) { return m->parts; }
+unsigned mime_max_depth(const struct mime_msg *m) { return m->depth; }
+size_t mime_header_count(const struct mime_msg *m) { return m->nhdr; }
+size_t mime_text_count(const struct mime_msg *m) { return m->ntext; }
+size_t mime_attachment_count(const struct mime_msg *m) { return m->natt; }
+size_t mime_url_count(const struct mime_msg *m) { return m->nurl; }
+
+const struct mime_header *
+mime_header_at(const struct mime_msg *m, size_t i)
+{
+	return i < m->nhdr ? &m->hdr[i] : NULL;
+}
+
+const char *
+mime_header_get(const struct mime_msg *m, const char *name)
+{
+	for (size_t i = 0; i < m->nhdr; i++)
+		if (ascii_strcasecmp(m->hdr[i].name, name) == 0)
+			return m->hdr[i].value;
+	return NULL;
+}
+
+const struct mime_text *
+mime_text_at(const struct mime_msg *m, size_t i)
+{
+	return i < m->ntext ? &m->text[i] : NULL;
+}
+
+const struct mime_attachment *
+mime_attachment_at(const struct mime_msg *m, size_t i)
+{
+	return i < m->natt ? &m->att[i] : NULL;
+}
+
+const struct mime_url *
+mime_url_at(const struct mime_msg *m, size_t i)
+{
+	return i < m->nurl ? &m->url[i] : NULL;
+}

@@ -1,0 +1,202 @@
+/*
+ * test_mime.c - filters/mime.c on the messages in tests/corpus/mime/:
+ * RFC 2047 headers, nested multipart, base64/QP, charsets, HTML to text,
+ * URLs, attachments, broken MIME and nesting over the depth limit.
+ */
+#include "config.h"
+#include "mime.h"
+#include "util.h"
+#include "t.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static char *
+slurp(const char *name, size_t *len)
+{
+	const char *src = getenv("MOAT_SRCDIR");
+	char path[4096];
+	FILE *f;
+	char *d;
+	long n;
+
+	snprintf(path, sizeof(path), "%s/tests/corpus/mime/%s", src ? src : ".", name);
+	if ((f = fopen(path, "rb")) == NULL) {
+		printf("# cannot open %s\n", path);
+		*len = 0;
+		return xstrdup("");
+	}
+	fseek(f, 0, SEEK_END);
+	n = ftell(f);
+	fseek(f, 0, SEEK_SET);
+	d = xmalloc((size_t)n + 1);
+	*len = fread(d, 1, (size_t)n, f);
+	d[*len] = '\0';
+	fclose(f);
+	return d;
+}
+
+static struct mime_msg *
+parse_file(const char *name, const struct mime_limits *lim)
+{
+	size_t len;
+	char *d = slurp(name, &len), *err = NULL;
+	struct mime_msg *m = mime_parse(d, len, lim, &err);
+
+	free(d);
+	free(err);
+	return m;
+}
+
+static bool
+has_url(const struct mime_msg *m, const char *url, const char *host)
+{
+	for (size_t i = 0; i < mime_url_count(m); i++) {
+		const struct mime_url *u = mime_url_at(m, i);
+		if (strcmp(u->url, url) == 0 && strcmp(u->host, host) == 0)
+			return true;
+	}
+	for (size_t i = 0; i < mime_url_count(m); i++)
+		printf("#   url %s host %s\n", mime_url_at(m, i)->url, mime_url_at(m, i)->host);
+	return false;
+}
+
+static bool
+text_has(const struct mime_msg *m, const char *s)
+{
+	for (size_t i = 0; i < mime_text_count(m); i++)
+		if (strstr(mime_text_at(m, i)->text, s))
+			return true;
+	for (size_t i = 0; i < mime_text_count(m); i++)
+		printf("#   text[%zu] %s: %s\n", i, mime_text_at(m, i)->type, mime_text_at(m, i)->text);
+	return false;
+}
+
+int
+main(void)
+{
+	struct mime_msg *m;
+	char *s, *host;
+	size_t len;
+
+	mime_init();
+
+	/* RFC 2047 and 8-bit UTF-8 */
+	m = parse_file("rfc2047.eml", NULL);
+	is_str(mime_header_get(m, "subject"), "Café crème and Привет world",
+	    "RFC 2047 Q (ISO-8859-1) and B (UTF-8) words decoded, folding removed");
+	is_str(mime_header_get(m, "From"), "Jürgen Müller <juergen@example.test>",
+	    "encoded display name decoded");
+	is_int(mime_text_count(m), 1, "one text part");
+	ok(text_has(m, "Grüße aus Köln"), "8-bit UTF-8 body kept");
+	ok(has_url(m, "http://www.example.com/Path?q=1", "www.example.com"),
+	    "URL in text: scheme and host lowercased, path kept");
+	ok(has_url(m, "http://www.other.test/", "www.other.test"), "www. URL without scheme, trailing dot trimmed");
+	is_int(mime_flags(m), 0, "no flags");
+	mime_free(&m);
+	ok(m == NULL, "mime_free NULLs the pointer");
+
+	/* nested multipart with QP, base64, HTML, attachment, message/rfc822 */
+	m = parse_file("nested.eml", NULL);
+	ok(text_has(m, "Café crème, naïve"), "QP ISO-8859-1 part decoded to UTF-8 (soft break joined)");
+	ok(text_has(m, "Café & crème €5 ☺"), "base64 HTML part: entities decoded");
+	ok(!text_has(m, "hidden") && !text_has(m, "color:red") ? true : false,
+	    "script and style dropped");
+	ok(has_url(m, "https://login.bank.example/verify?a=1&b=2", "login.bank.example"),
+	    "href URL normalised, &amp; decoded");
+	is_int(mime_attachment_count(m), 1, "one attachment");
+	if (mime_attachment_count(m) == 1) {
+		is_str(mime_attachment_at(m, 0)->filename, "report.pdf", "attachment file name");
+		is_str(mime_attachment_at(m, 0)->type, "application/pdf", "attachment type");
+		is_int(mime_attachment_at(m, 0)->size, 1009, "attachment decoded size");
+	}
+	ok(text_has(m, "inner body text"), "message/rfc822 part walked");
+	ok(mime_max_depth(m) == 2, "depth 2 (got %u)", mime_max_depth(m));
+	ok(mime_part_count(m) >= 6, "parts counted (%u)", mime_part_count(m));
+	mime_free(&m);
+
+	/* windows-1252 and undeclared 8-bit */
+	m = parse_file("win1252.eml", NULL);
+	ok(text_has(m, "Price €100, “smart quotes” and café."), "windows-1252 body to UTF-8");
+	is_str(mime_header_get(m, "Subject"), "“quoted” €100", "windows-1252 encoded word");
+	mime_free(&m);
+	m = parse_file("latin1-nocharset.eml", NULL);
+	ok(text_has(m, "café naïve"), "undeclared 8-bit read as windows-1252");
+	mime_free(&m);
+
+	/* HTML only */
+	m = parse_file("html-only.eml", NULL);
+	ok(text_has(m, "Dear customer,"), "&nbsp; as a space");
+	ok(text_has(m, "Your account <will> be closed."), "&lt; &gt; decoded");
+	ok(!text_has(m, "evil") && !text_has(m, "comment") ? true : false, "SCRIPT and comments dropped");
+	ok(has_url(m, "http://phish.example:8080/login", "phish.example"), "href with port: host without port");
+	ok(has_url(m, "http://img.example/pixel.gif", "img.example"), "img src collected");
+	ok(mime_text_count(m) == 1 && mime_text_at(m, 0)->html, "one HTML part, flagged html");
+	mime_free(&m);
+
+	/* broken MIME: never a crash, something sensible */
+	m = parse_file("broken.eml", NULL);
+	ok(m != NULL, "broken multipart parsed");
+	ok(text_has(m, "unknown charset body"), "part with unknown charset still read");
+	mime_free(&m);
+	m = parse_file("garbage.eml", NULL);
+	ok(m != NULL && (mime_flags(m) & MIME_F_BROKEN), "garbage flagged broken (flags %#x)", m ? mime_flags(m) : 0);
+	mime_free(&m);
+	m = mime_parse("", 0, NULL, NULL);
+	ok(m != NULL, "empty message");
+	mime_free(&m);
+
+	/* depth limit */
+	m = parse_file("deep.eml", NULL);
+	ok(mime_flags(m) & MIME_F_DEPTH, "25 levels over the default 20: MIME_F_DEPTH");
+	ok(mime_max_depth(m) <= 20, "walk stopped at the limit (%u)", mime_max_depth(m));
+	mime_free(&m);
+	{
+		struct mime_limits lim = MIME_LIMITS_DEFAULT;
+		lim.max_depth = 100;
+		m = parse_file("deep.eml", &lim);
+		ok(!(mime_flags(m) & MIME_F_DEPTH) && text_has(m, "deepest text"), "within a raised limit: text reached");
+		mime_free(&m);
+		lim = (struct mime_limits)MIME_LIMITS_DEFAULT;
+		lim.max_parts = 3;
+		m = parse_file("nested.eml", &lim);
+		ok(mime_flags(m) & MIME_F_PARTS, "part count limit flagged");
+		mime_free(&m);
+		lim = (struct mime_limits)MIME_LIMITS_DEFAULT;
+		lim.max_decoded = 10;
+		m = parse_file("rfc2047.eml", &lim);
+		ok(mime_flags(m) & MIME_F_DECODED, "decoded size limit flagged");
+		mime_free(&m);
+		lim = (struct mime_limits)MIME_LIMITS_DEFAULT;
+		lim.max_header = 60;
+		m = parse_file("rfc2047.eml", &lim);
+		ok((mime_flags(m) & MIME_F_HEADER) && mime_header_count(m) < 4, "header size limit flagged");
+		mime_free(&m);
+	}
+
+	/* mbox From line skipped */
+	{
+		const char *mb = "From someone@example.test Mon Jan  1 00:00:00 2024\nSubject: hi\n\nbody\n";
+		m = mime_parse(mb, strlen(mb), NULL, NULL);
+		is_str(mime_header_get(m, "Subject"), "hi", "mbox From line skipped");
+		mime_free(&m);
+	}
+
+	/* helpers */
+	{
+		const char *h = "a<b>b</b>&amp;<br/>c &#x41;&#66; &bogus; 1 < 2";
+		s = mime_html_to_text(h, strlen(h), &len, NULL, NULL);
+	}
+	is_str(s, "ab&\nc AB &bogus; 1 < 2", "html_to_text");
+	free(s);
+	s = mime_url_normalise("HTTP://user:pw@Host.EXAMPLE.:8080/x", 35, &host);
+	is_str(s, "http://host.example:8080/x", "userinfo dropped, trailing dot of host dropped");
+	is_str(host, "host.example", "host");
+	free(s);
+	free(host);
+	s = mime_url_normalise("http://", 7, &host);
+	ok(s == NULL && host == NULL, "no host: not a URL");
+	s = mime_url_normalise("http://bad host/", 16, &host);
+	ok(s == NULL, "space in host: not a URL");
+	return t_done();
+}
