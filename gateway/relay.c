@@ -30,6 +30,7 @@
  */
 #include "config.h"
 #include "relay.h"
+#include "tls.h"
 #include "buf.h"
 #include "conf.h"
 #include "dsn.h"
@@ -60,6 +61,8 @@
 
 enum cstate {
 	C_RESOLVING, C_CONNECTING, C_GREETING, C_EHLO, C_HELO,  /* handshake */
+	C_STARTTLS,             /* STARTTLS sent, waiting for 220 */
+	C_TLS,                  /* TLS handshake in progress */
 	C_IDLE,                 /* ready, no transaction */
 	C_TXN,                  /* MAIL/RCPT/DATA replies pending */
 	C_DATA,                 /* streaming the message */
@@ -70,6 +73,7 @@ enum cstate {
 
 static const char *const cstate_name[] = {
 	"resolving", "connecting", "waiting for the greeting", "after EHLO", "after HELO",
+	"after STARTTLS", "in the TLS handshake",
 	"idle", "after MAIL/RCPT", "sending the message", "after end of data",
 	"after RSET", "after QUIT",
 };
@@ -86,6 +90,9 @@ struct conn {
 	enum cstate st;
 	bool    lmtp;
 	bool    handshaken;
+	bool    tls;                    /* TLS is active */
+	bool    tls_tried;              /* STARTTLS was refused: go on in the clear */
+	char    tlsinfo[96];
 	bool    need_rset;
 	int     nmsgs;
 	struct relay_ext ext;
@@ -128,6 +135,10 @@ struct relay {
 	struct event_base *base;
 	struct pool *pool;
 	const struct moat_conf *conf;
+	SSL_CTX *tls_plain;             /* opportunistic / required: no verification */
+	SSL_CTX *tls_verify[16];        /* per distinct ca_file, [0] = system store */
+	const char *tls_verify_ca[16];
+	size_t  ntls_verify;
 	TAILQ_HEAD(, relay_dest_state) dests;
 	size_t  busy;
 	bool    freeing;
@@ -697,14 +708,103 @@ conn_write_cb(struct bufferevent *bev, void *arg)
 	}
 }
 
+static SSL_CTX *
+relay_tls_ctx(struct relay *r, const struct relay_dest *d, char **err)
+{
+	*err = NULL;
+	if (d->tls != RTLS_VERIFY) {
+		if (r->tls_plain == NULL)
+			r->tls_plain = tls_client_ctx_new(r->conf, false, NULL, err);
+		return r->tls_plain;
+	}
+	for (size_t i = 0; i < r->ntls_verify; i++)
+		if ((r->tls_verify_ca[i] == NULL && d->ca_file == NULL) ||
+		    (r->tls_verify_ca[i] && d->ca_file && !strcmp(r->tls_verify_ca[i], d->ca_file)))
+			return r->tls_verify[i];
+	if (r->ntls_verify == ARRAY_SIZE(r->tls_verify)) {
+		*err = xstrdup("too many distinct CA files");
+		return NULL;
+	}
+	SSL_CTX *ctx = tls_client_ctx_new(r->conf, true, d->ca_file, err);
+	if (ctx) {
+		r->tls_verify[r->ntls_verify] = ctx;
+		r->tls_verify_ca[r->ntls_verify++] = d->ca_file;
+	}
+	return ctx;
+}
+
+static void conn_read_cb(struct bufferevent *, void *);
+static void conn_write_cb(struct bufferevent *, void *);
+static void conn_event_cb(struct bufferevent *, short, void *);
+
+/* 220 to STARTTLS: wrap the connection and start the handshake */
+static void
+conn_start_tls(struct conn *c)
+{
+	const struct relay_dest *d = c->ds->dest;
+	char *err = NULL;
+	SSL_CTX *ctx = relay_tls_ctx(c->r, d, &err);
+	struct bufferevent *tb;
+
+	if (ctx == NULL) {
+		conn_fail(c, "TLS with %s: %s", c->peer, err ? err : "no context");
+		free(err);
+		return;
+	}
+	tb = tls_connect_filter(c->r->base, ctx, c->bev, d->host, d->tls == RTLS_VERIFY);
+	if (tb == NULL) {
+		conn_fail(c, "TLS with %s: cannot start", c->peer);
+		return;
+	}
+	c->bev = tb;
+	bufferevent_setcb(tb, conn_read_cb, conn_write_cb, conn_event_cb, c);
+	bufferevent_setwatermark(tb, EV_WRITE, RELAY_LOWAT, 0);
+	bufferevent_enable(tb, EV_READ | EV_WRITE);
+	conn_set_state(c, C_TLS);
+	conn_arm(c, c->r->conf->relay_command_timeout);
+}
+
+/* the TLS handshake finished: check the certificate, then EHLO again */
+static void
+conn_tls_done(struct conn *c)
+{
+	const struct relay_dest *d = c->ds->dest;
+	const char *why;
+	char e[256];
+
+	if (d->tls == RTLS_VERIFY && (why = tls_verify_error(c->bev)) != NULL) {
+		conn_fail(c, "TLS with %s: certificate not trusted for %s: %s", c->peer, d->host, why);
+		return;
+	}
+	c->tls = true;
+	tls_short(c->bev, c->tlsinfo, sizeof(c->tlsinfo));
+	log_info("relay=%s event=tls peer=%s tls=%s%s", c->ds->name, c->peer, c->tlsinfo,
+	    d->tls == RTLS_VERIFY ? " verified=yes" : "");
+	memset(&c->ext, 0, sizeof(c->ext));
+	conn_set_state(c, C_EHLO);
+	snprintf(e, sizeof(e), "%s %s\r\n", c->lmtp ? "LHLO" : "EHLO", c->r->conf->hostname);
+	conn_send(c, e, strlen(e));
+	conn_arm(c, c->r->conf->relay_command_timeout);
+}
+
 static void
 conn_handshake_done(struct conn *c)
 {
-	/*
-	 * STARTTLS hook: when TLS to the destination is configured (later
-	 * issue) and c->ext.starttls, send "STARTTLS", on 220 wrap c->bev with
-	 * bufferevent_openssl_filter_new(), reset c->ext and repeat EHLO.
-	 */
+	const struct relay_dest *d = c->ds->dest;
+
+	/* STARTTLS per the destination's tls= policy (Postfix's security levels) */
+	if (!c->tls && !c->tls_tried && d->tls != RTLS_NONE) {
+		if (c->ext.starttls) {
+			conn_set_state(c, C_STARTTLS);
+			conn_send(c, "STARTTLS\r\n", 10);
+			conn_arm(c, c->r->conf->relay_command_timeout);
+			return;
+		}
+		if (d->tls >= RTLS_REQUIRED) {
+			conn_fail(c, "TLS is required, but was not offered by host %s", c->peer);
+			return;
+		}
+	}
 	c->handshaken = true;
 	log_debug("relay=%s event=connected peer=%s pipelining=%d dsn=%d size=%lld", c->ds->name,
 	    c->peer, c->ext.pipelining, c->ext.dsn, c->ext.size_max);
@@ -848,6 +948,20 @@ on_reply(struct conn *c, int code, const char *text)
 			return;
 		}
 		conn_fail(c, "host %s refused %s: %s", c->peer, c->lmtp ? "LHLO" : "EHLO", text);
+		return;
+	case C_STARTTLS:
+		if (code == 220) {
+			conn_start_tls(c);
+			return;
+		}
+		if (c->ds->dest->tls >= RTLS_REQUIRED) {
+			conn_fail(c, "host %s refused STARTTLS: %d %s", c->peer, code, text);
+			return;
+		}
+		c->tls_tried = true;        /* opportunistic: go on in the clear */
+		conn_handshake_done(c);
+		return;
+	case C_TLS:
 		return;
 	case C_HELO:
 		if (code / 100 == 2) {
@@ -995,8 +1109,27 @@ conn_event_cb(struct bufferevent *bev, short what, void *arg)
 	struct conn *c = arg;
 
 	if (what & BEV_EVENT_CONNECTED) {
+		if (c->st == C_TLS) {
+			conn_tls_done(c);
+			return;
+		}
 		conn_set_state(c, C_GREETING);
 		conn_arm(c, c->r->conf->relay_command_timeout);
+		return;
+	}
+	if (c->st == C_TLS) {
+		char e[256];
+		const char *why = NULL;
+		SSL *ssl = tls_ssl(bev);
+		long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
+		if (c->ds->dest->tls == RTLS_VERIFY && vr != X509_V_OK)
+			why = X509_verify_cert_error_string(vr);
+		tls_errors(e, sizeof(e));
+		if (why)
+			conn_fail(c, "TLS with %s: certificate not trusted for %s: %s", c->peer,
+			    c->ds->dest->host, why);
+		else
+			conn_fail(c, "TLS handshake with %s failed: %s", c->peer, e);
 		return;
 	}
 	if (c->st == C_CONNECTING) {
@@ -1222,5 +1355,8 @@ relay_free(struct relay *r)
 		free(ds->name);
 		free(ds);
 	}
+	SSL_CTX_free(r->tls_plain);
+	for (size_t i = 0; i < r->ntls_verify; i++)
+		SSL_CTX_free(r->tls_verify[i]);
 	free(r);
 }

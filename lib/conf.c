@@ -440,12 +440,42 @@ d_domain(struct parser *p, int n, char **w)
 		}
 		d.deliver = DELIVER_STORE;
 	} else if (!strcmp(w[3], "relay")) {
-		if (n != 5) {
-			perr(p, "domain: \"deliver relay\" takes one URL (smtp://HOST:PORT or lmtp://HOST:PORT)");
+		if (n < 5) {
+			perr(p, "domain: \"deliver relay\" takes a URL (smtp://HOST:PORT or lmtp://HOST:PORT)");
 			return;
 		}
 		if (!parse_relay(p, w[4], &d.relay))
 			return;
+		d.relay.tls = d.relay.unix_path ? RTLS_NONE : RTLS_OPPORTUNISTIC;
+		for (int a = 5; a < n; a++) {
+			if (!strcmp(w[a], "tls=none")) d.relay.tls = RTLS_NONE;
+			else if (!strcmp(w[a], "tls=opportunistic")) d.relay.tls = RTLS_OPPORTUNISTIC;
+			else if (!strcmp(w[a], "tls=required")) d.relay.tls = RTLS_REQUIRED;
+			else if (!strcmp(w[a], "tls=verify")) d.relay.tls = RTLS_VERIFY;
+			else if (!strncmp(w[a], "ca=", 3) && w[a][3]) {
+				free(d.relay.ca_file);
+				d.relay.ca_file = xstrdup(w[a] + 3);
+				if (access(d.relay.ca_file, R_OK) < 0)
+					perr(p, "domain: cannot read CA file %s: %s", esc(d.relay.ca_file),
+					    strerror(errno));
+			} else
+				perr(p, "domain: unknown relay option \"%s\" (tls=none|opportunistic|required|verify, ca=FILE)",
+				    esc(w[a]));
+		}
+		if (d.relay.unix_path && d.relay.tls != RTLS_NONE && d.relay.tls != RTLS_OPPORTUNISTIC)
+			perr(p, "domain: TLS over a unix socket makes no sense");
+		/* the destination key includes a non-default TLS policy: two
+		 * domains relaying to one host with different policies are two
+		 * destinations */
+		if (!d.relay.unix_path && (d.relay.tls != RTLS_OPPORTUNISTIC || d.relay.ca_file)) {
+			static const char *names[] = { "none", "opportunistic", "required", "verify" };
+			struct buf nb = BUF_INIT;
+			buf_printf(&nb, "%s tls=%s", d.relay.name, names[d.relay.tls]);
+			if (d.relay.ca_file)
+				buf_printf(&nb, " ca=%s", d.relay.ca_file);
+			free(d.relay.name);
+			d.relay.name = buf_steal(&nb);
+		}
 		d.deliver = DELIVER_RELAY;
 	} else {
 		perr(p, "domain: deliver takes \"store\" or \"relay URL\", not \"%s\"", esc(w[3]));
@@ -460,6 +490,7 @@ d_domain(struct parser *p, int n, char **w)
 		perr(p, "domain: %s is configured twice", d.name);
 		free(d.name);
 		free(d.relay.host); free(d.relay.port); free(d.relay.unix_path); free(d.relay.name);
+		free(d.relay.ca_file);
 		return;
 	}
 	p->c->domains = xreallocarray(p->c->domains, p->c->ndomains + 1, sizeof(d));
@@ -897,6 +928,7 @@ conf_free(struct moat_conf *c)
 		free(d->relay.port);
 		free(d->relay.unix_path);
 		free(d->relay.name);
+		free(d->relay.ca_file);
 	}
 	free(c->domains);
 	free(c->limit_exempt);

@@ -44,6 +44,8 @@ struct listen_conf {
 
 enum deliver_kind { DELIVER_STORE, DELIVER_RELAY };
 enum relay_proto  { RELAY_SMTP, RELAY_LMTP };
+/* TLS towards a relay destination (Postfix: smtp_tls_security_level) */
+enum relay_tls { RTLS_NONE, RTLS_OPPORTUNISTIC, RTLS_REQUIRED, RTLS_VERIFY };
 
 struct relay_dest {
 	enum relay_proto proto;
@@ -51,6 +53,8 @@ struct relay_dest {
 	char   *port;                   /* "25" */
 	char   *unix_path;              /* lmtp:unix:/path or smtp:unix:/path */
 	char   *name;                   /* canonical "lmtp://10.0.0.5:24", the destination key */
+	enum relay_tls tls;             /* default opportunistic (none for unix sockets) */
+	char   *ca_file;                /* for tls=verify; NULL = the system CA store */
 };
 
 struct domain_conf {

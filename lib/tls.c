@@ -226,3 +226,72 @@ tls_short(struct bufferevent *bev, char *out, size_t outsz)
 	}
 	snprintf(out, outsz, "%s:%s", SSL_get_version(ssl), SSL_get_cipher_name(ssl));
 }
+
+SSL_CTX *
+tls_client_ctx_new(const struct moat_conf *c, bool verify, const char *ca_file, char **err)
+{
+	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+	char e[512], msg[1024];
+
+	*err = NULL;
+	if (ctx == NULL)
+		goto fail;
+	SSL_CTX_set_min_proto_version(ctx, c->tls_min_version);
+	SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+	if (verify) {
+		int ok = ca_file ? SSL_CTX_load_verify_locations(ctx, ca_file, NULL) :
+		    SSL_CTX_set_default_verify_paths(ctx);
+		if (ok != 1)
+			goto fail;
+		SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+	} else
+		SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+	return ctx;
+fail:
+	tls_errors(e, sizeof(e));
+	snprintf(msg, sizeof(msg), "TLS client context%s%s: %s", ca_file ? " with CA file " : "",
+	    ca_file ? ca_file : "", e);
+	*err = xstrdup(msg);
+	SSL_CTX_free(ctx);
+	return NULL;
+}
+
+struct bufferevent *
+tls_connect_filter(struct event_base *base, SSL_CTX *ctx, struct bufferevent *plain,
+    const char *host, bool verify)
+{
+	SSL *ssl = SSL_new(ctx);
+	struct bufferevent *bev;
+
+	if (ssl == NULL)
+		return NULL;
+	if (host && *host) {
+		SSL_set_tlsext_host_name(ssl, host);
+		if (verify)
+			SSL_set1_host(ssl, host);
+	}
+	bev = bufferevent_openssl_filter_new(base, plain, ssl, BUFFEREVENT_SSL_CONNECTING,
+	    BEV_OPT_CLOSE_ON_FREE);
+	if (bev == NULL) {
+		SSL_free(ssl);
+		return NULL;
+	}
+	bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+	return bev;
+}
+
+const char *
+tls_verify_error(struct bufferevent *bev)
+{
+	SSL *ssl = tls_ssl(bev);
+	long r;
+
+	if (ssl == NULL)
+		return "no TLS";
+	if (SSL_get0_peer_certificate(ssl) == NULL)
+		return "no peer certificate";
+	if ((r = SSL_get_verify_result(ssl)) != X509_V_OK)
+		return X509_verify_cert_error_string(r);
+	return NULL;
+}

@@ -44,6 +44,19 @@ void tls_short(struct bufferevent *, char *out, size_t outsz);
 /* SSL* of a TLS bufferevent, NULL for a plain one */
 SSL *tls_ssl(struct bufferevent *);
 
+/*
+ * Client side (relay): a context per (verify, ca_file).  verify: the peer
+ * certificate must chain to ca_file (or the system store) and match host.
+ * tls_connect_filter() wraps an established plain bufferevent (after the
+ * server's 220 to STARTTLS) and starts the handshake; the plain one is
+ * owned by the result.
+ */
+SSL_CTX *tls_client_ctx_new(const struct moat_conf *, bool verify, const char *ca_file, char **err);
+struct bufferevent *tls_connect_filter(struct event_base *, SSL_CTX *, struct bufferevent *plain,
+    const char *host, bool verify);
+/* after the handshake: NULL if fine, else why the certificate was refused */
+const char *tls_verify_error(struct bufferevent *);
+
 /* the last OpenSSL error queue entries as text (for logs) */
 void tls_errors(char *out, size_t outsz);
 

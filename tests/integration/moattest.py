@@ -237,7 +237,11 @@ class Sink:
     messages: list of dicts {mail_from, rcpts, data(bytes), params}
     """
 
-    def __init__(self, lmtp=False, port=None, replies=None, ext=("PIPELINING", "8BITMIME", "SIZE 100000000", "DSN", "ENHANCEDSTATUSCODES", "SMTPUTF8")):
+    def __init__(self, lmtp=False, port=None, replies=None, ext=("PIPELINING", "8BITMIME", "SIZE 100000000", "DSN", "ENHANCEDSTATUSCODES", "SMTPUTF8"),
+                 tls=None):
+        """tls: (certfile, keyfile) to offer STARTTLS; each message's
+        params["tls"] then holds the TLS version it came over (or None)."""
+        self.tls = tls
         self.lmtp = lmtp
         self.port = port or free_port()
         self.replies = replies or {}
@@ -305,21 +309,34 @@ class Sink:
                 return
             send("220 sink.test ESMTP sink")
             mail_from, rcpts, params = None, [], {}
+            tls_version = None
             while True:
                 line = f.readline(100000)
                 if not line:
                     return
                 cmd = line.decode("utf-8", "replace").rstrip("\r\n")
                 u = cmd.upper()
+                if u == "STARTTLS" and self.tls and tls_version is None:
+                    import ssl
+                    send("220 2.0.0 ready")
+                    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                    ctx.load_cert_chain(*self.tls)
+                    c = ctx.wrap_socket(c, server_side=True)
+                    f = c.makefile("rb")
+                    tls_version = c.version()
+                    mail_from, rcpts = None, []
+                    continue
                 if u.startswith("EHLO") or u.startswith("LHLO") or u.startswith("HELO"):
                     lines = ["sink.test"] + list(self.ext)
+                    if self.tls and tls_version is None:
+                        lines.append("STARTTLS")
                     for i, l in enumerate(lines):
                         send("250%s%s" % ("-" if i < len(lines) - 1 else " ", l))
                 elif u.startswith("MAIL FROM:"):
                     r = self.replies.get("mail")
                     m = re.match(r"MAIL FROM:\s*<([^>]*)>(.*)", cmd, re.I)
                     mail_from = m.group(1) if m else cmd[10:]
-                    params = {"mail": m.group(2).strip() if m else ""}
+                    params = {"mail": m.group(2).strip() if m else "", "tls": tls_version}
                     rcpts = []
                     send(r or "250 2.1.0 ok")
                 elif u.startswith("RCPT TO:"):
