@@ -11,6 +11,7 @@
 #include "control.h"
 #include "log.h"
 #include "pool.h"
+#include "pop3.h"
 #include "queue.h"
 #include "smtp_session.h"
 #include "spool.h"
@@ -163,6 +164,8 @@ worker_main(const struct moat_conf *c, struct tls_server *tls)
 		bool smtp = l->kind == LISTEN_SMTP || l->kind == LISTEN_SUBMISSION ||
 		    l->kind == LISTEN_SMTPS;
 		if (smtp && l->fd >= 0 && smtp_listen(l) < 0)
+			fatalx("worker: cannot listen on %s", l->spec);
+		if ((l->kind == LISTEN_POP3 || l->kind == LISTEN_POP3S) && l->fd >= 0 && pop3_listen(l) < 0)
 			fatalx("worker: cannot listen on %s", l->spec);
 	}
 	if (control_start() < 0)

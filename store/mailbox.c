@@ -1525,6 +1525,84 @@ mbox_get_status(const char *root, const char *name, struct mbox_status *st, char
 	return 0;
 }
 
+/* ---- SASL PLAIN ---- */
+
+bool
+mbox_b64_decode(const char *in, size_t len, unsigned char *out, size_t outsz, size_t *outlen)
+{
+	unsigned acc = 0;
+	size_t o = 0, i, pad = 0;
+	int bits = 0;
+
+	if (len % 4 != 0)
+		return false;
+	for (i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)in[i];
+		int v;
+		if (c == '=') {
+			if (i < len - 2)
+				return false;
+			pad++;
+			continue;
+		}
+		if (pad)
+			return false;
+		if (c >= 'A' && c <= 'Z')
+			v = c - 'A';
+		else if (c >= 'a' && c <= 'z')
+			v = c - 'a' + 26;
+		else if (c >= '0' && c <= '9')
+			v = c - '0' + 52;
+		else if (c == '+')
+			v = 62;
+		else if (c == '/')
+			v = 63;
+		else
+			return false;
+		acc = (acc << 6) | (unsigned)v;
+		bits += 6;
+		if (bits >= 8) {
+			bits -= 8;
+			if (o >= outsz)
+				return false;
+			out[o++] = (unsigned char)(acc >> bits);
+			acc &= (1u << bits) - 1;
+		}
+	}
+	*outlen = o;
+	return true;
+}
+
+bool
+mbox_sasl_plain(const char *b64, size_t len, char *user, size_t usersz, char *pass, size_t passsz)
+{
+	unsigned char dec[1024];
+	size_t n, i, z1, z2;
+
+	if (!mbox_b64_decode(b64, len, dec, sizeof(dec), &n))
+		return false;
+	for (z1 = 0; z1 < n && dec[z1] != '\0'; z1++)
+		;
+	for (z2 = z1 + 1; z2 < n && dec[z2] != '\0'; z2++)
+		;
+	if (z1 >= n || z2 >= n)
+		return false;
+	for (i = z2 + 1; i < n; i++)
+		if (dec[i] == '\0')
+			return false;
+	size_t ulen = z2 - z1 - 1, plen = n - z2 - 1;
+	if (ulen == 0 || ulen >= usersz || plen >= passsz)
+		return false;
+	if (z1 > 0 && (z1 != ulen || memcmp(dec, dec + z1 + 1, ulen) != 0))
+		return false;   /* acting as another user is not supported */
+	memcpy(user, dec + z1 + 1, ulen);
+	user[ulen] = '\0';
+	memcpy(pass, dec + z2 + 1, plen);
+	pass[plen] = '\0';
+	explicit_bzero(dec, sizeof(dec));
+	return true;
+}
+
 /* ---- failed-login throttle (loop thread) ---- */
 
 #define THR_SLOTS   4096

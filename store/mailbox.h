@@ -144,6 +144,15 @@ int  mbox_get_status(const char *root, const char *name, struct mbox_status *, c
 unsigned mbox_info_flags(const char *file);
 
 /*
+ * SASL PLAIN (RFC 4616) from its base64 form (pure, no I/O): "authzid NUL
+ * authcid NUL passwd".  An authzid other than empty or authcid is refused.
+ * true with user/pass filled (NUL-terminated), false if malformed.
+ */
+bool mbox_sasl_plain(const char *b64, size_t len, char *user, size_t usersz, char *pass, size_t passsz);
+/* strict base64 decoding; false on bad input or if out is too small */
+bool mbox_b64_decode(const char *in, size_t len, unsigned char *out, size_t outsz, size_t *outlen);
+
+/*
  * Failed-login throttle (loop thread only, per worker): delay in ms a
  * client IP must wait before its next login answer (0 = none).
  */
