@@ -5,10 +5,16 @@
  * and an unknown user costs one hash computation too, so response timing
  * does not reveal which addresses exist.
  *
+ * users_add/users_passwd also store the secrets the challenge mechanisms
+ * need (CRAM-MD5 MD5 states, SCRAM-SHA-256 salt/iterations/StoredKey/
+ * ServerKey, see users.h for the formats and their risk); users_get_secrets
+ * reads them back for lib/sasl.c.
+ *
  * Runs in: the moat CLI (add/del/passwd/list), the worker's event loop
  * (users_exists at RCPT time: one indexed point query on a statement kept
- * prepared in the handle) and pool threads (local delivery, later AUTH).
- * A handle belongs to one thread (SQLITE_OPEN_NOMUTEX).
+ * prepared in the handle) and pool threads (local delivery, AUTH).
+ * A handle belongs to one thread (SQLITE_OPEN_NOMUTEX);
+ * users_thread_handle() keeps one per thread, closed at thread exit.
  * Untrusted input: addresses from SMTP; users_canon() bounds and checks
  * them (<= 254 bytes, no control bytes, no '/', no leading '.') because the
  * canonical form also names the Maildir on disk.  All SQL is prepared with
@@ -17,11 +23,14 @@
 #include "config.h"
 #include "users.h"
 #include "log.h"
+#include "sasl_crypto.h"
 #include "util.h"
 
 #include <crypt.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +40,7 @@
 #include <sys/stat.h>
 
 #include <sqlite3.h>
+#include <openssl/crypto.h>
 
 #define USERS_ADDR_MAX     254          /* RFC 5321 path limit minus <> */
 
@@ -42,6 +52,7 @@ struct users {
 	sqlite3_stmt   *st_del;
 	sqlite3_stmt   *st_passwd;
 	sqlite3_stmt   *st_list;
+	sqlite3_stmt   *st_secrets;
 	char           *dummy_setting;  /* crypt setting used for unknown users */
 };
 
@@ -51,8 +62,8 @@ static const char users_schema[] =
 	" hash TEXT NOT NULL,"
 	" created INTEGER NOT NULL,"
 	" updated INTEGER NOT NULL,"
-	" scram_sha256 TEXT,"           /* later: SCRAM-SHA-256 StoredKey/ServerKey */
-	" cram_md5 TEXT"                /* later: CRAM-MD5 secret */
+	" scram_sha256 TEXT,"           /* SCRAM-SHA-256 salt, i, StoredKey, ServerKey */
+	" cram_md5 TEXT"                /* CRAM-MD5 HMAC-MD5 states (hex) */
 	");";
 
 static char *
@@ -231,14 +242,17 @@ users_open(const char *path, bool create, char **err)
 	    users_prepare(u, &u->st_hash,
 	        "SELECT hash FROM users WHERE address = ?1", err) < 0 ||
 	    users_prepare(u, &u->st_add,
-	        "INSERT INTO users (address, hash, created, updated) VALUES (?1, ?2, ?3, ?3)", err) < 0 ||
+	        "INSERT INTO users (address, hash, created, updated, cram_md5, scram_sha256)"
+	        " VALUES (?1, ?2, ?3, ?3, ?4, ?5)", err) < 0 ||
 	    users_prepare(u, &u->st_del,
 	        "DELETE FROM users WHERE address = ?1", err) < 0 ||
 	    users_prepare(u, &u->st_passwd,
-	        "UPDATE users SET hash = ?2, updated = ?3, scram_sha256 = NULL, cram_md5 = NULL"
+	        "UPDATE users SET hash = ?2, updated = ?3, cram_md5 = ?4, scram_sha256 = ?5"
 	        " WHERE address = ?1", err) < 0 ||
 	    users_prepare(u, &u->st_list,
-	        "SELECT address, created FROM users ORDER BY address", err) < 0)
+	        "SELECT address, created FROM users ORDER BY address", err) < 0 ||
+	    users_prepare(u, &u->st_secrets,
+	        "SELECT cram_md5, scram_sha256 FROM users WHERE address = ?1", err) < 0)
 		goto fail;
 	if ((u->dummy_setting = users_new_setting()) == NULL) {
 		users_seterr(err, users_errf("crypt_gensalt: %s", strerror(errno ? errno : EINVAL)));
@@ -262,6 +276,7 @@ users_close(struct users *u)
 	sqlite3_finalize(u->st_del);
 	sqlite3_finalize(u->st_passwd);
 	sqlite3_finalize(u->st_list);
+	sqlite3_finalize(u->st_secrets);
 	sqlite3_close(u->db);
 	free(u->dummy_setting);
 	free(u);
@@ -340,11 +355,259 @@ users_hash_new(const char *password, char *out, size_t outsz, char **err)
 	return 0;
 }
 
+/* ---- challenge-mechanism secrets ---- */
+
+#define USERS_CRAM_TEXT         (2 * SASL_CRAM_CTX_LEN + 1)
+#define USERS_SCRAM_TEXT        256
+static const char users_scram_prefix[] = "SCRAM-SHA-256$";
+
+void
+users_secrets_clear(struct user_secrets *s)
+{
+	OPENSSL_cleanse(s, sizeof(*s));
+	memset(s, 0, sizeof(*s));
+}
+
+int
+users_derive_secrets(const char *password, const void *salt, size_t saltlen, unsigned iter,
+    struct user_secrets *out)
+{
+	size_t pwlen;
+
+	memset(out, 0, sizeof(*out));
+	if (password == NULL || salt == NULL || saltlen == 0 || saltlen > USERS_SCRAM_SALT_MAX ||
+	    iter == 0)
+		return -1;
+	pwlen = strlen(password);
+	sasl_cram_md5_ctx(password, pwlen, out->cram_md5);
+	out->has_cram_md5 = true;
+	if (!sasl_scram_keys(password, pwlen, salt, saltlen, iter, out->scram_stored_key,
+	    out->scram_server_key)) {
+		users_secrets_clear(out);
+		return -1;
+	}
+	memcpy(out->scram_salt, salt, saltlen);
+	out->scram_saltlen = saltlen;
+	out->scram_iter = iter;
+	out->has_scram = true;
+	return 0;
+}
+
+/* the column texts of both secrets of a new password (fresh random salt) */
+static int
+users_secret_texts(const char *password, char cram[USERS_CRAM_TEXT], char scram[USERS_SCRAM_TEXT],
+    char **err)
+{
+	static const char hex[] = "0123456789abcdef";
+	unsigned char salt[USERS_SCRAM_SALT_LEN];
+	char b_salt[SASL_B64_ENCLEN(USERS_SCRAM_SALT_LEN)];
+	char b_stored[SASL_B64_ENCLEN(USERS_KEY_LEN)], b_server[SASL_B64_ENCLEN(USERS_KEY_LEN)];
+	struct user_secrets sec;
+	size_t i;
+	int n;
+
+	random_bytes(salt, sizeof(salt));
+	if (users_derive_secrets(password, salt, sizeof(salt), USERS_SCRAM_ITER, &sec) < 0) {
+		users_seterr(err, users_errf("cannot derive the CRAM-MD5/SCRAM secrets"));
+		return -1;
+	}
+	for (i = 0; i < SASL_CRAM_CTX_LEN; i++) {
+		cram[2 * i] = hex[sec.cram_md5[i] >> 4];
+		cram[2 * i + 1] = hex[sec.cram_md5[i] & 15];
+	}
+	cram[2 * SASL_CRAM_CTX_LEN] = '\0';
+	(void)sasl_b64_encode(sec.scram_salt, sec.scram_saltlen, b_salt, sizeof(b_salt));
+	(void)sasl_b64_encode(sec.scram_stored_key, USERS_KEY_LEN, b_stored, sizeof(b_stored));
+	(void)sasl_b64_encode(sec.scram_server_key, USERS_KEY_LEN, b_server, sizeof(b_server));
+	n = snprintf(scram, USERS_SCRAM_TEXT, "%s%u:%s$%s:%s", users_scram_prefix, sec.scram_iter,
+	    b_salt, b_stored, b_server);
+	users_secrets_clear(&sec);
+	OPENSSL_cleanse(b_stored, sizeof(b_stored));
+	OPENSSL_cleanse(b_server, sizeof(b_server));
+	if (n < 0 || n >= USERS_SCRAM_TEXT) {
+		users_seterr(err, users_errf("SCRAM secret too long"));
+		return -1;
+	}
+	return 0;
+}
+
+static int
+users_hexval(unsigned char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+static bool
+users_parse_cram(const char *t, unsigned char out[SASL_CRAM_CTX_LEN])
+{
+	size_t i;
+
+	if (strlen(t) != 2 * SASL_CRAM_CTX_LEN)
+		return false;
+	for (i = 0; i < SASL_CRAM_CTX_LEN; i++) {
+		int hi = users_hexval((unsigned char)t[2 * i]);
+		int lo = users_hexval((unsigned char)t[2 * i + 1]);
+		if (hi < 0 || lo < 0)
+			return false;
+		out[i] = (unsigned char)(hi << 4 | lo);
+	}
+	return true;
+}
+
+/* "SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>" */
+static bool
+users_parse_scram(const char *t, struct user_secrets *s)
+{
+	const char *p, *colon, *dollar, *colon2;
+	unsigned long long iter = 0;
+	size_t n;
+
+	if (strncmp(t, users_scram_prefix, sizeof(users_scram_prefix) - 1) != 0)
+		return false;
+	p = t + sizeof(users_scram_prefix) - 1;
+	if ((colon = strchr(p, ':')) == NULL || colon == p || colon - p > 8)
+		return false;
+	for (; p < colon; p++) {
+		if (*p < '0' || *p > '9')
+			return false;
+		iter = iter * 10 + (unsigned)(*p - '0');
+	}
+	if (iter == 0 || iter > 10000000)
+		return false;
+	p = colon + 1;
+	if ((dollar = strchr(p, '$')) == NULL || (colon2 = strchr(dollar, ':')) == NULL)
+		return false;
+	if (!sasl_b64_decode(p, (size_t)(dollar - p), s->scram_salt, sizeof(s->scram_salt), &n) ||
+	    n == 0)
+		return false;
+	s->scram_saltlen = n;
+	if (!sasl_b64_decode(dollar + 1, (size_t)(colon2 - dollar - 1), s->scram_stored_key,
+	    sizeof(s->scram_stored_key), &n) || n != USERS_KEY_LEN)
+		return false;
+	if (!sasl_b64_decode(colon2 + 1, strlen(colon2 + 1), s->scram_server_key,
+	    sizeof(s->scram_server_key), &n) || n != USERS_KEY_LEN)
+		return false;
+	s->scram_iter = (unsigned)iter;
+	return true;
+}
+
+int
+users_get_secrets(struct users *u, const char *addr, struct user_secrets *out)
+{
+	char canon[USERS_ADDR_MAX + 1];
+	int rc, r;
+
+	memset(out, 0, sizeof(*out));
+	if (!users_canon(addr, NULL, canon, sizeof(canon)))
+		return 0;
+	sqlite3_bind_text(u->st_secrets, 1, canon, -1, SQLITE_STATIC);
+	rc = sqlite3_step(u->st_secrets);
+	r = rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
+	if (rc == SQLITE_ROW) {
+		const unsigned char *c = sqlite3_column_text(u->st_secrets, 0);
+		const unsigned char *s = sqlite3_column_text(u->st_secrets, 1);
+		if (c && users_parse_cram((const char *)c, out->cram_md5))
+			out->has_cram_md5 = true;
+		if (s && users_parse_scram((const char *)s, out))
+			out->has_scram = true;
+		if (!out->has_cram_md5)
+			OPENSSL_cleanse(out->cram_md5, sizeof(out->cram_md5));
+		if (!out->has_scram) {
+			OPENSSL_cleanse(out->scram_stored_key, sizeof(out->scram_stored_key));
+			OPENSSL_cleanse(out->scram_server_key, sizeof(out->scram_server_key));
+			out->scram_saltlen = 0;
+			out->scram_iter = 0;
+		}
+	}
+	sqlite3_reset(u->st_secrets);       /* SQLite frees (not wipes) the row texts */
+	sqlite3_clear_bindings(u->st_secrets);
+	return r;
+}
+
+/* ---- per-thread handles ---- */
+
+struct users_tls {
+	struct users   *users;
+	char            path[PATH_MAX];
+};
+
+static pthread_key_t users_key;
+static pthread_once_t users_key_once = PTHREAD_ONCE_INIT;
+
+static void
+users_tls_free(void *p)
+{
+	struct users_tls *t = p;
+
+	users_close(t->users);
+	free(t);
+}
+
+static void
+users_key_init(void)
+{
+	if (pthread_key_create(&users_key, users_tls_free) != 0)
+		fatalx("users: pthread_key_create failed");
+}
+
+static struct users_tls *
+users_tls(void)
+{
+	struct users_tls *t;
+
+	pthread_once(&users_key_once, users_key_init);
+	if ((t = pthread_getspecific(users_key)) == NULL) {
+		t = xcalloc(1, sizeof(*t));
+		if (pthread_setspecific(users_key, t) != 0)
+			fatalx("users: pthread_setspecific failed");
+	}
+	return t;
+}
+
+struct users *
+users_thread_handle(const char *dbpath, char **err)
+{
+	struct users_tls *t = users_tls();
+
+	if (t->users && strcmp(dbpath, t->path) == 0)
+		return t->users;
+	users_close(t->users);
+	t->users = NULL;
+	t->path[0] = '\0';
+	if (strlen(dbpath) >= sizeof(t->path)) {
+		users_seterr(err, users_errf("%s: path too long", dbpath));
+		errno = ENAMETOOLONG;
+		return NULL;
+	}
+	if ((t->users = users_open(dbpath, false, err)) != NULL)
+		moat_strlcpy(t->path, dbpath, sizeof(t->path));
+	return t->users;
+}
+
+void
+users_thread_drop(void)
+{
+	struct users_tls *t = users_tls();
+
+	users_close(t->users);
+	t->users = NULL;
+	t->path[0] = '\0';
+}
+
+/* ---- add, del, passwd, list ---- */
+
 int
 users_add(struct users *u, const char *addr, const char *password, char **err)
 {
 	char canon[USERS_ADDR_MAX + 1];
 	char hash[CRYPT_OUTPUT_SIZE];
+	char cram[USERS_CRAM_TEXT], scram[USERS_SCRAM_TEXT];
 	int rc;
 
 	if (!users_canon(addr, NULL, canon, sizeof(canon))) {
@@ -353,9 +616,15 @@ users_add(struct users *u, const char *addr, const char *password, char **err)
 	}
 	if (users_hash_new(password, hash, sizeof(hash), err) < 0)
 		return -1;
+	if (users_secret_texts(password, cram, scram, err) < 0) {
+		explicit_bzero(hash, sizeof(hash));
+		return -1;
+	}
 	sqlite3_bind_text(u->st_add, 1, canon, -1, SQLITE_STATIC);
 	sqlite3_bind_text(u->st_add, 2, hash, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(u->st_add, 3, (sqlite3_int64)time(NULL));
+	sqlite3_bind_text(u->st_add, 4, cram, -1, SQLITE_STATIC);
+	sqlite3_bind_text(u->st_add, 5, scram, -1, SQLITE_STATIC);
 	rc = sqlite3_step(u->st_add);
 	if (rc != SQLITE_DONE) {
 		if (rc == SQLITE_CONSTRAINT_PRIMARYKEY || rc == SQLITE_CONSTRAINT_UNIQUE ||
@@ -367,6 +636,8 @@ users_add(struct users *u, const char *addr, const char *password, char **err)
 	sqlite3_reset(u->st_add);
 	sqlite3_clear_bindings(u->st_add);
 	explicit_bzero(hash, sizeof(hash));
+	OPENSSL_cleanse(cram, sizeof(cram));
+	OPENSSL_cleanse(scram, sizeof(scram));
 	return rc == SQLITE_DONE ? 0 : -1;
 }
 
@@ -402,6 +673,7 @@ users_passwd(struct users *u, const char *addr, const char *password, char **err
 {
 	char canon[USERS_ADDR_MAX + 1];
 	char hash[CRYPT_OUTPUT_SIZE];
+	char cram[USERS_CRAM_TEXT], scram[USERS_SCRAM_TEXT];
 	int rc, n = 0;
 
 	if (!users_canon(addr, NULL, canon, sizeof(canon))) {
@@ -410,9 +682,15 @@ users_passwd(struct users *u, const char *addr, const char *password, char **err
 	}
 	if (users_hash_new(password, hash, sizeof(hash), err) < 0)
 		return -1;
+	if (users_secret_texts(password, cram, scram, err) < 0) {
+		explicit_bzero(hash, sizeof(hash));
+		return -1;
+	}
 	sqlite3_bind_text(u->st_passwd, 1, canon, -1, SQLITE_STATIC);
 	sqlite3_bind_text(u->st_passwd, 2, hash, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(u->st_passwd, 3, (sqlite3_int64)time(NULL));
+	sqlite3_bind_text(u->st_passwd, 4, cram, -1, SQLITE_STATIC);
+	sqlite3_bind_text(u->st_passwd, 5, scram, -1, SQLITE_STATIC);
 	rc = sqlite3_step(u->st_passwd);
 	if (rc == SQLITE_DONE)
 		n = sqlite3_changes(u->db);
@@ -421,6 +699,8 @@ users_passwd(struct users *u, const char *addr, const char *password, char **err
 	sqlite3_reset(u->st_passwd);
 	sqlite3_clear_bindings(u->st_passwd);
 	explicit_bzero(hash, sizeof(hash));
+	OPENSSL_cleanse(cram, sizeof(cram));
+	OPENSSL_cleanse(scram, sizeof(scram));
 	if (rc != SQLITE_DONE)
 		return -1;
 	if (n == 0) {

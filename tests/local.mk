@@ -35,6 +35,12 @@ tests_unit_test_users_LDADD = $(MOAT_LIBS)
 tests_unit_test_maildir_LDADD = $(MOAT_LIBS)
 TESTS += tests/unit/test_users tests/unit/test_maildir
 
+# ---- unit tests: SASL mechanisms, rate limits ----
+check_PROGRAMS += tests/unit/test_sasl tests/unit/test_ratelimit
+tests_unit_test_sasl_LDADD = $(MOAT_LIBS)
+tests_unit_test_ratelimit_LDADD = $(MOAT_LIBS)
+TESTS += tests/unit/test_sasl tests/unit/test_ratelimit
+
 # ---- unit tests: mailbox layer, IMAP parser ----
 check_PROGRAMS += tests/unit/test_mailbox
 tests_unit_test_mailbox_LDADD = $(MOAT_LIBS)
