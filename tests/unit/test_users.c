@@ -1,17 +1,22 @@
 /*
  * test_users.c - unit tests of lib/users.c: address canonicalisation,
- * add/duplicate/verify/passwd/del/list on a database in a temporary dir.
+ * add/duplicate/verify/passwd/del/list on a database in a temporary dir,
+ * the CRAM-MD5/SCRAM secrets stored by add/passwd, per-thread handles.
  */
 #include "config.h"
 #include "users.h"
 #include "util.h"
 #include "t.h"
 
+#include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/stat.h>
+
+#include <sqlite3.h>
 
 static void
 canon_ok(const char *in, const char *delim, const char *want)
@@ -45,6 +50,103 @@ list_cb(const char *addr, long long created, void *arg)
 	if (a->n == 0 || created < a->min_created)
 		a->min_created = created;
 	a->n++;
+}
+
+static const char *thread_path;
+
+static void *
+thread_main(void *arg)
+{
+	struct users **out = arg;
+
+	*out = users_thread_handle(thread_path, NULL);
+	/* closed by the thread-exit destructor (ASan reports a leak otherwise) */
+	return NULL;
+}
+
+static void
+test_secrets(struct users *u, const char *path)
+{
+	struct user_secrets s1, s2, want;
+	sqlite3 *db;
+
+	is_int(users_get_secrets(u, "ALICE@example.net", &s1), 1, "secrets: alice found");
+	ok(s1.has_cram_md5 && s1.has_scram, "secrets: CRAM-MD5 and SCRAM present");
+	is_int(s1.scram_iter, USERS_SCRAM_ITER, "secrets: 4096 iterations");
+	is_int(s1.scram_saltlen, USERS_SCRAM_SALT_LEN, "secrets: 16-byte salt");
+	is_int(users_derive_secrets("n3w", s1.scram_salt, s1.scram_saltlen, s1.scram_iter, &want), 0,
+	    "secrets: derive");
+	ok(memcmp(want.cram_md5, s1.cram_md5, sizeof(want.cram_md5)) == 0,
+	    "secrets: CRAM-MD5 state is derived from the password");
+	ok(memcmp(want.scram_stored_key, s1.scram_stored_key, USERS_KEY_LEN) == 0 &&
+	    memcmp(want.scram_server_key, s1.scram_server_key, USERS_KEY_LEN) == 0,
+	    "secrets: StoredKey and ServerKey are derived from the password");
+
+	is_int(users_passwd(u, "alice@example.net", "other", NULL), 0, "secrets: passwd");
+	is_int(users_get_secrets(u, "alice@example.net", &s2), 1, "secrets: found after passwd");
+	ok(s2.has_cram_md5 && s2.has_scram && memcmp(s1.cram_md5, s2.cram_md5, 32) != 0 &&
+	    memcmp(s1.scram_salt, s2.scram_salt, USERS_SCRAM_SALT_LEN) != 0,
+	    "secrets: passwd replaces them (new salt)");
+	is_int(users_add(u, "twin@example.net", "n3w", NULL), 0, "secrets: add a user with alice's old password");
+	is_int(users_get_secrets(u, "twin@example.net", &s2), 1, "secrets: twin found");
+	ok(memcmp(s1.scram_salt, s2.scram_salt, USERS_SCRAM_SALT_LEN) != 0 &&
+	    memcmp(s1.scram_stored_key, s2.scram_stored_key, USERS_KEY_LEN) != 0,
+	    "secrets: same password, different salt and StoredKey");
+
+	is_int(users_get_secrets(u, "nobody@example.net", &s2), 0, "secrets: unknown user");
+	ok(!s2.has_cram_md5 && !s2.has_scram, "secrets: nothing for an unknown user");
+	is_int(users_get_secrets(u, "garbage", &s2), 0, "secrets: invalid address");
+
+	/* users from before the secrets existed, and damaged columns */
+	ok(sqlite3_open(path, &db) == SQLITE_OK, "secrets: open the db directly");
+	ok(sqlite3_exec(db, "UPDATE users SET cram_md5 = NULL, scram_sha256 = NULL"
+	    " WHERE address = 'twin@example.net'", NULL, NULL, NULL) == SQLITE_OK, "secrets: clear twin's");
+	is_int(users_get_secrets(u, "twin@example.net", &s2), 1, "secrets: old user found");
+	ok(!s2.has_cram_md5 && !s2.has_scram, "secrets: old user has none");
+	is_int(users_verify(u, "twin@example.net", "n3w"), 1, "secrets: old user still verifies (PLAIN/LOGIN)");
+	ok(sqlite3_exec(db, "UPDATE users SET cram_md5 = 'zz', scram_sha256 ="
+	    " 'SCRAM-SHA-256$4096:c2FsdA==$AAAA:AAAA' WHERE address = 'twin@example.net'",
+	    NULL, NULL, NULL) == SQLITE_OK, "secrets: damage twin's");
+	is_int(users_get_secrets(u, "twin@example.net", &s2), 1, "secrets: damaged user found");
+	ok(!s2.has_cram_md5 && !s2.has_scram, "secrets: damaged secrets are not used");
+	sqlite3_close(db);
+	is_int(users_passwd(u, "twin@example.net", "again", NULL), 0, "secrets: passwd restores them");
+	is_int(users_get_secrets(u, "twin@example.net", &s2), 1, "secrets: twin again");
+	ok(s2.has_cram_md5 && s2.has_scram, "secrets: present again after passwd");
+	is_int(users_del(u, "twin@example.net", NULL), 0, "secrets: del twin");
+	is_int(users_passwd(u, "alice@example.net", "n3w", NULL), 0, "secrets: alice back to n3w");
+	users_secrets_clear(&s1);
+	users_secrets_clear(&s2);
+	users_secrets_clear(&want);
+	ok(!s1.has_scram && s1.scram_iter == 0, "secrets: clear zeroes");
+}
+
+static void
+test_thread_handle(const char *path, const char *dir)
+{
+	struct users *a, *b, *other = NULL;
+	char missing[PATH_MAX];
+	char *err = NULL;
+	pthread_t th;
+
+	a = users_thread_handle(path, &err);
+	ok(a != NULL, "thread handle: opens");
+	b = users_thread_handle(path, &err);
+	ok(a == b, "thread handle: the same handle on the next call");
+	is_int(users_exists(a, "alice@example.net", NULL), 1, "thread handle: works");
+	thread_path = path;
+	ok(pthread_create(&th, NULL, thread_main, &other) == 0 && pthread_join(th, NULL) == 0,
+	    "thread handle: another thread");
+	ok(other != NULL && other != a, "thread handle: another thread has its own handle");
+	users_thread_drop();
+	b = users_thread_handle(path, &err);
+	ok(b != NULL, "thread handle: reopens after drop");
+	snprintf(missing, sizeof(missing), "%s/missing.db", dir);
+	errno = 0;
+	b = users_thread_handle(missing, &err);
+	ok(b == NULL && errno == ENOENT && err != NULL, "thread handle: a missing database is ENOENT");
+	free(err);
+	users_thread_drop();
 }
 
 int
@@ -160,6 +262,9 @@ main(void)
 	is_int(users_passwd(u, "bob@example.net", "x", &err), -1, "passwd of an unknown user fails");
 	free(err);
 	err = NULL;
+
+	test_secrets(u, path);
+	test_thread_handle(path, dir);
 
 	is_int(users_add(u, "bob@example.net", "b", &err), 0, "add bob");
 	is_int(users_add(u, "aaron@example.org", "a", &err), 0, "add aaron");
