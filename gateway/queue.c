@@ -566,7 +566,7 @@ dispatch(struct delivery *d)
 			taken[i] = true;
 			continue;
 		}
-		route[i] = conf_find_domain(c, rcpt_domain(d->env.rcpts[i].addr));
+		route[i] = conf_route(c, rcpt_domain(d->env.rcpts[i].addr));
 		if (route[i] == NULL) {
 			record(d, i, 451, false, NULL, "none",
 			    "451 4.3.5 no route: the recipient's domain is not configured", false);

@@ -23,6 +23,8 @@
 #include "log.h"
 #include "pool.h"
 #include "queue.h"
+#include "ratelimit.h"
+#include "sasl.h"
 #include "spool.h"
 #include "tls.h"
 #include "users.h"
@@ -31,6 +33,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
@@ -51,6 +54,8 @@ enum sstate {
 	S_DATA,         /* reading DATA content */
 	S_BDAT,         /* reading a BDAT chunk */
 	S_COMMIT,       /* waiting for the pool to commit */
+	S_AUTH,         /* reading a SASL response line */
+	S_AUTH_WAIT,    /* a SASL step is in the pool (or the failure delay runs) */
 	S_CLOSING,      /* flushing the last reply */
 };
 
@@ -75,6 +80,15 @@ struct session {
 	bool    tls;                /* the session is encrypted */
 	bool    starttls_pending;   /* switch to TLS once "220 Ready" is flushed */
 	char    tlsinfo[128];       /* "TLSv1.3:TLS_AES_256_GCM_SHA384" once known */
+	/* SMTP AUTH */
+	struct sasl_server *sasl;
+	char   *sasl_in;            /* response for the pool step */
+	size_t  sasl_inlen;
+	char   *sasl_out;           /* challenge / server-final from the step */
+	enum sasl_status sasl_st;
+	char   *auth_user;          /* authenticated identity */
+	int     auth_failures;
+	struct event *delay;        /* failure delay before 535 */
 
 	/* the transaction */
 	struct envelope env;
@@ -225,6 +239,45 @@ kw(const char *s)
 	return s ? s : "";
 }
 
+/* ---- rate limits ("ratelimit WHAT N/DURATION per ip|user") ---- */
+
+/* count `cost` against every rule for `what`; false with a reply sent
+ * when one is over its limit */
+static bool
+rate_ok(struct session *s, enum rate_what what, long long cost)
+{
+	static const char pre[] = { 'c', 'm', 'r' };
+	static const char *names[] = { "connection", "message", "recipient" };
+
+	for (size_t i = 0; i < C()->nrates; i++) {
+		const struct rate_rule *r = &C()->rates[i];
+		char key[RL_KEY_MAX + 1];
+		struct rl_result res;
+
+		if (r->what != what)
+			continue;
+		if (r->per == RATE_PER_USER && s->auth_user == NULL)
+			continue;
+		if (r->per == RATE_PER_IP && s->exempt)
+			continue;
+		snprintf(key, sizeof(key), "%c%zu:%s", pre[what], i,
+		    r->per == RATE_PER_USER ? s->auth_user : s->ip);
+		if (!ratelimit_hit(W->rates, key, time(NULL), (unsigned)r->window, r->limit, cost, &res)) {
+			log_info("sid=%s event=ratelimit ip=%s user=<%s> what=%s limit=%lld/%llds retry-after=%lld",
+			    s->sid, s->ip, esc(s->auth_user ? s->auth_user : ""), names[what], r->limit,
+			    r->window, res.retry_after);
+			if (what == RATE_CONNECTIONS)
+				reply(s, "421 4.7.0 %s Error: too many connections from %s; try again in %lld seconds",
+				    C()->hostname, s->ip, res.retry_after);
+			else
+				reply(s, "450 4.7.1 Error: %s rate limit exceeded; try again in %lld seconds",
+				    names[what], res.retry_after);
+			return false;
+		}
+	}
+	return true;
+}
+
 /* one log line for a refused command */
 static void
 log_reject(struct session *s, const char *stage, const char *rcpt, const char *rep)
@@ -277,8 +330,17 @@ cmd_helo(struct session *s, const struct smtp_command *c)
 	reply(s, "250-DSN");
 	if (s->listen->tls == TLS_STARTTLS && !s->tls)
 		reply(s, "250-STARTTLS");
+	if (s->listen->auth != AUTH_NONE && !s->auth_user) {
+		/* mechanisms that send the password: only over TLS (RFC 4954 4) */
+		if (s->tls || C()->auth_allow_plaintext)
+			reply(s, "250-AUTH PLAIN LOGIN CRAM-MD5 SCRAM-SHA-256");
+		else
+			reply(s, "250-AUTH CRAM-MD5 SCRAM-SHA-256");
+	}
 	reply(s, "250 CHUNKING");
 }
+
+static bool sender_owned(struct session *, const char *);
 
 static void
 cmd_mail(struct session *s, const struct smtp_command *c)
@@ -301,6 +363,23 @@ cmd_mail(struct session *s, const struct smtp_command *c)
 		reply(s, "555 5.5.4 BODY=BINARYMIME is not supported");
 		return;
 	}
+	if (s->listen->auth == AUTH_REQUIRED && !s->auth_user) {
+		rep = "530 5.7.0 Authentication required";
+		reply(s, "%s", rep);
+		log_reject(s, "mail", "", rep);
+		return;
+	}
+	if (s->auth_user && C()->submission_sender_check && !sender_owned(s, addr)) {
+		char rb[SMTP_PATH_MAX + 128];
+		snprintf(rb, sizeof(rb), "553 5.7.1 <%s>: Sender address rejected: not owned by user %s",
+		    addr, s->auth_user);
+		reply(s, "%s", rb);
+		log_reject(s, "mail", "", rb);
+		return;
+	}
+	/* messages are counted per MAIL command, as Postfix's anvil does */
+	if (!rate_ok(s, RATE_MESSAGES, 1))
+		return;
 	if (s->mp.size > C()->message_size_limit) {
 		rep = "552 5.3.4 Message size exceeds fixed maximum message size";
 		reply(s, "%s", rep);
@@ -347,13 +426,15 @@ cmd_rcpt(struct session *s, const struct smtp_command *c)
 	}
 	domain = smtp_addr_domain(addr);
 	d = domain ? conf_find_domain(C(), domain) : NULL;
+	if (d == NULL && s->auth_user && C()->smarthost)
+		d = C()->smarthost;         /* authenticated: any domain, via the smarthost */
 	if (d == NULL) {
 		snprintf(rbuf, sizeof(rbuf), "550 5.7.1 <%s>: Relay access denied", addr);
 		reply(s, "%s", rbuf);
 		log_reject(s, "rcpt", addr, rbuf);
 		return;
 	}
-	if (d->deliver == DELIVER_STORE) {
+	if (d->deliver == DELIVER_STORE && d != C()->smarthost) {
 		struct users *u = worker_users();
 		int r = u ? users_exists(u, addr, C()->recipient_delimiter) : -1;
 		if (r == 0 && ascii_strncasecmp(addr, "postmaster@", 11) == 0)
@@ -373,6 +454,8 @@ cmd_rcpt(struct session *s, const struct smtp_command *c)
 			return;
 		}
 	}
+	if (!rate_ok(s, RATE_RECIPIENTS, 1))
+		return;
 	/* the same recipient twice is delivered once */
 	for (size_t i = 0; i < s->env.nrcpts; i++)
 		if (!ascii_strcasecmp(s->env.rcpts[i].addr, addr)) {
@@ -414,15 +497,24 @@ received_header(struct session *s, struct buf *b)
 {
 	char date[64];
 	rfc5322_date(s->env.arrival, date, sizeof(date));
-	const char *with = s->env.smtputf8 ? (s->tls ? "UTF8SMTPS" : "UTF8SMTP") :
-	    s->esmtp ? (s->tls ? "ESMTPS" : "ESMTP") : "SMTP";
-	buf_printf(b, "Received: from %s (unknown [%s])\r\n", s->helo ? s->helo : "unknown", s->ip);
+	char with[16];
+	/* RFC 3848 / 6531 protocol types */
+	snprintf(with, sizeof(with), "%s%s%s%s", s->env.smtputf8 ? "UTF8" : "",
+	    s->esmtp || s->env.smtputf8 ? (s->env.smtputf8 ? "SMTP" : "ESMTP") : "SMTP",
+	    s->tls && (s->esmtp || s->env.smtputf8) ? "S" : "",
+	    s->auth_user && (s->esmtp || s->env.smtputf8) ? "A" : "");
+	if (s->auth_user && C()->submission_hide_client)
+		buf_printf(b, "Received: ");
+	else
+		buf_printf(b, "Received: from %s (unknown [%s])\r\n", s->helo ? s->helo : "unknown",
+		    s->ip);
 	if (s->tls) {
 		char d[160];
 		tls_describe(s->bev, d, sizeof(d));
 		buf_printf(b, "\t(using %s)\r\n", d);
 	}
-	buf_printf(b, "\tby %s (moat) with %s id %s", C()->hostname, with, s->env.qid);
+	buf_printf(b, "%sby %s (moat) with %s id %s", s->auth_user && C()->submission_hide_client ?
+	    "" : "\t", C()->hostname, with, s->env.qid);
 	if (s->env.nrcpts == 1)
 		buf_printf(b, "\r\n\tfor <%s>", s->env.rcpts[0].addr);
 	buf_printf(b, "; %s\r\n", date);
@@ -440,7 +532,8 @@ begin_message(struct session *s)
 	s->env.client_addr = xstrdup(s->ip);
 	s->env.client_name = xstrdup("unknown");
 	s->env.helo = xstrdup(kw(s->helo));
-	s->env.proto = xstrdup(s->esmtp ? (s->tls ? "ESMTPS" : "ESMTP") : "SMTP");
+	s->env.proto = xstrdup(!s->esmtp ? "SMTP" : s->auth_user ? (s->tls ? "ESMTPSA" : "ESMTPA") :
+	    (s->tls ? "ESMTPS" : "ESMTP"));
 	received_header(s, &rcv);
 	s->w = spool_begin(&s->env, rcv.data, &err);
 	buf_free(&rcv);
@@ -622,11 +715,225 @@ do_starttls(struct session *s)
 	reset_transaction(s);
 	free(s->helo);
 	s->helo = NULL;
+	free(s->auth_user);
+	s->auth_user = NULL;
 	s->esmtp = false;
 	s->state = S_INIT;
 	bufferevent_setcb(nb, session_read, session_write, session_event, s);
 	bufferevent_enable(nb, EV_READ | EV_WRITE);
 	set_timeout(s);
+}
+
+/* ---- SMTP AUTH (RFC 4954) ---- */
+
+/* the sender of an authenticated session must be the user's own address
+ * (ignoring +extensions); the null sender is allowed (bounces, receipts) */
+static bool
+sender_owned(struct session *s, const char *addr)
+{
+	char a[320], u[320];
+	if (addr[0] == '\0')
+		return true;
+	if (!users_canon(addr, C()->recipient_delimiter, a, sizeof(a)) ||
+	    !users_canon(s->auth_user, C()->recipient_delimiter, u, sizeof(u)))
+		return false;
+	return strcmp(a, u) == 0;
+}
+
+static void auth_step_submit(struct session *s, const char *in, size_t len);
+
+static void
+auth_end(struct session *s)
+{
+	sasl_server_free(s->sasl);
+	s->sasl = NULL;
+	free(s->sasl_in);
+	s->sasl_in = NULL;
+	free(s->sasl_out);
+	s->sasl_out = NULL;
+	s->state = S_HELO;
+}
+
+static void
+auth_work(void *arg)
+{
+	struct session *s = arg;
+	char path[PATH_MAX], *err = NULL;
+	struct users *u;
+
+	conf_path(C(), "moat.db", path, sizeof(path));
+	u = users_thread_handle(path, &err);
+	if (u == NULL) {
+		free(err);
+		s->sasl_st = SASL_TEMPFAIL;
+		return;
+	}
+	s->sasl_st = sasl_server_step(s->sasl, u, s->sasl_in, s->sasl_inlen, &s->sasl_out);
+}
+
+static void
+auth_failed_reply(evutil_socket_t fd, short ev, void *arg)
+{
+	struct session *s = arg;
+
+	event_free(s->delay);
+	s->delay = NULL;
+	s->refs--;
+	if (s->dead) {
+		if (s->refs == 0)
+			session_free(s);
+		return;
+	}
+	reply(s, "535 5.7.8 Error: authentication failed");
+	auth_end(s);
+	if (s->auth_failures >= 3)
+		bad_command(s);
+	if (s->state != S_CLOSING) {
+		bufferevent_enable(s->bev, EV_READ);
+		session_process(s);
+	}
+}
+
+static void
+auth_done(void *arg)
+{
+	struct session *s = arg;
+	const char *user = s->sasl ? sasl_server_user(s->sasl) : NULL;
+	const char *mech = s->sasl ? sasl_mech_name(sasl_server_mech(s->sasl)) : "?";
+
+	s->refs--;
+	free(s->sasl_in);
+	s->sasl_in = NULL;
+	if (s->dead) {
+		if (s->refs == 0)
+			session_free(s);
+		return;
+	}
+	switch (s->sasl_st) {
+	case SASL_CONTINUE:
+		reply(s, "334 %s", s->sasl_out ? s->sasl_out : "");
+		free(s->sasl_out);
+		s->sasl_out = NULL;
+		s->state = S_AUTH;
+		break;
+	case SASL_OK:
+		rl_auth_success(W->auth_throttle, s->ip, time(NULL));
+		free(s->auth_user);
+		s->auth_user = xstrdup(sasl_server_authenticated(s->sasl));
+		log_info("sid=%s event=auth ip=%s user=<%s> mech=%s result=ok", s->sid, s->ip,
+		    esc(s->auth_user), mech);
+		/* SCRAM's server-final rides on the 235 (RFC 4954 4) */
+		if (s->sasl_out && s->sasl_out[0])
+			reply(s, "235 2.7.0 %s", s->sasl_out);
+		else
+			reply(s, "235 2.7.0 Authentication successful");
+		auth_end(s);
+		break;
+	case SASL_FAILED: {
+		/* a growing delay before the 535, per client IP across sessions */
+		unsigned secs = rl_auth_failure(W->auth_throttle, s->ip, time(NULL));
+		s->auth_failures++;
+		log_info("sid=%s event=auth ip=%s user=<%s> mech=%s result=failed failures=%d", s->sid,
+		    s->ip, esc(user ? user : ""), mech, s->auth_failures);
+		struct timeval tv = { (time_t)secs, 0 };
+		s->delay = evtimer_new(W->base, auth_failed_reply, s);
+		evtimer_add(s->delay, &tv);
+		s->refs++;
+		s->state = S_AUTH_WAIT;
+		return;         /* reading stays off until the reply */
+	}
+	case SASL_BAD_PROTOCOL:
+		reply(s, "501 5.5.2 Error: cannot decode the authentication response");
+		log_info("sid=%s event=auth ip=%s mech=%s result=bad-protocol", s->sid, s->ip, mech);
+		auth_end(s);
+		bad_command(s);
+		break;
+	case SASL_CANCELLED:
+		reply(s, "501 5.7.0 Authentication aborted");
+		auth_end(s);
+		break;
+	case SASL_TEMPFAIL:
+	default:
+		reply(s, "454 4.7.0 Temporary authentication failure");
+		log_warnx("sid=%s event=auth ip=%s mech=%s result=tempfail", s->sid, s->ip, mech);
+		auth_end(s);
+		break;
+	}
+	if (s->state == S_CLOSING)
+		return;
+	bufferevent_enable(s->bev, EV_READ);
+	set_timeout(s);
+	session_process(s);
+}
+
+static void
+auth_step_submit(struct session *s, const char *in, size_t len)
+{
+	free(s->sasl_in);
+	s->sasl_in = in ? xstrndup(in, len) : NULL;
+	s->sasl_inlen = in ? len : 0;
+	s->state = S_AUTH_WAIT;
+	bufferevent_disable(s->bev, EV_READ);
+	s->refs++;
+	pool_submit(W->pool, auth_work, auth_done, s);
+}
+
+static void
+cmd_auth(struct session *s, const struct smtp_command *c)
+{
+	enum sasl_mech mech;
+	const char *sp;
+	size_t ml;
+
+	if (s->listen->auth == AUTH_NONE) {
+		reply(s, "503 5.5.1 Error: authentication not enabled");
+		bad_command(s);
+		return;
+	}
+	if (s->auth_user) {
+		reply(s, "503 5.5.1 Error: already authenticated");
+		bad_command(s);
+		return;
+	}
+	unsigned retry = 0;
+	if (s->auth_failures >= 5 ||
+	    rl_auth_check(W->auth_throttle, s->ip, time(NULL), &retry) == RL_AUTH_REFUSE) {
+		reply(s, "421 4.7.0 %s Error: too many failed authentications; try again later",
+		    C()->hostname);
+		log_info("sid=%s event=auth-refused ip=%s retry-after=%u", s->sid, s->ip, retry);
+		close_after(s);
+		return;
+	}
+	sp = memchr(c->arg, ' ', c->arglen);
+	ml = sp ? (size_t)(sp - c->arg) : c->arglen;
+	if (ml == 0) {
+		reply(s, "501 5.5.4 Syntax: AUTH mechanism");
+		bad_command(s);
+		return;
+	}
+	if (!sasl_mech_lookup(c->arg, ml, &mech)) {
+		reply(s, "504 5.5.4 Unrecognized authentication type");
+		bad_command(s);
+		return;
+	}
+	if (sasl_mech_sends_password(mech) && !s->tls && !C()->auth_allow_plaintext) {
+		reply(s, "538 5.7.11 Encryption required for requested authentication mechanism");
+		return;
+	}
+	s->sasl = sasl_server_new(mech, C()->hostname);
+	if (s->sasl == NULL) {
+		reply(s, "454 4.7.0 Temporary authentication failure");
+		return;
+	}
+	/* an initial response ("=" means empty) or none */
+	auth_step_submit(s, sp ? sp + 1 : NULL, sp ? c->arglen - ml - 1 : 0);
+}
+
+/* a SASL response line in S_AUTH */
+static void
+auth_line(struct session *s, const char *line, size_t len)
+{
+	auth_step_submit(s, line, len);
 }
 
 static void
@@ -657,7 +964,7 @@ static const struct {
 	{ CMD_EXPN, ~0u, cmd_notimpl, NULL },
 	{ CMD_ETRN, ~0u, cmd_notimpl, NULL },
 	{ CMD_STARTTLS, ST(S_INIT) | ST(S_HELO), cmd_starttls, NULL },
-	{ CMD_AUTH, ~0u, cmd_notimpl, NULL },
+	{ CMD_AUTH, ST(S_HELO), cmd_auth, NULL },
 	{ CMD_HTTP, ~0u, cmd_http, NULL },
 };
 
@@ -881,7 +1188,8 @@ read_bdat(struct session *s, struct evbuffer *in)
 static bool
 read_command(struct session *s, struct evbuffer *in)
 {
-	size_t max = (size_t)C()->smtp_max_line;
+	/* a SASL response may be longer than a command (RFC 4954 4: 12288) */
+	size_t max = s->state == S_AUTH ? SASL_MAX_B64 + 2 : (size_t)C()->smtp_max_line;
 	struct evbuffer_ptr p = evbuffer_search_eol(in, NULL, NULL, EVBUFFER_EOL_LF);
 
 	if (p.pos < 0) {
@@ -915,6 +1223,12 @@ read_command(struct session *s, struct evbuffer *in)
 	if (!bare)
 		linelen--;
 	line[linelen] = '\0';
+	if (s->state == S_AUTH) {
+		auth_line(s, line, linelen);
+		explicit_bzero(line, linelen);
+		free(line);
+		return true;
+	}
 	if (bare && C()->smtp_reject_bare_lf) {
 		reply(s, "500 5.5.2 Error: bare <LF> received");
 		bad_command(s);
@@ -943,6 +1257,7 @@ session_process(struct session *s)
 			break;
 		case S_COMMIT:
 		case S_CLOSING:
+		case S_AUTH_WAIT:
 			return;
 		default:
 			progress = read_command(s, in);
@@ -1043,6 +1358,10 @@ session_free(struct session *s)
 		ip_count(s->ip, -1);
 	bufferevent_free(s->bev);
 	free(s->helo);
+	sasl_server_free(s->sasl);
+	free(s->sasl_in);
+	free(s->sasl_out);
+	free(s->auth_user);
 	free(s);
 	if (drain_cb && nsessions == 0) {
 		void (*cb)(void *) = drain_cb;
@@ -1118,6 +1437,10 @@ on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, i
 	}
 	if (W->draining) {
 		reply(s, "421 4.3.2 %s Service shutting down", C()->hostname);
+		close_after(s);
+		return;
+	}
+	if (!rate_ok(s, RATE_CONNECTIONS, 1)) {
 		close_after(s);
 		return;
 	}

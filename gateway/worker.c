@@ -13,6 +13,7 @@
 #include "pool.h"
 #include "pop3.h"
 #include "queue.h"
+#include "ratelimit.h"
 #include "smtp_session.h"
 #include "spool.h"
 #include "users.h"
@@ -158,6 +159,13 @@ worker_main(const struct moat_conf *c, struct tls_server *tls)
 	if (spool_init(c, &err) < 0)
 		fatalx("worker: spool: %s", err);
 	wk.pool = pool_new(wk.base, c->threads);
+	wk.rates = ratelimit_new(RL_SLIDING, 65536);
+	struct rl_auth_conf ac;
+	rl_auth_conf_default(&ac);
+	ac.window = (unsigned)c->auth_failure_window;
+	ac.refuse_after = (unsigned)c->auth_max_failures;
+	ac.refuse_for = (unsigned)c->auth_block_time;
+	wk.auth_throttle = rl_auth_new(&ac);
 	wk.queue = queue_new(wk.base, wk.pool, c);
 	for (size_t i = 0; i < c->nlistens; i++) {
 		const struct listen_conf *l = &c->listens[i];
@@ -185,6 +193,8 @@ worker_main(const struct moat_conf *c, struct tls_server *tls)
 
 	queue_free(wk.queue);
 	pool_free(wk.pool);
+	ratelimit_free(wk.rates);
+	rl_auth_free(wk.auth_throttle);
 	if (wk.users)
 		users_close(wk.users);
 	event_free(ev_term);

@@ -14,6 +14,8 @@ struct queue;
 struct users;
 struct moat_conf;
 struct tls_server;
+struct ratelimit;
+struct rl_auth;
 
 struct worker {
 	struct event_base *base;
@@ -22,6 +24,8 @@ struct worker {
 	const struct moat_conf *conf;
 	struct users *users;            /* loop-thread handle, opened lazily */
 	struct tls_server *tls;         /* built by the master; NULL without certificates */
+	struct ratelimit *rates;        /* "ratelimit" counters (keys c:/m:/r: + ip or user) */
+	struct rl_auth *auth_throttle;  /* failed logins per client IP: SMTP, IMAP, POP3 */
 	bool    draining;
 	long long started;              /* unix time */
 };

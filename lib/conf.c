@@ -76,6 +76,11 @@ static const struct setting settings[] = {
 	{ "relay-max-messages-per-connection", CT_INT, OFF(relay_max_messages_per_connection), "1000", 1, 1000000 },
 	{ "postmaster",             CT_STRING,   OFF(postmaster), NULL, 0, 0 },
 	{ "auth-allow-plaintext",   CT_BOOL,     OFF(auth_allow_plaintext), "no", 0, 0 },
+	{ "submission-sender-check", CT_BOOL,    OFF(submission_sender_check), "yes", 0, 0 },
+	{ "submission-hide-client", CT_BOOL,     OFF(submission_hide_client), "no", 0, 0 },
+	{ "auth-max-failures",      CT_INT,      OFF(auth_max_failures), "10", 1, 100000 },
+	{ "auth-failure-window",    CT_DURATION, OFF(auth_failure_window), "15m", 1, 86400 },
+	{ "auth-block-time",        CT_DURATION, OFF(auth_block_time), "10m", 1, 86400 },
 };
 
 struct parser {
@@ -688,11 +693,83 @@ d_tls(struct parser *p, int n, char **w)
 		    "\"tls ciphers LIST\" or \"tls ciphersuites LIST\"");
 }
 
+static void
+d_relay_authenticated(struct parser *p, int n, char **w)
+{
+	struct domain_conf *d;
+
+	if (n != 2) {
+		perr(p, "relay-authenticated: expected one URL (smtp://HOST:PORT)");
+		return;
+	}
+	if (p->c->smarthost) {
+		perr(p, "relay-authenticated: set twice");
+		return;
+	}
+	d = xcalloc(1, sizeof(*d));
+	if (!parse_relay(p, w[1], &d->relay)) {
+		free(d);
+		return;
+	}
+	d->relay.tls = d->relay.unix_path ? RTLS_NONE : RTLS_OPPORTUNISTIC;
+	d->name = xstrdup("*");
+	d->deliver = DELIVER_RELAY;
+	p->c->smarthost = d;
+}
+
+static void
+d_ratelimit(struct parser *p, int n, char **w)
+{
+	struct rate_rule r;
+	char *slash;
+	long long lim, win;
+
+	if (n != 5 || strcmp(w[3], "per") != 0) {
+		perr(p, "ratelimit: expected \"ratelimit connections|messages|recipients N/DURATION per ip|user\"");
+		return;
+	}
+	memset(&r, 0, sizeof(r));
+	if (!strcmp(w[1], "connections")) r.what = RATE_CONNECTIONS;
+	else if (!strcmp(w[1], "messages")) r.what = RATE_MESSAGES;
+	else if (!strcmp(w[1], "recipients")) r.what = RATE_RECIPIENTS;
+	else {
+		perr(p, "ratelimit: \"%s\" is not connections, messages or recipients", esc(w[1]));
+		return;
+	}
+	if (!strcmp(w[4], "ip")) r.per = RATE_PER_IP;
+	else if (!strcmp(w[4], "user")) r.per = RATE_PER_USER;
+	else {
+		perr(p, "ratelimit: per takes ip or user, not \"%s\"", esc(w[4]));
+		return;
+	}
+	if (r.what == RATE_CONNECTIONS && r.per == RATE_PER_USER) {
+		perr(p, "ratelimit: connections are counted per ip (the user is not known at connect)");
+		return;
+	}
+	slash = strchr(w[2], '/');
+	if (slash == NULL) {
+		perr(p, "ratelimit: \"%s\" is not N/DURATION (e.g. 100/1h)", esc(w[2]));
+		return;
+	}
+	*slash = '\0';
+	win = parse_duration(slash + 1);
+	if (!parse_ll(w[2], 1, 1000000000LL, &lim) || win < 1 || win > 604800) {
+		perr(p, "ratelimit: bad count or duration in \"%s/%s\" (1 s to 1 w)", esc(w[2]), esc(slash + 1));
+		return;
+	}
+	r.limit = lim;
+	r.window = win;
+	p->c->rates = xreallocarray(p->c->rates, p->c->nrates + 1, sizeof(r));
+	p->c->rates[p->c->nrates++] = r;
+}
+
 static const struct {
 	const char *name;
 	void (*fn)(struct parser *, int, char **);
 } directives[] = {
 	{ "tls", d_tls },
+	{ "ratelimit", d_ratelimit },
+	{ "relay-authenticated", d_relay_authenticated },
 	{ "listen", d_listen },
 	{ "domain", d_domain },
 	{ "state-dir", d_state_dir },
@@ -932,6 +1009,7 @@ conf_free(struct moat_conf *c)
 	}
 	free(c->domains);
 	free(c->limit_exempt);
+	free(c->rates);
 	for (size_t i = 0; i < c->ntls_certs; i++) {
 		free(c->tls_certs[i].cert);
 		free(c->tls_certs[i].key);
@@ -939,7 +1017,15 @@ conf_free(struct moat_conf *c)
 	free(c->tls_certs);
 	free(c->tls_ciphers);
 	free(c->tls_ciphersuites);
-	free(c->relay_authenticated);
+	if (c->smarthost) {
+		free(c->smarthost->name);
+		free(c->smarthost->relay.host);
+		free(c->smarthost->relay.port);
+		free(c->smarthost->relay.unix_path);
+		free(c->smarthost->relay.name);
+		free(c->smarthost->relay.ca_file);
+		free(c->smarthost);
+	}
 	free(c->path);
 	free(c->state_dir);
 	free(c);
@@ -956,6 +1042,13 @@ conf_find_domain(const struct moat_conf *c, const char *domain)
 		    ascii_strncasecmp(c->domains[i].name, domain, dl) == 0)
 			return &c->domains[i];
 	return NULL;
+}
+
+const struct domain_conf *
+conf_route(const struct moat_conf *c, const char *domain)
+{
+	const struct domain_conf *d = domain ? conf_find_domain(c, domain) : NULL;
+	return d ? d : c->smarthost;
 }
 
 void

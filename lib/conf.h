@@ -76,6 +76,15 @@ struct tls_cert_conf {
 	int     line;
 };
 
+enum rate_what { RATE_CONNECTIONS, RATE_MESSAGES, RATE_RECIPIENTS };
+enum rate_per  { RATE_PER_IP, RATE_PER_USER };
+struct rate_rule {                      /* ratelimit WHAT N/DURATION per ip|user */
+	enum rate_what what;
+	enum rate_per per;
+	long long limit;
+	long long window;               /* seconds */
+};
+
 struct moat_conf {
 	char   *path;                   /* file name, or "(embedded default)" */
 	char   *hostname;
@@ -99,7 +108,14 @@ struct moat_conf {
 	char   *tls_ciphers;            /* TLS <= 1.2 cipher list (OpenSSL syntax) */
 	char   *tls_ciphersuites;       /* TLS 1.3 suites */
 	bool    auth_allow_plaintext;   /* offer AUTH/LOGIN without TLS (default no) */
-	char   *relay_authenticated;    /* where authenticated submission goes (smtp://...) */
+	struct domain_conf *smarthost;  /* relay-authenticated URL: route for other domains */
+	bool    submission_sender_check;/* MAIL FROM must be the authenticated user's */
+	bool    submission_hide_client; /* no client IP/HELO in Received for authenticated mail */
+	struct rate_rule *rates;
+	size_t  nrates;
+	long long auth_max_failures;    /* per client IP in auth-failure-window, then refused */
+	long long auth_failure_window;
+	long long auth_block_time;
 
 	/* SMTP server limits */
 	char   *smtp_banner;            /* text after "220 hostname " */
@@ -153,6 +169,9 @@ extern const char conf_embedded_default[];
 
 /* exact, case-insensitive domain lookup; NULL if the domain is not ours */
 const struct domain_conf *conf_find_domain(const struct moat_conf *, const char *domain);
+/* the route for a recipient: its domain, else the relay-authenticated
+ * smarthost (mail only authenticated users could submit, and DSNs), else NULL */
+const struct domain_conf *conf_route(const struct moat_conf *, const char *domain);
 
 /* parse "1.2.3.4/24", "::1", "10.0.0.0/8" */
 bool cidr_parse(const char *, struct cidr *);

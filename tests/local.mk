@@ -47,8 +47,8 @@ tests_unit_test_mailbox_LDADD = $(MOAT_LIBS)
 TESTS += tests/unit/test_mailbox
 
 # ---- integration tests ----
-TESTS += tests/integration/test_daemon.py tests/integration/test_tls.py tests/integration/test_relay_tls.py
-EXTRA_DIST += tests/integration/test_daemon.py tests/integration/test_tls.py tests/integration/test_relay_tls.py
+TESTS += tests/integration/test_daemon.py tests/integration/test_tls.py tests/integration/test_relay_tls.py tests/integration/test_auth.py
+EXTRA_DIST += tests/integration/test_daemon.py tests/integration/test_tls.py tests/integration/test_relay_tls.py tests/integration/test_auth.py
 # users, Maildir store and local delivery, the moat CLI
 TESTS += tests/integration/test_store.py tests/integration/test_cli.py
 EXTRA_DIST += tests/integration/test_store.py tests/integration/test_cli.py
@@ -62,9 +62,6 @@ EXTRA_DIST += tests/integration/test_relay.py tests/integration/test_queue_cli.p
 TESTS += tests/integration/test_smtp.py tests/integration/test_hostile.py tests/integration/test_durability.py
 EXTRA_DIST += tests/integration/test_smtp.py tests/integration/test_hostile.py tests/integration/test_durability.py
 EXTRA_DIST += tests/corpus
-# POP3 and IMAP servers over the built-in store
-TESTS += tests/integration/test_pop3.py
-EXTRA_DIST += tests/integration/test_pop3.py
 
 # ---- unit tests: MIME parser, Bayes ----
 check_PROGRAMS += tests/unit/test_mime
