@@ -9,6 +9,8 @@
 #   (likewise fuzz_smtp_data with corpus/data)
 EXTRA_DIST += tests/fuzz/fuzz_smtp_cmd.c tests/fuzz/fuzz_smtp_data.c \
 	tests/fuzz/corpus
+# SASL mechanisms (lib/sasl.c, lib/sasl_crypto.c), seeds in corpus/sasl
+EXTRA_DIST += tests/fuzz/fuzz_sasl.c
 if FUZZERS
 FUZZ_FLAGS = -fsanitize=fuzzer,address,undefined -fno-omit-frame-pointer -g
 noinst_PROGRAMS += tests/fuzz/fuzz_smtp_cmd tests/fuzz/fuzz_smtp_data
@@ -20,4 +22,9 @@ tests_fuzz_fuzz_smtp_data_SOURCES = tests/fuzz/fuzz_smtp_data.c gateway/smtp_par
 tests_fuzz_fuzz_smtp_data_CFLAGS = $(AM_CFLAGS) $(FUZZ_FLAGS)
 tests_fuzz_fuzz_smtp_data_LDFLAGS = $(FUZZ_FLAGS)
 tests_fuzz_fuzz_smtp_data_LDADD = $(MOAT_LIBS)
+noinst_PROGRAMS += tests/fuzz/fuzz_sasl
+tests_fuzz_fuzz_sasl_SOURCES = tests/fuzz/fuzz_sasl.c lib/sasl.c lib/sasl_crypto.c
+tests_fuzz_fuzz_sasl_CFLAGS = $(AM_CFLAGS) $(FUZZ_FLAGS)
+tests_fuzz_fuzz_sasl_LDFLAGS = $(FUZZ_FLAGS)
+tests_fuzz_fuzz_sasl_LDADD = $(MOAT_LIBS)
 endif
