@@ -422,17 +422,18 @@ main(int argc, char **argv)
 		return 1;
 	if ((pid_fd = lock_pidfile(conf)) < 0)
 		return 1;
+	/* recover the spool before anyone can connect */
+	int n = spool_clean_incoming();
+	if (n)
+		log_info("master event=spool-cleanup removed=%d (never acknowledged)", n);
+	if ((n = spool_recover()) > 0)
+		log_warnx("master event=spool-recover set-aside=%d (incomplete, never acknowledged)", n);
 	if (bind_all(conf, NULL) < 0)
 		return 1;
 	if (!fg)
 		daemonize();
 	master_pid = getpid();
 	write_pid(pid_fd);
-	int n = spool_clean_incoming();
-	if (n)
-		log_info("master event=spool-cleanup removed=%d (never acknowledged)", n);
-	if ((n = spool_recover()) > 0)
-		log_warnx("master event=spool-recover set-aside=%d (incomplete, never acknowledged)", n);
 
 	sigemptyset(&set);
 	sigaddset(&set, SIGCHLD);

@@ -1423,6 +1423,13 @@ on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, i
 	int perip = s->exempt ? 0 : ip_count(s->ip, 1);
 	log_info("sid=%s event=connect ip=%s port=%d listener=%s sessions=%zu", s->sid, s->ip,
 	    s->port, l->spec, nsessions);
+	if (!listen_admits(l, sa)) {
+		reply(s, "554 5.7.1 %s Error: access denied for %s", C()->hostname, s->ip);
+		log_info("sid=%s event=reject-connection ip=%s reason=access-list listener=%s", s->sid,
+		    s->ip, l->spec);
+		close_after(s);
+		return;
+	}
 	if (nsessions > (size_t)C()->smtp_max_sessions) {
 		reply(s, "421 4.7.0 %s Error: too many connections", C()->hostname);
 		log_info("sid=%s event=reject-connection ip=%s reason=max-sessions", s->sid, s->ip);

@@ -311,12 +311,28 @@ d_listen(struct parser *p, int n, char **w)
 			else if (!strcmp(v, "optional")) l.auth = AUTH_OPTIONAL;
 			else if (!strcmp(v, "required")) l.auth = AUTH_REQUIRED;
 			else perr(p, "listen: auth= takes none, optional or required, not \"%s\"", esc(v));
+		} else if (!strncmp(w[a], "allow=", 6) || !strncmp(w[a], "deny=", 5)) {
+			bool allow = w[a][0] == 'a';
+			char *list = xstrdup(w[a] + (allow ? 6 : 5)), *save = NULL;
+			for (char *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+				struct cidr cd;
+				if (!cidr_parse(tok, &cd)) {
+					perr(p, "listen: %s: \"%s\" is not an address or CIDR",
+					    allow ? "allow" : "deny", esc(tok));
+					continue;
+				}
+				struct cidr **arr = allow ? &l.allow : &l.deny;
+				size_t *cnt = allow ? &l.nallow : &l.ndeny;
+				*arr = xreallocarray(*arr, *cnt + 1, sizeof(cd));
+				(*arr)[(*cnt)++] = cd;
+			}
+			free(list);
 		} else
-			perr(p, "listen: unknown option \"%s\" (tls=, auth=)", esc(w[a]));
+			perr(p, "listen: unknown option \"%s\" (tls=, auth=, allow=, deny=)", esc(w[a]));
 	}
 	if (l.kind == LISTEN_MILTER || l.kind == LISTEN_HTTP) {
 		perr(p, "listen %s: not supported by this version of moat yet", w[1]);
-		return;
+		goto out;
 	}
 	if (!parse_hostport(w[2], NULL, &host, &port) || !valid_port(port)) {
 		perr(p, "listen: \"%s\" is not ADDRESS:PORT (IPv6 as [::1]:25)", esc(w[2]));
@@ -346,7 +362,10 @@ d_listen(struct parser *p, int n, char **w)
 	l.spec = xstrdup(w[2]);
 	p->c->listens = xreallocarray(p->c->listens, p->c->nlistens + 1, sizeof(l));
 	p->c->listens[p->c->nlistens++] = l;
+	l.allow = l.deny = NULL;        /* now owned by the config */
 out:
+	free(l.allow);
+	free(l.deny);
 	free(host);
 	free(port);
 }
@@ -572,6 +591,14 @@ cidr_list_match(const struct cidr *l, size_t n, const struct sockaddr *sa)
 		if (cidr_match(&l[i], sa))
 			return true;
 	return false;
+}
+
+bool
+listen_admits(const struct listen_conf *l, const struct sockaddr *sa)
+{
+	if (cidr_list_match(l->deny, l->ndeny, sa))
+		return false;
+	return l->nallow == 0 || cidr_list_match(l->allow, l->nallow, sa);
 }
 
 static void
@@ -995,8 +1022,11 @@ conf_free(struct moat_conf *c)
 	for (size_t i = 0; i < ARRAY_SIZE(settings); i++)
 		if (settings[i].type == CT_STRING)
 			free(*(char **)((char *)c + settings[i].off));
-	for (size_t i = 0; i < c->nlistens; i++)
+	for (size_t i = 0; i < c->nlistens; i++) {
 		free(c->listens[i].spec);
+		free(c->listens[i].allow);
+		free(c->listens[i].deny);
+	}
 	free(c->listens);
 	for (size_t i = 0; i < c->ndomains; i++) {
 		struct domain_conf *d = &c->domains[i];

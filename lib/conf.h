@@ -37,6 +37,9 @@ struct listen_conf {
 	enum tls_mode tls;
 	enum auth_mode auth;
 	bool    tls_set, auth_set;      /* given explicitly (else defaults by kind) */
+	struct cidr *allow, *deny;      /* allow=/deny= client networks (deny wins; an
+	                                 * allow list admits only its networks) */
+	size_t  nallow, ndeny;
 	int     fd;                     /* bound socket, set by the master; -1 */
 	const char *file;
 	int     line;
@@ -177,6 +180,8 @@ const struct domain_conf *conf_route(const struct moat_conf *, const char *domai
 bool cidr_parse(const char *, struct cidr *);
 bool cidr_match(const struct cidr *, const struct sockaddr *);
 bool cidr_list_match(const struct cidr *, size_t n, const struct sockaddr *);
+/* listener access: true if the client may connect */
+bool listen_admits(const struct listen_conf *, const struct sockaddr *);
 
 const char *listen_kind_name(enum listen_kind);
 

@@ -107,6 +107,25 @@ with Sink() as sink, Moat(domains={"relay.test": "relay smtp://127.0.0.1:%d" % s
         pass
     t.ok(m.proc.poll() == 0, "master exits 0 after the drain")
 
+# per-listener access control: allow= / deny= by IP and CIDR, at connect
+pa, pd = free_port(), free_port()
+with Moat(domains={"relay.test": "relay smtp://127.0.0.1:9"},
+          extra="listen smtp 127.0.0.1:%d allow=127.0.0.5,10.0.0.0/8,::1\n"
+                "listen smtp 127.0.0.1:%d deny=127.0.0.6/32\n" % (pa, pd)) as m:
+    def greet(port, src):
+        c = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(src, 0))
+        r = recv_reply(c).decode()
+        c.close()
+        return r
+    r = greet(pa, "127.0.0.1")
+    t.ok(r.startswith("554 5.7.1") and "access denied" in r, "allow list: other clients get 554 5.7.1", r)
+    t.ok(greet(pa, "127.0.0.5").startswith("220 "), "allow list: a listed client gets 220")
+    t.ok(greet(pd, "127.0.0.6").startswith("554 5.7.1"), "deny list: a listed client gets 554")
+    t.ok(greet(pd, "127.0.0.7").startswith("220 "), "deny list: others get 220")
+    t.ok(greet(m.port, "127.0.0.6").startswith("220 "), "lists are per listener")
+    t.ok(m.wait_log(r"event=reject-connection ip=127\.0\.0\.1 reason=access-list") is not None,
+         "refusal logged")
+
 # crash leftovers: incoming/ is cleaned, an incomplete queue file is set aside
 with Moat(domains={"relay.test": "relay smtp://127.0.0.1:9"}, start=False) as m:
     for d in ("incoming", "queue"):
