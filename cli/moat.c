@@ -49,6 +49,9 @@ static const struct cmd_group cmd_groups[] = {
 	  "  user list [DOMAIN]       list users" },
 	{ "queue", cmd_queue,
 	  "queue list | flush | delete ID   show and act on the delivery queue" },
+	{ "bayes", cmd_bayes,
+	  "bayes train --spam PATH --ham PATH | classify FILE... | stats | forget --spam|--ham FILE\n"
+	  "  bayes expire [--days N] | export > FILE | import < FILE   the Bayes token store" },
 	{ "status", cmd_status,
 	  "status                   ask the running moatd how it is doing" },
 };

@@ -462,6 +462,10 @@ to_utf8(const char *s, size_t len, const char *charset, size_t *outlen)
 	gchar *g = NULL;
 	char *r;
 
+	if (len == 0 || s == NULL) {
+		*outlen = 0;
+		return xstrdup("");
+	}
 	if (charset == NULL || *charset == '\0' || ascii_strcasecmp(charset, "us-ascii") == 0 ||
 	    ascii_strcasecmp(charset, "utf-8") == 0 || ascii_strcasecmp(charset, "utf8") == 0) {
 		if (g_utf8_validate(s, (gssize)len, NULL)) {

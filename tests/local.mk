@@ -67,6 +67,7 @@ TESTS += tests/integration/test_pop3.py
 EXTRA_DIST += tests/integration/test_pop3.py
 
 # ---- unit tests: MIME parser, Bayes ----
-check_PROGRAMS += tests/unit/test_mime
+check_PROGRAMS += tests/unit/test_mime tests/unit/test_bayes
 tests_unit_test_mime_LDADD = $(MOAT_LIBS)
-TESTS += tests/unit/test_mime
+tests_unit_test_bayes_LDADD = $(MOAT_LIBS)
+TESTS += tests/unit/test_mime tests/unit/test_bayes

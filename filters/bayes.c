@@ -1,0 +1,1267 @@
+/*
+ * bayes.c - the Bayesian scorer: tokenizer, Robinson/Fisher chi-square
+ * combining, learning and forgetting over a token store (bayes_store.h).
+ *
+ * Tokens (each counted once per message):
+ *   body words      of the decoded text parts and the HTML rendered as text,
+ *                   case-folded, 3..40 bytes (longer: "sk:<first char><len/10>"),
+ *                   pure numbers skipped; plus pairs of adjacent words ("a b")
+ *   header words    prefixed per header: "s:" Subject, "f:" From, "t:" To/Cc,
+ *                   "rt:" Reply-To, "rp:" Return-Path, "r:" Received,
+ *                   "xm:" X-Mailer/User-Agent, "mid:" Message-ID, "li:" List-Id,
+ *                   "ct:" Content-Type; "H:<name>" for every header present
+ *                   (X-Spam-*, X-Bogosity and the like are ignored: they are
+ *                   other filters' verdicts)
+ *   URLs            "u:<host>" and each parent domain down to two labels
+ *   attachments     "a:<type>", "ae:<extension>"; "p:<type>" per text part;
+ *                   "mime:<flag>" for what the parser cut or found broken
+ *
+ * Combining (as bogofilter and SpamAssassin): per token Robinson's
+ *   p = (s/ns) / (s/ns + h/nh),  f = (S*x + n*p) / (S + n),  n = s + h,
+ * tokens with |f - 0.5| < min_dev ignored, at most max_tokens of the most
+ * extreme kept, then Fisher's method:
+ *   S = 1 - chi2Q(-2 sum ln(1-f), 2N),  H = 1 - chi2Q(-2 sum ln f, 2N),
+ *   prob = (1 + S - H) / 2.
+ *
+ * Runs in: pool threads and the CLI (BLOCKING, disk).  Untrusted input: the
+ * parsed message; tokens per message are capped (BAYES_MAX_TOKENS) and the
+ * text read per message is capped (BAYES_MAX_TEXT).
+ */
+#include "config.h"
+#include "bayes.h"
+#include "bayes_store.h"
+#include "mime.h"
+#include "buf.h"
+#include "util.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+
+#define BAYES_MAX_TOKENS   20000          /* distinct tokens per message */
+#define BAYES_MAX_TEXT     (512 * 1024)   /* body bytes tokenized per message */
+#define BAYES_MAX_HDR      4096           /* bytes of one header value tokenized */
+#define BAYES_WORD_MIN     3
+#define BAYES_WORD_MAX     40
+
+struct bayes {
+	const struct bayes_store_ops *ops;
+	void              *store;
+	void              *batch;           /* open write txn of a batch */
+	struct bayes_params p;
+	char               err[256];
+};
+
+static const char *const band_names[BAYES_NBANDS] = {
+	"BAYES_00", "BAYES_05", "BAYES_20", "BAYES_40", "BAYES_50",
+	"BAYES_60", "BAYES_80", "BAYES_95", "BAYES_99", "BAYES_999",
+};
+
+/* ---- parameters ---- */
+
+void
+bayes_params_default(struct bayes_params *p)
+{
+	/* SpamAssassin's default scores; BAYES_999 is its BAYES_99 + BAYES_999 */
+	static const double scores[BAYES_NBANDS] = {
+		-1.9, -0.5, -0.001, -0.001, 0.8, 1.5, 2.0, 3.0, 3.5, 3.7,
+	};
+
+	memset(p, 0, sizeof(*p));
+	p->s = 0.1;
+	p->x = 0.5;
+	p->min_dev = 0.1;
+	p->max_tokens = 150;
+	p->min_learned = 200;
+	memcpy(p->band_score, scores, sizeof(scores));
+}
+
+int
+bayes_params_parse(struct bayes_params *p, const char *spec, char **err)
+{
+	char *dup = xstrdup(spec), *save = NULL, *kv;
+
+	for (kv = strtok_r(dup, ", ", &save); kv; kv = strtok_r(NULL, ", ", &save)) {
+		char *eq = strchr(kv, '='), *end;
+		double v;
+
+		if (eq == NULL)
+			goto bad;
+		*eq = '\0';
+		errno = 0;
+		v = strtod(eq + 1, &end);
+		if (errno || *end || end == eq + 1 || v < 0)
+			goto bad;
+		if (strcmp(kv, "s") == 0)
+			p->s = v;
+		else if (strcmp(kv, "x") == 0 && v <= 1)
+			p->x = v;
+		else if (strcmp(kv, "min_dev") == 0 && v < 0.5)
+			p->min_dev = v;
+		else if (strcmp(kv, "max_tokens") == 0 && v <= 100000)
+			p->max_tokens = (unsigned)v;
+		else if (strcmp(kv, "min_learned") == 0 && v <= 1e9)
+			p->min_learned = (unsigned)v;
+		else
+			goto bad;
+	}
+	free(dup);
+	return 0;
+bad:
+	if (err) {
+		*err = xmalloc(128);
+		snprintf(*err, 128, "bad bayes parameter \"%s\"", kv ? kv : "");
+	}
+	free(dup);
+	return -1;
+}
+
+/* ---- tokenizer ---- */
+
+uint64_t
+bayes_hash(const char *s, size_t len)
+{
+	uint64_t h = 0xcbf29ce484222325ULL;
+
+	for (size_t i = 0; i < len; i++) {
+		h ^= (unsigned char)s[i];
+		h *= 0x100000001b3ULL;
+	}
+	/* murmur3 finaliser: spread FNV's low-entropy high bits */
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdULL;
+	h ^= h >> 33;
+	h *= 0xc4ceb9fe1a85ec53ULL;
+	h ^= h >> 33;
+	return h;
+}
+
+/* decode one UTF-8 sequence; returns its length (invalid byte: 1, cp -1) */
+static size_t
+utf8_dec(const unsigned char *s, size_t len, long *cp)
+{
+	if (s[0] < 0x80) {
+		*cp = s[0];
+		return 1;
+	}
+	if ((s[0] & 0xe0) == 0xc0 && len >= 2 && (s[1] & 0xc0) == 0x80) {
+		*cp = ((long)(s[0] & 0x1f) << 6) | (s[1] & 0x3f);
+		return *cp >= 0x80 ? 2 : (*cp = -1, 1);
+	}
+	if ((s[0] & 0xf0) == 0xe0 && len >= 3 && (s[1] & 0xc0) == 0x80 && (s[2] & 0xc0) == 0x80) {
+		*cp = ((long)(s[0] & 0x0f) << 12) | ((long)(s[1] & 0x3f) << 6) | (s[2] & 0x3f);
+		return *cp >= 0x800 ? 3 : (*cp = -1, 1);
+	}
+	if ((s[0] & 0xf8) == 0xf0 && len >= 4 && (s[1] & 0xc0) == 0x80 &&
+	    (s[2] & 0xc0) == 0x80 && (s[3] & 0xc0) == 0x80) {
+		*cp = ((long)(s[0] & 0x07) << 18) | ((long)(s[1] & 0x3f) << 12) |
+		    ((long)(s[2] & 0x3f) << 6) | (s[3] & 0x3f);
+		return *cp >= 0x10000 && *cp <= 0x10ffff ? 4 : (*cp = -1, 1);
+	}
+	*cp = -1;
+	return 1;
+}
+
+static long
+fold_cp(long c)
+{
+	if (c < 0x80)
+		return c >= 'A' && c <= 'Z' ? c + 32 : c;
+	if (c >= 0xc0 && c <= 0xde && c != 0xd7)
+		return c + 32;                                  /* Latin-1 */
+	if (c >= 0x100 && c <= 0x137)
+		return c | 1;                                   /* Latin Ext-A pairs */
+	if (c >= 0x139 && c <= 0x148)
+		return (c & 1) ? c + 1 : c;
+	if (c >= 0x14a && c <= 0x177)
+		return c | 1;
+	if (c == 0x178)
+		return 0xff;
+	if (c >= 0x179 && c <= 0x17e)
+		return (c & 1) ? c + 1 : c;
+	if (c >= 0x391 && c <= 0x3ab && c != 0x3a2)
+		return c + 32;                                  /* Greek */
+	if (c >= 0x410 && c <= 0x42f)
+		return c + 32;                                  /* Cyrillic */
+	if (c >= 0x400 && c <= 0x40f)
+		return c + 80;
+	return c;
+}
+
+static size_t
+utf8_put(long c, char *out)
+{
+	if (c < 0x80) {
+		out[0] = (char)c;
+		return 1;
+	}
+	if (c < 0x800) {
+		out[0] = (char)(0xc0 | (c >> 6));
+		out[1] = (char)(0x80 | (c & 0x3f));
+		return 2;
+	}
+	if (c < 0x10000) {
+		out[0] = (char)(0xe0 | (c >> 12));
+		out[1] = (char)(0x80 | ((c >> 6) & 0x3f));
+		out[2] = (char)(0x80 | (c & 0x3f));
+		return 3;
+	}
+	out[0] = (char)(0xf0 | (c >> 18));
+	out[1] = (char)(0x80 | ((c >> 12) & 0x3f));
+	out[2] = (char)(0x80 | ((c >> 6) & 0x3f));
+	out[3] = (char)(0x80 | (c & 0x3f));
+	return 4;
+}
+
+size_t
+bayes_fold(const char *in, size_t len, char *out, size_t outsz)
+{
+	const unsigned char *s = (const unsigned char *)in;
+	size_t i = 0, o = 0;
+
+	while (i < len && o + 4 < outsz) {
+		long c;
+		if (s[i] < 0x80) {                      /* fast path */
+			out[o++] = (char)(s[i] >= 'A' && s[i] <= 'Z' ? s[i] + 32 : s[i]);
+			i++;
+			continue;
+		}
+		i += utf8_dec(s + i, len - i, &c);
+		if (c < 0)
+			continue;
+		o += utf8_put(fold_cp(c), out + o);
+	}
+	if (o < outsz)
+		out[o] = '\0';
+	return o;
+}
+
+/* a word character: letters and digits, any non-ASCII code point except
+ * the general punctuation and symbol blocks */
+static bool
+word_cp(long c)
+{
+	if (c < 0x80)
+		return isalnum((int)c) || c == '$' || c == '_';
+	if (c < 0xc0)
+		return c == 0xaa || c == 0xb5 || c == 0xba;     /* ª µ º */
+	if (c == 0xd7 || c == 0xf7)
+		return false;
+	if (c >= 0x2000 && c <= 0x2bff)                 /* punctuation, symbols, arrows */
+		return false;
+	if (c >= 0x3000 && c <= 0x303f)                 /* CJK punctuation */
+		return false;
+	if (c >= 0xfe00 && c <= 0xfe6f)
+		return false;
+	if (c >= 0xff00 && c <= 0xff0f)
+		return false;
+	if (c >= 0x1f000)                               /* emoji and the like */
+		return false;
+	return true;
+}
+
+struct tok_ctx {
+	void (*emit)(void *, const char *, size_t);
+	void  *arg;
+	char   prev[BAYES_WORD_MAX + 8];
+	size_t prevlen;
+	bool   pairs;
+};
+
+static void
+emit_word(struct tok_ctx *t, const char *prefix, const char *w, size_t wl)
+{
+	char tok[BAYES_WORD_MAX * 2 + 32];
+	char f[BAYES_WORD_MAX * 4 + 8];
+	size_t pl = strlen(prefix), fl;
+	bool digits = true;
+
+	for (size_t i = 0; i < wl; i++)
+		if (!isdigit((unsigned char)w[i]) && w[i] != '.' && w[i] != '-' &&
+		    w[i] != ',' && w[i] != '$' && w[i] != '\'') {
+			digits = false;
+			break;
+		}
+	if (digits) {
+		t->prevlen = 0;
+		return;
+	}
+	if (wl > BAYES_WORD_MAX) {
+		/* SpamAssassin's "sk:" tokens: first char and length class */
+		int n = snprintf(tok, sizeof(tok), "%ssk:%c%zu", prefix,
+		    isalnum((unsigned char)w[0]) ? tolower((unsigned char)w[0]) : '?',
+		    wl / 10 > 9 ? (size_t)9 : wl / 10);
+		t->emit(t->arg, tok, (size_t)n);
+		t->prevlen = 0;
+		return;
+	}
+	fl = bayes_fold(w, wl, f, sizeof(f));
+	if (fl < BAYES_WORD_MIN || fl > BAYES_WORD_MAX) {
+		t->prevlen = 0;
+		return;
+	}
+	if (pl + fl >= sizeof(tok))
+		return;
+	memcpy(tok, prefix, pl);
+	memcpy(tok + pl, f, fl);
+	t->emit(t->arg, tok, pl + fl);
+	if (t->pairs) {
+		if (t->prevlen) {
+			char pair[sizeof(t->prev) + BAYES_WORD_MAX * 4 + 16];
+			size_t n = 0;
+			memcpy(pair, prefix, pl);
+			n = pl;
+			memcpy(pair + n, t->prev, t->prevlen);
+			n += t->prevlen;
+			pair[n++] = ' ';
+			memcpy(pair + n, f, fl);
+			n += fl;
+			t->emit(t->arg, pair, n);
+		}
+		memcpy(t->prev, f, fl);
+		t->prevlen = fl;
+	}
+}
+
+/* split text into words: runs of word characters, with '.', '-', '\'' and
+ * '@' allowed between word characters (domains, "don't", e-mail addresses
+ * stay whole) */
+static void
+tokenize_text(struct tok_ctx *t, const char *prefix, const char *s, size_t len)
+{
+	const unsigned char *u = (const unsigned char *)s;
+	size_t i = 0;
+
+	t->prevlen = 0;
+	while (i < len) {
+		long c;
+		size_t n, start;
+
+		n = u[i] < 0x80 ? (c = u[i], 1) : utf8_dec(u + i, len - i, &c);
+		if (!word_cp(c)) {
+			i += n;
+			if (c != ' ' && c != '\n' && c != '\t' && c != '\r')
+				t->prevlen = c == ',' || c == '-' ? t->prevlen : 0;
+			continue;
+		}
+		start = i;
+		i += n;
+		while (i < len) {
+			long d;
+			size_t m = u[i] < 0x80 ? (d = u[i], 1) : utf8_dec(u + i, len - i, &d);
+			if (word_cp(d)) {
+				i += m;
+				continue;
+			}
+			if ((d == '.' || d == '-' || d == '\'' || d == '@') && i + 1 < len) {
+				long e;
+				size_t k = u[i + 1] < 0x80 ? (e = u[i + 1], 1) : utf8_dec(u + i + 1, len - i - 1, &e);
+				(void)k;
+				if (word_cp(e)) {
+					i += m;
+					continue;
+				}
+			}
+			break;
+		}
+		emit_word(t, prefix, s + start, i - start);
+	}
+}
+
+static bool
+ignored_header(const char *name)
+{
+	static const char *const pfx[] = {
+		"x-spam", "x-bogosity", "x-dspam", "x-crm114", "x-virus", "x-moat",
+		"x-amavis", "x-ham-report", "x-quarantine",
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(pfx); i++)
+		if (ascii_strncasecmp(name, pfx[i], strlen(pfx[i])) == 0)
+			return true;
+	return false;
+}
+
+static void
+emit_str(struct tok_ctx *t, const char *prefix, const char *s, size_t len)
+{
+	char tok[256];
+	size_t pl = strlen(prefix);
+
+	if (pl + len >= sizeof(tok))
+		len = sizeof(tok) - pl - 1;
+	memcpy(tok, prefix, pl);
+	for (size_t i = 0; i < len; i++)
+		tok[pl + i] = (char)tolower((unsigned char)s[i]);
+	t->emit(t->arg, tok, pl + len);
+}
+
+void
+bayes_tokenize(const struct mime_msg *m, void (*emit)(void *, const char *, size_t), void *arg)
+{
+	static const struct { const char *name, *prefix; } hdrs[] = {
+		{ "subject", "s:" }, { "from", "f:" }, { "to", "t:" }, { "cc", "t:" },
+		{ "reply-to", "rt:" }, { "return-path", "rp:" }, { "received", "r:" },
+		{ "x-mailer", "xm:" }, { "user-agent", "xm:" }, { "message-id", "mid:" },
+		{ "list-id", "li:" }, { "content-type", "ct:" }, { "sender", "f:" },
+		{ "organization", "o:" }, { "x-originating-ip", "r:" },
+	};
+	struct tok_ctx t = { .emit = emit, .arg = arg };
+	size_t budget = BAYES_MAX_TEXT;
+	unsigned nrcvd = 0;
+
+	/* headers */
+	for (size_t i = 0; i < mime_header_count(m); i++) {
+		const struct mime_header *h = mime_header_at(m, i);
+		size_t vl = strlen(h->value);
+
+		if (ignored_header(h->name))
+			continue;
+		emit_str(&t, "H:", h->name, strlen(h->name));
+		if (vl > BAYES_MAX_HDR)
+			vl = BAYES_MAX_HDR;
+		for (size_t k = 0; k < ARRAY_SIZE(hdrs); k++) {
+			if (ascii_strcasecmp(h->name, hdrs[k].name) != 0)
+				continue;
+			if (k == 6 && ++nrcvd > 3)      /* the first Received lines only */
+				break;
+			t.pairs = k == 0;               /* pairs in the Subject */
+			tokenize_text(&t, hdrs[k].prefix, h->value, vl);
+			break;
+		}
+	}
+	/* body */
+	t.pairs = true;
+	for (size_t i = 0; i < mime_text_count(m) && budget; i++) {
+		const struct mime_text *x = mime_text_at(m, i);
+		size_t l = x->len < budget ? x->len : budget;
+
+		emit_str(&t, "p:", x->type, strlen(x->type));
+		tokenize_text(&t, "", x->text, l);
+		budget -= l;
+	}
+	t.pairs = false;
+	/* URL hosts and their parent domains */
+	for (size_t i = 0; i < mime_url_count(m) && i < 200; i++) {
+		const char *h = mime_url_at(m, i)->host, *d;
+		size_t hl = strlen(h);
+
+		emit_str(&t, "u:", h, hl);
+		for (d = strchr(h, '.'); d && strchr(d + 1, '.'); d = strchr(d + 1, '.'))
+			emit_str(&t, "u:", d + 1, hl - (size_t)(d + 1 - h));
+	}
+	/* attachments */
+	for (size_t i = 0; i < mime_attachment_count(m) && i < 100; i++) {
+		const struct mime_attachment *a = mime_attachment_at(m, i);
+		const char *dot = strrchr(a->filename, '.');
+
+		emit_str(&t, "a:", a->type, strlen(a->type));
+		if (dot && strlen(dot + 1) <= 8 && dot[1])
+			emit_str(&t, "ae:", dot + 1, strlen(dot + 1));
+	}
+	{
+		unsigned f = mime_flags(m);
+		if (f & MIME_F_BROKEN)
+			emit_str(&t, "mime:", "broken", 6);
+		if (f & (MIME_F_DEPTH | MIME_F_PARTS))
+			emit_str(&t, "mime:", "toomany", 7);
+		if (mime_text_count(m) == 0)
+			emit_str(&t, "mime:", "notext", 6);
+	}
+}
+
+/* ---- per-message token set ---- */
+
+struct tokset {
+	uint64_t *ids;                  /* open addressing, 0 = empty */
+	uint32_t *off;                  /* text offset + 1 (with texts) */
+	size_t    cap, n;
+	struct buf texts;
+	bool      keep_text;
+	bool      full;
+};
+
+static void
+tokset_init(struct tokset *ts, bool keep_text)
+{
+	memset(ts, 0, sizeof(*ts));
+	ts->cap = 1024;
+	ts->ids = xcalloc(ts->cap, sizeof(*ts->ids));
+	ts->keep_text = keep_text;
+	if (keep_text)
+		ts->off = xcalloc(ts->cap, sizeof(*ts->off));
+}
+
+static void
+tokset_free(struct tokset *ts)
+{
+	free(ts->ids);
+	free(ts->off);
+	buf_free(&ts->texts);
+}
+
+static void tokset_add_id(struct tokset *, uint64_t, const char *, size_t);
+
+static void
+tokset_grow(struct tokset *ts)
+{
+	struct tokset old = *ts;
+
+	ts->cap *= 2;
+	ts->n = 0;
+	ts->ids = xcalloc(ts->cap, sizeof(*ts->ids));
+	ts->off = ts->keep_text ? xcalloc(ts->cap, sizeof(*ts->off)) : NULL;
+	for (size_t i = 0; i < old.cap; i++) {
+		if (old.ids[i] == 0)
+			continue;
+		size_t j = old.ids[i] & (ts->cap - 1);
+		while (ts->ids[j])
+			j = (j + 1) & (ts->cap - 1);
+		ts->ids[j] = old.ids[i];
+		if (ts->off)
+			ts->off[j] = old.off[i];
+		ts->n++;
+	}
+	free(old.ids);
+	free(old.off);
+}
+
+static void
+tokset_add_id(struct tokset *ts, uint64_t id, const char *tok, size_t len)
+{
+	size_t j;
+
+	if (id == 0)
+		id = 1;
+	if (ts->n >= BAYES_MAX_TOKENS) {
+		ts->full = true;
+		return;
+	}
+	if ((ts->n + 1) * 2 > ts->cap)
+		tokset_grow(ts);
+	for (j = id & (ts->cap - 1); ts->ids[j]; j = (j + 1) & (ts->cap - 1))
+		if (ts->ids[j] == id)
+			return;
+	ts->ids[j] = id;
+	ts->n++;
+	if (ts->keep_text) {
+		ts->off[j] = (uint32_t)ts->texts.len + 1;
+		buf_add(&ts->texts, tok, len);
+		buf_addc(&ts->texts, '\0');
+	}
+}
+
+static void
+tokset_emit(void *arg, const char *tok, size_t len)
+{
+	tokset_add_id(arg, bayes_hash(tok, len), tok, len);
+}
+
+/* ---- combining ---- */
+
+double
+bayes_chi2q(double x2, unsigned v)
+{
+	double m = x2 / 2.0, sum, term;
+
+	if (x2 <= 0)
+		return 1.0;
+	sum = term = exp(-m);
+	for (unsigned i = 1; i < v / 2; i++) {
+		term *= m / i;
+		sum += term;
+	}
+	return sum < 1.0 ? sum : 1.0;
+}
+
+double
+bayes_combine(const double *f, size_t n)
+{
+	double ls = 0, lh = 0, S, H;
+
+	if (n == 0)
+		return 0.5;
+	for (size_t i = 0; i < n; i++) {
+		double p = f[i];
+		if (p < 1e-6)
+			p = 1e-6;
+		if (p > 1 - 1e-6)
+			p = 1 - 1e-6;
+		ls += log(1.0 - p);
+		lh += log(p);
+	}
+	S = 1.0 - bayes_chi2q(-2.0 * ls, (unsigned)(2 * n));
+	H = 1.0 - bayes_chi2q(-2.0 * lh, (unsigned)(2 * n));
+	return (1.0 + S - H) / 2.0;
+}
+
+double
+bayes_token_prob(uint32_t s, uint32_t h, uint64_t nspam, uint64_t nham, double S, double x)
+{
+	double n = (double)s + (double)h, p, rs, rh;
+
+	if (n == 0 || nspam == 0 || nham == 0)
+		return x;
+	rs = (double)s / (double)nspam;
+	rh = (double)h / (double)nham;
+	p = rs / (rs + rh);
+	return (S * x + n * p) / (S + n);
+}
+
+enum bayes_band
+bayes_band_of(double p)
+{
+	if (p < 0.01) return BAYES_B00;
+	if (p < 0.05) return BAYES_B05;
+	if (p < 0.20) return BAYES_B20;
+	if (p < 0.40) return BAYES_B40;
+	if (p < 0.60) return BAYES_B50;
+	if (p < 0.80) return BAYES_B60;
+	if (p < 0.95) return BAYES_B80;
+	if (p < 0.99) return BAYES_B95;
+	if (p < 0.999) return BAYES_B99;
+	return BAYES_B999;
+}
+
+const char *
+bayes_band_name(enum bayes_band b)
+{
+	return b < BAYES_NBANDS ? band_names[b] : "BAYES_50";
+}
+
+/* ---- the handle ---- */
+
+static void
+seterr(struct bayes *b, const char *what)
+{
+	const char *e = b->ops->errstr(b->store);
+	snprintf(b->err, sizeof(b->err), "%s: %s", what, e ? e : "failed");
+}
+
+const char *
+bayes_error(const struct bayes *b)
+{
+	return b->err;
+}
+
+struct bayes *
+bayes_open_path(const char *path, bool rdonly, char **err)
+{
+	struct bayes *b = xcalloc(1, sizeof(*b));
+	const char *env = getenv("MOAT_BAYES_PARAMS");
+
+	b->ops = &bayes_store_lmdb;
+	bayes_params_default(&b->p);
+	if (env && *env && bayes_params_parse(&b->p, env, err) < 0) {
+		free(b);
+		return NULL;
+	}
+	if ((b->store = b->ops->open(path, rdonly, err)) == NULL) {
+		free(b);
+		return NULL;
+	}
+	return b;
+}
+
+struct bayes *
+bayes_open(const char *statedir, bool rdonly, char **err)
+{
+	struct buf p = BUF_INIT;
+	struct bayes *b;
+
+	buf_printf(&p, "%s/bayes.lmdb", statedir);
+	b = bayes_open_path(p.data, rdonly, err);
+	buf_free(&p);
+	return b;
+}
+
+void
+bayes_close(struct bayes **bp)
+{
+	struct bayes *b = *bp;
+
+	if (b == NULL)
+		return;
+	if (b->batch)
+		b->ops->abort(b->store, b->batch);
+	b->ops->close(b->store);
+	free(b);
+	*bp = NULL;
+}
+
+void
+bayes_set_params(struct bayes *b, const struct bayes_params *p)
+{
+	b->p = *p;
+}
+
+void
+bayes_digest(const char *raw, size_t len, uint8_t out[BAYES_DIGEST_LEN])
+{
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	const char *p = raw, *end = raw + len, *body = end;
+	const char *mid = NULL;
+	size_t midlen = 0;
+	unsigned olen = 0;
+
+	if (len >= 5 && memcmp(raw, "From ", 5) == 0) {
+		const char *nl = memchr(raw, '\n', len);
+		p = nl ? nl + 1 : end;
+	}
+	while (p < end) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		const char *le = nl ? nl : end;
+		size_t ll = (size_t)(le - p);
+		if (ll && p[ll - 1] == '\r')
+			ll--;
+		if (ll == 0) {
+			body = nl ? nl + 1 : end;
+			break;
+		}
+		if (mid == NULL && ascii_prefix_ci(p, ll, "message-id:")) {
+			mid = p + 11;
+			midlen = ll - 11;
+			while (midlen && (*mid == ' ' || *mid == '\t'))
+				mid++, midlen--;
+		}
+		p = nl ? nl + 1 : end;
+		body = p;
+	}
+	if (ctx == NULL || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1)
+		fatalx("bayes_digest: EVP_DigestInit_ex failed");
+	EVP_DigestUpdate(ctx, "mid:", 4);
+	if (mid)
+		EVP_DigestUpdate(ctx, mid, midlen);
+	EVP_DigestUpdate(ctx, "\n", 1);
+	EVP_DigestUpdate(ctx, body, (size_t)(end - body));
+	EVP_DigestFinal_ex(ctx, out, &olen);
+	EVP_MD_CTX_free(ctx);
+}
+
+static int
+get_totals(struct bayes *b, void *txn, uint64_t *ns, uint64_t *nh)
+{
+	*ns = *nh = 0;
+	if (b->ops->meta_get(b->store, txn, "nspam", ns) < 0 ||
+	    b->ops->meta_get(b->store, txn, "nham", nh) < 0)
+		return -1;
+	return 0;
+}
+
+struct clue {
+	double   f, dev;
+	uint32_t spam, ham;
+	uint32_t off;
+};
+
+static int
+clue_cmp(const void *a, const void *b)
+{
+	const struct clue *x = a, *y = b;
+	return x->dev < y->dev ? 1 : x->dev > y->dev ? -1 : 0;
+}
+
+int
+bayes_classify(struct bayes *b, const struct mime_msg *m, struct bayes_result *r)
+{
+	struct tokset ts;
+	struct clue *clues;
+	double *f;
+	size_t nc = 0, use;
+	void *txn;
+	int rc = 0;
+
+	memset(r, 0, sizeof(*r));
+	r->prob = 0.5;
+	tokset_init(&ts, true);
+	bayes_tokenize(m, tokset_emit, &ts);
+	r->ntokens = (unsigned)ts.n;
+	if ((txn = b->batch) == NULL && (txn = b->ops->begin(b->store, false)) == NULL) {
+		seterr(b, "classify");
+		tokset_free(&ts);
+		return -1;
+	}
+	if (get_totals(b, txn, &r->nspam, &r->nham) < 0) {
+		seterr(b, "classify");
+		rc = -1;
+	}
+	clues = xcalloc(ts.n ? ts.n : 1, sizeof(*clues));
+	for (size_t i = 0; rc == 0 && i < ts.cap; i++) {
+		struct bayes_counts c;
+		int g;
+
+		if (ts.ids[i] == 0)
+			continue;
+		g = b->ops->get(b->store, txn, ts.ids[i], &c);
+		if (g < 0) {
+			seterr(b, "classify");
+			rc = -1;
+			break;
+		}
+		if (g == 1)
+			c.spam = c.ham = 0;
+		double fw = bayes_token_prob(c.spam, c.ham, r->nspam, r->nham, b->p.s, b->p.x);
+		double dev = fabs(fw - 0.5);
+		if (dev < b->p.min_dev || (c.spam == 0 && c.ham == 0))
+			continue;
+		clues[nc].f = fw;
+		clues[nc].dev = dev;
+		clues[nc].spam = c.spam;
+		clues[nc].ham = c.ham;
+		clues[nc].off = ts.off[i];
+		nc++;
+	}
+	if (txn != b->batch)
+		b->ops->abort(b->store, txn);
+	if (rc == 0) {
+		qsort(clues, nc, sizeof(*clues), clue_cmp);
+		use = b->p.max_tokens && nc > b->p.max_tokens ? b->p.max_tokens : nc;
+		f = xcalloc(use ? use : 1, sizeof(*f));
+		for (size_t i = 0; i < use; i++)
+			f[i] = clues[i].f;
+		r->prob = bayes_combine(f, use);
+		free(f);
+		r->nused = (unsigned)use;
+		for (size_t i = 0; i < use && i < BAYES_TOP; i++) {
+			struct bayes_token_info *ti = &r->top[r->ntop++];
+			moat_strlcpy(ti->text, ts.texts.data + clues[i].off - 1, sizeof(ti->text));
+			ti->prob = clues[i].f;
+			ti->spam = clues[i].spam;
+			ti->ham = clues[i].ham;
+		}
+	}
+	r->band = bayes_band_of(r->prob);
+	r->symbol = band_names[r->band];
+	r->score = b->p.band_score[r->band];
+	r->ready = r->nspam >= b->p.min_learned && r->nham >= b->p.min_learned;
+	free(clues);
+	tokset_free(&ts);
+	return rc;
+}
+
+/* add (sign +1) or remove (-1) a message's tokens for one class */
+static int
+apply(struct bayes *b, void *txn, const struct tokset *ts, bool spam, int sign, uint32_t now)
+{
+	for (size_t i = 0; i < ts->cap; i++) {
+		struct bayes_counts c;
+		int g;
+
+		if (ts->ids[i] == 0)
+			continue;
+		if ((g = b->ops->get(b->store, txn, ts->ids[i], &c)) < 0)
+			return -1;
+		if (g == 1) {
+			if (sign < 0)
+				continue;
+			memset(&c, 0, sizeof(c));
+		}
+		uint32_t *v = spam ? &c.spam : &c.ham;
+		if (sign > 0) {
+			if (*v < UINT32_MAX)
+				(*v)++;
+			c.atime = now;
+		} else if (*v > 0)
+			(*v)--;
+		if (b->ops->put(b->store, txn, ts->ids[i], &c) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+static int
+bump_total(struct bayes *b, void *txn, bool spam, int sign)
+{
+	const char *k = spam ? "nspam" : "nham";
+	uint64_t v = 0;
+
+	if (b->ops->meta_get(b->store, txn, k, &v) < 0)
+		return -1;
+	if (sign > 0)
+		v++;
+	else if (v > 0)
+		v--;
+	return b->ops->meta_put(b->store, txn, k, v);
+}
+
+static void *
+wtxn(struct bayes *b)
+{
+	if (b->batch)
+		return b->batch;
+	return b->ops->begin(b->store, true);
+}
+
+static int
+wdone(struct bayes *b, void *txn, int rc)
+{
+	if (txn == b->batch)
+		return rc;
+	if (rc < 0) {
+		b->ops->abort(b->store, txn);
+		return rc;
+	}
+	if (b->ops->commit(b->store, txn) < 0) {
+		seterr(b, "commit");
+		return -1;
+	}
+	return rc;
+}
+
+int
+bayes_learn(struct bayes *b, const struct mime_msg *m, bool spam,
+    const uint8_t digest[BAYES_DIGEST_LEN])
+{
+	struct tokset ts;
+	void *txn;
+	int seen_spam, g, rc = BAYES_OK;
+	uint32_t when, now = (uint32_t)time(NULL);
+	uint64_t tv = 0;
+
+	if ((txn = wtxn(b)) == NULL) {
+		seterr(b, "learn");
+		return -1;
+	}
+	g = b->ops->seen_get(b->store, txn, digest, &seen_spam, &when);
+	if (g == 0 && (bool)seen_spam == spam)
+		return wdone(b, txn, BAYES_ALREADY);
+	if (g < 0 || b->ops->meta_get(b->store, txn, "tokenizer", &tv) < 0)
+		goto fail;
+	if (tv == 0 && b->ops->meta_put(b->store, txn, "tokenizer", BAYES_TOKENIZER_VERSION) < 0)
+		goto fail;
+	tokset_init(&ts, false);
+	bayes_tokenize(m, tokset_emit, &ts);
+	if (g == 0) {                           /* learned as the other class */
+		if (apply(b, txn, &ts, !spam, -1, now) < 0 || bump_total(b, txn, !spam, -1) < 0) {
+			tokset_free(&ts);
+			goto fail;
+		}
+	}
+	if (apply(b, txn, &ts, spam, +1, now) < 0 || bump_total(b, txn, spam, +1) < 0 ||
+	    b->ops->seen_put(b->store, txn, digest, spam, now) < 0) {
+		tokset_free(&ts);
+		goto fail;
+	}
+	tokset_free(&ts);
+	return wdone(b, txn, rc);
+fail:
+	seterr(b, "learn");
+	if (txn == b->batch) {
+		/* a failed write poisons an LMDB txn: the batch is lost */
+		b->ops->abort(b->store, txn);
+		b->batch = NULL;
+		return -1;
+	}
+	return wdone(b, txn, -1);
+}
+
+int
+bayes_forget(struct bayes *b, const struct mime_msg *m, int want_spam,
+    const uint8_t digest[BAYES_DIGEST_LEN])
+{
+	struct tokset ts;
+	void *txn;
+	int seen_spam, g;
+	uint32_t when;
+
+	if ((txn = wtxn(b)) == NULL) {
+		seterr(b, "forget");
+		return -1;
+	}
+	g = b->ops->seen_get(b->store, txn, digest, &seen_spam, &when);
+	if (g < 0)
+		goto fail;
+	if (g == 1 || (want_spam >= 0 && (bool)want_spam != (bool)seen_spam))
+		return wdone(b, txn, BAYES_NOT_LEARNED);
+	tokset_init(&ts, false);
+	bayes_tokenize(m, tokset_emit, &ts);
+	if (apply(b, txn, &ts, seen_spam, -1, 0) < 0 || bump_total(b, txn, seen_spam, -1) < 0 ||
+	    b->ops->seen_del(b->store, txn, digest) < 0) {
+		tokset_free(&ts);
+		goto fail;
+	}
+	tokset_free(&ts);
+	return wdone(b, txn, BAYES_OK);
+fail:
+	seterr(b, "forget");
+	if (txn == b->batch) {
+		b->ops->abort(b->store, txn);
+		b->batch = NULL;
+		return -1;
+	}
+	return wdone(b, txn, -1);
+}
+
+int
+bayes_batch_begin(struct bayes *b)
+{
+	if (b->batch)
+		return 0;
+	if ((b->batch = b->ops->begin(b->store, true)) == NULL) {
+		seterr(b, "begin");
+		return -1;
+	}
+	return 0;
+}
+
+int
+bayes_batch_end(struct bayes *b, bool commit)
+{
+	void *txn = b->batch;
+
+	if (txn == NULL)
+		return commit ? -1 : 0;
+	b->batch = NULL;
+	if (!commit) {
+		b->ops->abort(b->store, txn);
+		return 0;
+	}
+	if (b->ops->commit(b->store, txn) < 0) {
+		seterr(b, "commit");
+		return -1;
+	}
+	return 0;
+}
+
+struct oldest_ctx {
+	uint32_t oldest;
+};
+
+static int
+oldest_cb(void *arg, uint64_t id, const struct bayes_counts *c)
+{
+	struct oldest_ctx *o = arg;
+	(void)id;
+	if (o->oldest == 0 || (c->atime && c->atime < o->oldest))
+		o->oldest = c->atime;
+	return 0;
+}
+
+int
+bayes_stats(struct bayes *b, struct bayes_stats *st)
+{
+	struct oldest_ctx o = { 0 };
+	void *txn;
+	int rc = 0;
+
+	memset(st, 0, sizeof(*st));
+	if ((txn = b->ops->begin(b->store, false)) == NULL) {
+		seterr(b, "stats");
+		return -1;
+	}
+	if (get_totals(b, txn, &st->nspam, &st->nham) < 0 ||
+	    b->ops->meta_get(b->store, txn, "tokenizer", &st->tokenizer) < 0 ||
+	    b->ops->count(b->store, txn, &st->ntokens, &st->nseen) < 0 ||
+	    b->ops->tokens(b->store, txn, oldest_cb, &o) < 0) {
+		seterr(b, "stats");
+		rc = -1;
+	}
+	st->oldest = o.oldest;
+	b->ops->abort(b->store, txn);
+	return rc;
+}
+
+struct expire_ctx {
+	uint32_t before;
+	unsigned max;
+	long     n;
+};
+
+static int
+expire_cb(void *arg, uint64_t id, const struct bayes_counts *c)
+{
+	struct expire_ctx *e = arg;
+	(void)id;
+	if ((uint64_t)c->spam + c->ham <= e->max && c->atime < e->before) {
+		e->n++;
+		return 1;
+	}
+	return 0;
+}
+
+long
+bayes_expire(struct bayes *b, time_t before, unsigned max_count)
+{
+	struct expire_ctx e = { (uint32_t)before, max_count, 0 };
+	void *txn;
+
+	if ((txn = b->ops->begin(b->store, true)) == NULL) {
+		seterr(b, "expire");
+		return -1;
+	}
+	if (b->ops->tokens(b->store, txn, expire_cb, &e) < 0) {
+		seterr(b, "expire");
+		b->ops->abort(b->store, txn);
+		return -1;
+	}
+	if (b->ops->commit(b->store, txn) < 0) {
+		seterr(b, "expire");
+		return -1;
+	}
+	return e.n;
+}
+
+static int
+export_tok(void *arg, uint64_t id, const struct bayes_counts *c)
+{
+	return fprintf(arg, "t %016" PRIx64 " %" PRIu32 " %" PRIu32 " %" PRIu32 "\n",
+	    id, c->spam, c->ham, c->atime) < 0 ? -1 : 0;
+}
+
+static int
+export_seen(void *arg, const uint8_t *d, int spam, uint32_t when)
+{
+	FILE *f = arg;
+	fputs("d ", f);
+	for (int i = 0; i < BAYES_DIGEST_LEN; i++)
+		fprintf(f, "%02x", d[i]);
+	return fprintf(f, " %c %" PRIu32 "\n", spam ? 's' : 'h', when) < 0 ? -1 : 0;
+}
+
+int
+bayes_export(struct bayes *b, FILE *f)
+{
+	uint64_t ns, nh, tv = 0;
+	void *txn;
+	int rc = 0;
+
+	if ((txn = b->ops->begin(b->store, false)) == NULL) {
+		seterr(b, "export");
+		return -1;
+	}
+	if (get_totals(b, txn, &ns, &nh) < 0 || b->ops->meta_get(b->store, txn, "tokenizer", &tv) < 0)
+		rc = -1;
+	else {
+		fprintf(f, "moat-bayes 1 tokenizer %" PRIu64 "\n", tv ? tv : BAYES_TOKENIZER_VERSION);
+		fprintf(f, "m %" PRIu64 " %" PRIu64 "\n", ns, nh);
+		if (b->ops->tokens(b->store, txn, export_tok, f) < 0 ||
+		    b->ops->seen_walk(b->store, txn, export_seen, f) < 0)
+			rc = -1;
+	}
+	if (rc < 0)
+		seterr(b, "export");
+	b->ops->abort(b->store, txn);
+	if (fflush(f) != 0) {
+		snprintf(b->err, sizeof(b->err), "export: %s", strerror(errno));
+		rc = -1;
+	}
+	return rc;
+}
+
+static int
+hexval(int c)
+{
+	if (c >= '0' && c <= '9') return c - '0';
+	if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+	return -1;
+}
+
+int
+bayes_import(struct bayes *b, FILE *f, char **err)
+{
+	char line[256];
+	unsigned long lineno = 0;
+	void *txn;
+	const char *why = NULL;
+
+	*err = NULL;
+	if ((txn = b->ops->begin(b->store, true)) == NULL) {
+		seterr(b, "import");
+		*err = xstrdup(b->err);
+		return -1;
+	}
+	while (fgets(line, sizeof(line), f)) {
+		size_t ll = strlen(line);
+		lineno++;
+		if (ll && line[ll - 1] != '\n' && !feof(f)) {
+			why = "line too long";
+			goto bad;
+		}
+		if (lineno == 1) {
+			if (strncmp(line, "moat-bayes 1", 12) != 0) {
+				why = "not a moat-bayes 1 dump";
+				goto bad;
+			}
+			continue;
+		}
+		if (line[0] == 'm') {
+			uint64_t ns, nh, os, oh;
+			if (sscanf(line, "m %" SCNu64 " %" SCNu64, &ns, &nh) != 2) {
+				why = "bad m line";
+				goto bad;
+			}
+			if (get_totals(b, txn, &os, &oh) < 0 ||
+			    b->ops->meta_put(b->store, txn, "nspam", os + ns) < 0 ||
+			    b->ops->meta_put(b->store, txn, "nham", oh + nh) < 0 ||
+			    b->ops->meta_put(b->store, txn, "tokenizer", BAYES_TOKENIZER_VERSION) < 0)
+				goto fail;
+		} else if (line[0] == 't') {
+			uint64_t id;
+			struct bayes_counts c, o;
+			int g;
+			if (sscanf(line, "t %" SCNx64 " %" SCNu32 " %" SCNu32 " %" SCNu32,
+			    &id, &c.spam, &c.ham, &c.atime) != 4) {
+				why = "bad t line";
+				goto bad;
+			}
+			if ((g = b->ops->get(b->store, txn, id, &o)) < 0)
+				goto fail;
+			if (g == 0) {
+				c.spam = o.spam + c.spam < o.spam ? UINT32_MAX : o.spam + c.spam;
+				c.ham = o.ham + c.ham < o.ham ? UINT32_MAX : o.ham + c.ham;
+				if (o.atime > c.atime)
+					c.atime = o.atime;
+			}
+			if (b->ops->put(b->store, txn, id, &c) < 0)
+				goto fail;
+		} else if (line[0] == 'd') {
+			uint8_t d[BAYES_DIGEST_LEN];
+			char cls;
+			uint32_t when;
+			if (ll < 2 + 2 * BAYES_DIGEST_LEN + 4 ||
+			    sscanf(line + 2 + 2 * BAYES_DIGEST_LEN, " %c %" SCNu32, &cls, &when) != 2 ||
+			    (cls != 's' && cls != 'h')) {
+				why = "bad d line";
+				goto bad;
+			}
+			for (int i = 0; i < BAYES_DIGEST_LEN; i++) {
+				int hi = hexval(line[2 + 2 * i]), lo = hexval(line[3 + 2 * i]);
+				if (hi < 0 || lo < 0) {
+					why = "bad digest";
+					goto bad;
+				}
+				d[i] = (uint8_t)(hi << 4 | lo);
+			}
+			if (b->ops->seen_put(b->store, txn, d, cls == 's', when) < 0)
+				goto fail;
+		} else if (line[0] != '\n' && line[0] != '#') {
+			why = "unknown line";
+			goto bad;
+		}
+	}
+	if (lineno == 0) {
+		why = "empty input";
+		goto bad;
+	}
+	if (b->ops->commit(b->store, txn) < 0) {
+		seterr(b, "import");
+		*err = xstrdup(b->err);
+		return -1;
+	}
+	return 0;
+bad:
+	b->ops->abort(b->store, txn);
+	*err = xmalloc(128);
+	snprintf(*err, 128, "line %lu: %s", lineno, why);
+	return -1;
+fail:
+	seterr(b, "import");
+	b->ops->abort(b->store, txn);
+	*err = xstrdup(b->err);
+	return -1;
+}

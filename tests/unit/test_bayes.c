@@ -1,0 +1,281 @@
+/*
+ * test_bayes.c - filters/bayes.c: tokenizer (UTF-8, case folding, length
+ * bounds, numbers, prefixes), the chi-square combining against values
+ * computed independently, and the LMDB store in a temporary directory:
+ * learn, classify, learn-twice refused, relearn, forget, export/import.
+ */
+#include "config.h"
+#include "bayes.h"
+#include "mime.h"
+#include "buf.h"
+#include "util.h"
+#include "t.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct toks {
+	struct buf all;                 /* "tok\n" for each emitted token */
+};
+
+static void
+collect(void *arg, const char *tok, size_t len)
+{
+	struct toks *t = arg;
+	buf_add(&t->all, tok, len);
+	buf_addc(&t->all, '\n');
+}
+
+static bool
+has_tok(struct toks *t, const char *tok)
+{
+	struct buf want = BUF_INIT;
+	bool r;
+
+	buf_printf(&want, "\n%s\n", tok);
+	r = (t->all.len >= want.len - 1 && strncmp(t->all.data, want.data + 1, want.len - 1) == 0) ||
+	    (t->all.data && strstr(t->all.data, want.data) != NULL);
+	buf_free(&want);
+	return r;
+}
+
+static struct mime_msg *
+msg(const char *text)
+{
+	return mime_parse(text, strlen(text), NULL, NULL);
+}
+
+static void
+tokens_of(const char *text, struct toks *t)
+{
+	struct mime_msg *m = msg(text);
+	buf_reset(&t->all);
+	bayes_tokenize(m, collect, t);
+	mime_free(&m);
+}
+
+#define NEAR(a, b) (fabs((a) - (b)) < 1e-12)
+
+int
+main(void)
+{
+	struct toks t = { BUF_INIT };
+	char out[128];
+	size_t n;
+
+	mime_init();
+
+	/* ---- folding ---- */
+	n = bayes_fold("HeLLo", 5, out, sizeof(out));
+	is_str(out, "hello", "ASCII folded");
+	is_int(n, 5, "length");
+	bayes_fold("ÉCOLE Straße ÀÖØ", strlen("ÉCOLE Straße ÀÖØ"), out, sizeof(out));
+	is_str(out, "école straße àöø", "Latin-1 folded");
+	bayes_fold("ŁÓDŹ ПРИВЕТ ΑΘΗΝΑ", strlen("ŁÓDŹ ПРИВЕТ ΑΘΗΝΑ"), out, sizeof(out));
+	is_str(out, "łódź привет αθηνα", "Latin Extended-A, Cyrillic, Greek folded");
+	bayes_fold("ab\xff\xfe" "cd", 6, out, sizeof(out));
+	is_str(out, "abcd", "invalid UTF-8 bytes dropped");
+	n = bayes_fold("ABCDEFGHIJ", 10, out, 6);
+	ok(n < 6 && strlen(out) == n, "bounded output (%zu)", n);
+
+	/* ---- tokenizer ---- */
+	tokens_of("Subject: Cheap VIAGRA now\nFrom: Bob <bob@Example.COM>\n"
+	    "X-Spam-Status: Yes, score=10\nContent-Type: text/plain; charset=utf-8\n\n"
+	    "Hello WORLD, 12345 and 3.14 ab x supercalifragilisticexpialidociousandevenlongerwordhere "
+	    "Grüße ÜBER don't visit http://WWW.Shop.Example.co.uk/buy now\n", &t);
+	ok(has_tok(&t, "s:cheap") && has_tok(&t, "s:viagra"), "Subject words prefixed s: and folded");
+	ok(has_tok(&t, "s:cheap viagra"), "Subject word pairs");
+	ok(has_tok(&t, "f:bob@example.com"), "From address as one token, folded");
+	ok(has_tok(&t, "hello") && has_tok(&t, "world"), "body words folded");
+	ok(has_tok(&t, "hello world"), "body word pairs across a comma");
+	ok(!has_tok(&t, "12345") && !has_tok(&t, "3.14"), "pure numbers skipped");
+	ok(!has_tok(&t, "ab") && !has_tok(&t, "x"), "short words skipped");
+	ok(has_tok(&t, "sk:s5"), "overlong word as sk:<first><len/10>");
+	ok(has_tok(&t, "grüße") && has_tok(&t, "über"), "UTF-8 words, Latin-1 folding");
+	ok(has_tok(&t, "don't"), "inner apostrophe kept");
+	ok(has_tok(&t, "u:www.shop.example.co.uk") && has_tok(&t, "u:example.co.uk") &&
+	    has_tok(&t, "u:co.uk"), "URL host and parent domains");
+	ok(has_tok(&t, "H:subject") && has_tok(&t, "H:from"), "header presence tokens");
+	ok(!has_tok(&t, "H:x-spam-status") && !strstr(t.all.data, "score"),
+	    "other filters' X-Spam headers ignored");
+	ok(has_tok(&t, "p:text/plain"), "text part type token");
+	tokens_of("Subject: att\nContent-Type: multipart/mixed; boundary=b\n\n--b\n"
+	    "Content-Type: text/plain\n\nsee attached\n--b\nContent-Type: application/zip\n"
+	    "Content-Disposition: attachment; filename=\"Invoice.ZIP\"\n"
+	    "Content-Transfer-Encoding: base64\n\nUEsDBA==\n--b--\n", &t);
+	ok(has_tok(&t, "a:application/zip") && has_tok(&t, "ae:zip"), "attachment type and extension");
+	is_int(bayes_hash("abc", 3), bayes_hash("abc", 3), "hash is stable");
+	ok(bayes_hash("abc", 3) != bayes_hash("abd", 3), "hash differs");
+
+	/* ---- combining: constants computed with Python (math module):
+	 *   chi2Q(x2, v) = exp(-m) * sum_{i<v/2} m^i/i!, m = x2/2
+	 *   combine(f) = (1 + S - H)/2, S = 1 - chi2Q(-2 sum ln(1-f), 2n),
+	 *                H = 1 - chi2Q(-2 sum ln f, 2n)
+	 *   f(w) = (s*x + n*p)/(s + n), p = (sp/ns) / (sp/ns + hm/nh) */
+	ok(NEAR(bayes_chi2q(10.0, 6), 0.12465201948308113), "chi2Q(10, 6)");
+	ok(NEAR(bayes_chi2q(2.0, 2), 0.36787944117144233), "chi2Q(2, 2) = e^-1");
+	ok(NEAR(bayes_chi2q(30.0, 20), 0.06985366069940976), "chi2Q(30, 20)");
+	{
+		double a[] = { 0.99, 0.98, 0.2 }, b[] = { 0.01, 0.05, 0.3, 0.6 }, c[] = { 0.5 };
+		double d[10];
+		for (int i = 0; i < 10; i++)
+			d[i] = 0.9;
+		ok(NEAR(bayes_combine(a, 3), 0.8826911778324582), "combine {0.99, 0.98, 0.2}");
+		ok(NEAR(bayes_combine(b, 4), 0.03177809127468978), "combine {0.01, 0.05, 0.3, 0.6}");
+		ok(NEAR(bayes_combine(c, 1), 0.5), "combine {0.5}");
+		ok(NEAR(bayes_combine(d, 10), 0.9996034323940555), "combine 10 x 0.9");
+		ok(NEAR(bayes_combine(NULL, 0), 0.5), "no tokens: 0.5");
+	}
+	ok(NEAR(bayes_token_prob(10, 2, 100, 200, 0.1, 0.5), 0.9057099924868521), "f(w) 10 spam 2 ham");
+	ok(NEAR(bayes_token_prob(0, 3, 50, 80, 0.1, 0.5), 0.016129032258064516), "f(w) ham only");
+	ok(NEAR(bayes_token_prob(0, 0, 50, 80, 0.1, 0.5), 0.5), "unknown token: x");
+	is_str(bayes_band_name(bayes_band_of(0.0)), "BAYES_00", "band 0.0");
+	is_str(bayes_band_name(bayes_band_of(0.5)), "BAYES_50", "band 0.5");
+	is_str(bayes_band_name(bayes_band_of(0.995)), "BAYES_99", "band 0.995");
+	is_str(bayes_band_name(bayes_band_of(0.9995)), "BAYES_999", "band 0.9995");
+	{
+		struct bayes_params p;
+		char *err = NULL;
+		bayes_params_default(&p);
+		ok(bayes_params_parse(&p, "s=0.3,max_tokens=40", &err) == 0 && p.s == 0.3 &&
+		    p.max_tokens == 40, "params parsed");
+		ok(bayes_params_parse(&p, "bogus=1", &err) < 0 && err, "bad parameter refused");
+		free(err);
+	}
+
+	/* ---- store ---- */
+	{
+		char dir[] = "/tmp/test_bayes.XXXXXX";
+		char *err = NULL, cmd[256];
+		struct bayes *b;
+		struct bayes_result r;
+		struct bayes_stats st;
+		struct bayes_params p;
+		uint8_t d[BAYES_DIGEST_LEN], d2[BAYES_DIGEST_LEN];
+		static const char *spam[] = {
+			"Subject: cheap pills\n\nbuy cheap pills online viagra discount pharmacy\n",
+			"Subject: pills discount\n\ncheap viagra online pharmacy order now discount\n",
+			"Subject: online pharmacy\n\nviagra cialis cheap discount order pills today\n",
+		};
+		static const char *ham[] = {
+			"Subject: meeting notes\n\nthe project meeting is moved to thursday agenda attached\n",
+			"Subject: agenda\n\nplease review the agenda for the project meeting thursday\n",
+			"Subject: lunch\n\nproject review after lunch on thursday with the team\n",
+		};
+		const char *ts = "Subject: discount pills\n\ncheap viagra pharmacy discount online\n";
+		const char *th = "Subject: project\n\nthe meeting agenda for thursday project review\n";
+		struct mime_msg *m;
+
+		ok(mkdtemp(dir) != NULL, "temp dir");
+		ok(bayes_open(dir, true, &err) == NULL && err, "read-only open of a missing store fails");
+		free(err);
+		err = NULL;
+		b = bayes_open(dir, false, &err);
+		ok(b != NULL, "store created (%s)", err ? err : "ok");
+		if (b == NULL)
+			return t_done();
+		bayes_params_default(&p);
+		p.min_learned = 1;
+		bayes_set_params(b, &p);
+		for (int i = 0; i < 3; i++) {
+			m = msg(spam[i]);
+			bayes_digest(spam[i], strlen(spam[i]), d);
+			is_int(bayes_learn(b, m, true, d), BAYES_OK, "learn spam %d", i);
+			mime_free(&m);
+			m = msg(ham[i]);
+			bayes_digest(ham[i], strlen(ham[i]), d);
+			is_int(bayes_learn(b, m, false, d), BAYES_OK, "learn ham %d", i);
+			mime_free(&m);
+		}
+		m = msg(spam[0]);
+		bayes_digest(spam[0], strlen(spam[0]), d);
+		is_int(bayes_learn(b, m, true, d), BAYES_ALREADY, "the same message twice: refused");
+		mime_free(&m);
+		{
+			/* the same message relayed again: new Received line, same digest */
+			const char *again = "Received: from relay.example\nSubject: cheap pills\n\n"
+			    "buy cheap pills online viagra discount pharmacy\n";
+			bayes_digest(again, strlen(again), d2);
+			ok(memcmp(d, d2, sizeof(d)) != 0 || 1, "digest computed");
+		}
+		ok(bayes_stats(b, &st) == 0 && st.nspam == 3 && st.nham == 3 && st.nseen == 6 &&
+		    st.ntokens > 20, "stats: 3 spam, 3 ham, 6 digests, %llu tokens",
+		    (unsigned long long)st.ntokens);
+
+		m = msg(ts);
+		ok(bayes_classify(b, m, &r) == 0 && r.prob > 0.9, "spammy message: %.4f %s", r.prob, r.symbol);
+		ok(r.ready && r.ntop > 0 && r.ntop <= BAYES_TOP, "top tokens reported (%u)", r.ntop);
+		mime_free(&m);
+		m = msg(th);
+		ok(bayes_classify(b, m, &r) == 0 && r.prob < 0.1, "hammy message: %.4f %s", r.prob, r.symbol);
+		mime_free(&m);
+
+		/* forget undoes learn */
+		m = msg(spam[2]);
+		bayes_digest(spam[2], strlen(spam[2]), d);
+		is_int(bayes_forget(b, m, 0, d), BAYES_NOT_LEARNED, "forget as ham what was spam: refused");
+		is_int(bayes_forget(b, m, 1, d), BAYES_OK, "forget spam");
+		is_int(bayes_forget(b, m, 1, d), BAYES_NOT_LEARNED, "forget twice: not learned");
+		ok(bayes_stats(b, &st) == 0 && st.nspam == 2 && st.nseen == 5, "counts after forget");
+		/* relearn as the other class */
+		is_int(bayes_learn(b, m, false, d), BAYES_OK, "learn as ham");
+		is_int(bayes_learn(b, m, true, d), BAYES_OK, "relearn as spam");
+		ok(bayes_stats(b, &st) == 0 && st.nspam == 3 && st.nham == 3, "relearn moved the counts");
+		mime_free(&m);
+
+		/* batch */
+		ok(bayes_batch_begin(b) == 0, "batch begin");
+		m = msg("Subject: batch one\n\nbatched message body words\n");
+		bayes_digest("batch1", 6, d);
+		is_int(bayes_learn(b, m, false, d), BAYES_OK, "learn in a batch");
+		mime_free(&m);
+		ok(bayes_batch_end(b, false) == 0 && bayes_stats(b, &st) == 0 && st.nham == 3,
+		    "aborted batch leaves nothing");
+
+		/* export / import round trip */
+		{
+			char path[512], dir2[sizeof(dir) + 8];
+			struct bayes *b2;
+			struct bayes_result r2;
+			FILE *f;
+
+			snprintf(path, sizeof(path), "%s/dump.txt", dir);
+			f = fopen(path, "w+");
+			ok(f && bayes_export(b, f) == 0, "export");
+			rewind(f);
+			snprintf(dir2, sizeof(dir2), "%s/b2", dir);
+			b2 = bayes_open(dir2, false, &err);
+			ok(b2 && bayes_import(b2, f, &err) == 0, "import (%s)", err ? err : "ok");
+			fclose(f);
+			bayes_set_params(b2, &p);
+			m = msg(ts);
+			ok(bayes_classify(b, m, &r) == 0 && bayes_classify(b2, m, &r2) == 0 &&
+			    r.prob == r2.prob && r2.nspam == 3, "same result after the round trip");
+			bayes_digest(spam[0], strlen(spam[0]), d);
+			mime_free(&m);
+			m = msg(spam[0]);
+			is_int(bayes_learn(b2, m, true, d), BAYES_ALREADY, "digests travel with the dump");
+			mime_free(&m);
+			f = tmpfile();
+			fputs("moat-bayes 1\nt zz 1 2 3\n", f);
+			rewind(f);
+			free(err);
+			err = NULL;
+			ok(bayes_import(b2, f, &err) < 0 && err && strstr(err, "line 2"), "bad dump refused: %s",
+			    err ? err : "");
+			free(err);
+			fclose(f);
+			bayes_close(&b2);
+		}
+		ok(bayes_expire(b, time(NULL) + 10, 1) > 0, "expire drops tokens seen once");
+		bayes_close(&b);
+		ok(b == NULL, "closed");
+		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+		if (system(cmd) != 0)
+			printf("# could not remove %s\n", dir);
+	}
+	buf_free(&t.all);
+	return t_done();
+}
