@@ -18,7 +18,7 @@
 set -eu
 
 BUILD_PKGS="autoconf automake libtool pkg-config gcc make libc6-dev
-  libevent-dev libsqlite3-dev libcrypt-dev libssl-dev"
+  libevent-dev libsqlite3-dev libcrypt-dev libssl-dev libgmime-3.0-dev liblmdb-dev"
 RUN_PKGS="$BUILD_PKGS swaks"
 TEST_PKGS="$BUILD_PKGS python3 postfix swaks clang libclang-rt-14-dev
   man-db groff-base procps iproute2"
