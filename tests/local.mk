@@ -71,3 +71,5 @@ check_PROGRAMS += tests/unit/test_mime tests/unit/test_bayes
 tests_unit_test_mime_LDADD = $(MOAT_LIBS)
 tests_unit_test_bayes_LDADD = $(MOAT_LIBS)
 TESTS += tests/unit/test_mime tests/unit/test_bayes
+TESTS += tests/integration/test_bayes_cli.py
+EXTRA_DIST += tests/integration/test_bayes_cli.py
