@@ -27,7 +27,6 @@
 
 #include <errno.h>
 #include <limits.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,72 +35,16 @@
 #define LOCAL_CHUNK     (64 * 1024)
 
 /*
- * One users handle per pool thread, opened on first use, reopened if the
- * state-dir changes, closed by the key destructor when the thread exits.
+ * One users handle per pool thread (users_thread_handle: opened on first
+ * use, reopened if the state-dir changes, closed when the thread exits).
  */
-struct local_tls {
-	struct users *users;
-	char    path[PATH_MAX];
-};
-
-static pthread_key_t local_key;
-static pthread_once_t local_key_once = PTHREAD_ONCE_INIT;
-
-static void
-local_tls_free(void *p)
-{
-	struct local_tls *t = p;
-
-	users_close(t->users);
-	free(t);
-}
-
-static void
-local_key_init(void)
-{
-	if (pthread_key_create(&local_key, local_tls_free) != 0)
-		fatalx("local: pthread_key_create failed");
-}
-
-static struct local_tls *
-local_tls(void)
-{
-	struct local_tls *t;
-
-	pthread_once(&local_key_once, local_key_init);
-	if ((t = pthread_getspecific(local_key)) == NULL) {
-		t = xcalloc(1, sizeof(*t));
-		if (pthread_setspecific(local_key, t) != 0)
-			fatalx("local: pthread_setspecific failed");
-	}
-	return t;
-}
-
 static struct users *
 local_users_handle(const struct moat_conf *c, char **err)
 {
-	struct local_tls *t = local_tls();
 	char path[PATH_MAX];
 
 	conf_path(c, "moat.db", path, sizeof(path));
-	if (t->users && strcmp(path, t->path) == 0)
-		return t->users;
-	users_close(t->users);
-	t->users = NULL;
-	t->path[0] = '\0';
-	if ((t->users = users_open(path, false, err)) != NULL)
-		moat_strlcpy(t->path, path, sizeof(t->path));
-	return t->users;
-}
-
-static void
-local_drop_handle(void)
-{
-	struct local_tls *t = local_tls();
-
-	users_close(t->users);
-	t->users = NULL;
-	t->path[0] = '\0';
+	return users_thread_handle(path, err);
 }
 
 /* the reply for a failed write/fsync: always temporary */
@@ -168,7 +111,7 @@ local_deliver(const struct moat_conf *c, const char *rcpt, int fd, off_t off, of
 		return LOCAL_TEMPFAIL;
 	}
 	if (u && (r = users_exists(u, canon, NULL)) < 0) {
-		local_drop_handle();
+		users_thread_drop();
 		buf_printf(reply, "451 4.3.0 <%s>: users database lookup failed", canon);
 		return LOCAL_TEMPFAIL;
 	}
