@@ -13,7 +13,9 @@
  * Time is passed in by the caller (seconds; tests use a fake clock).
  * Single-threaded: use it from the event loop, never from pool threads.
  * Callers should key IPv6 clients by prefix (/64), or one host owns
- * millions of keys.
+ * millions of keys.  Eviction forgets the least recently touched key,
+ * which may be a refused IP of the login throttle: size max_keys above the
+ * number of distinct clients expected within a window.
  */
 #ifndef MOAT_RATELIMIT_H
 #define MOAT_RATELIMIT_H

@@ -567,21 +567,24 @@ sasl_scram_first(struct sasl_server *sv, const struct sasl_userdb *db, char *msg
 		return SASL_TEMPFAIL;
 	}
 	sv->scram_real = r == 1 && sec.has_scram;
+	/*
+	 * A stable fake for unknown users, so asking twice does not tell
+	 * made-up from real; computed for everybody so the time is the same.
+	 */
+	sasl_dummy("salt", name, d);
+	sasl_dummy("stored", name, sv->stored_key);
+	sasl_dummy("server", name, sv->server_key);
+	saltlen = USERS_SCRAM_SALT_LEN;
+	memcpy(salt, d, saltlen);
+	iter = USERS_SCRAM_ITER;
 	if (sv->scram_real) {
 		saltlen = sec.scram_saltlen;
 		memcpy(salt, sec.scram_salt, saltlen);
 		iter = sec.scram_iter;
 		memcpy(sv->stored_key, sec.scram_stored_key, sizeof(sv->stored_key));
 		memcpy(sv->server_key, sec.scram_server_key, sizeof(sv->server_key));
-	} else {
-		/* a stable fake, so asking twice does not tell made-up from real */
-		sasl_dummy("salt", name, d);
-		saltlen = USERS_SCRAM_SALT_LEN;
-		memcpy(salt, d, saltlen);
-		iter = USERS_SCRAM_ITER;
-		sasl_dummy("stored", name, sv->stored_key);
-		sasl_dummy("server", name, sv->server_key);
 	}
+	OPENSSL_cleanse(d, sizeof(d));
 	users_secrets_clear(&sec);
 
 	if (sv->nonce[0] != '\0')

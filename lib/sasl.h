@@ -47,7 +47,9 @@
  * or has the secret the mechanism needs (PLAIN/LOGIN: one crypt(3) hash
  * either way, see users_verify; CRAM-MD5/SCRAM: the same HMACs over dummy
  * secrets, and SCRAM hands an unknown user a stable fake salt so repeated
- * attempts do not reveal that it is made up).  Users without stored
+ * attempts do not reveal that it is made up; the fake salt derives from
+ * a per-process random key, so it changes when moatd restarts while real
+ * salts do not -- an observer across restarts could tell).  Users without stored
  * challenge secrets (created before they existed) fail CRAM-MD5 and SCRAM.
  *
  * Threads: sasl_server_step is BLOCKING (crypt(3) for PLAIN/LOGIN, SQLite
