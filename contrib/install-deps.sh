@@ -6,7 +6,8 @@
 #   contrib/install-deps.sh run     that, plus swaks to try moatd out
 #   contrib/install-deps.sh test    that, plus what `make check` and the
 #                                   benchmark use (postfix for smtp-source and
-#                                   smtp-sink, swaks, clang for the fuzzers)
+#                                   smtp-sink, swaks, openssl, fetchmail,
+#                                   mbsync, clang for the fuzzers)
 #
 # Runs apt-get as root, or through sudo.  When every package is already
 # installed it does nothing (unless CI=true, where it always runs
@@ -20,8 +21,10 @@ set -eu
 BUILD_PKGS="autoconf automake libtool pkg-config gcc make libc6-dev
   libevent-dev libsqlite3-dev libcrypt-dev libssl-dev libgmime-3.0-dev liblmdb-dev"
 RUN_PKGS="$BUILD_PKGS swaks"
+# the integration tests also drive real clients: openssl (test
+# certificates), fetchmail (POP3), mbsync from isync (IMAP)
 TEST_PKGS="$BUILD_PKGS python3 postfix swaks clang libclang-rt-14-dev
-  man-db groff-base procps iproute2"
+  man-db groff-base procps iproute2 openssl ca-certificates fetchmail isync"
 
 case "${1:-build}" in
 build) PKGS=$BUILD_PKGS ;;
