@@ -295,6 +295,18 @@ smtp_valid_xtext(const char *s, size_t len)
 	return true;
 }
 
+/* RFC 6533 utf-8-addr-xtext: printable ASCII but '+' and '=', or UTF-8 */
+static bool
+valid_utf8_xtext(const char *s, size_t len)
+{
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c < 0x80 && (c < 0x21 || c > 0x7e || c == '+' || c == '='))
+			return false;
+	}
+	return valid_utf8(s, len);
+}
+
 /* iterate "KEY[=VALUE]" parameters separated by blanks */
 struct param {
 	const char *key;
@@ -513,7 +525,7 @@ smtp_parse_rcpt(const char *arg, size_t len, bool utf8_ok, char *addr, size_t ad
 				if (!is_atext((unsigned char)*t, false))
 					goto bad;
 			if (!smtp_valid_xtext(semi + 1, pr.vallen - (size_t)(semi + 1 - pr.val)) &&
-			    !(utf8_ok && valid_utf8(semi + 1, pr.vallen - (size_t)(semi + 1 - pr.val))))
+			    !(utf8_ok && valid_utf8_xtext(semi + 1, pr.vallen - (size_t)(semi + 1 - pr.val))))
 				goto bad;
 			memcpy(rp->orcpt, pr.val, pr.vallen);
 			rp->orcpt[pr.vallen] = '\0';

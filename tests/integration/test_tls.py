@@ -47,7 +47,7 @@ with Sink() as sink:
     m = Moat(domains={"relay.test": "relay smtp://127.0.0.1:%d" % sink.port}, start=False)
     crt, key = make_cert(m.tmp, "mx.moat.test")
     port_s = free_port()
-    m.write_conf(extra="tls certificate %s key %s\nlisten smtps 127.0.0.1:%d\n" % (crt, key, port_s))
+    m.write_conf(extra="tls certificate %s key %s\nlisten smtps 127.0.0.1:%d auth=none\n" % (crt, key, port_s))
     with m:
         m.start()
         t.ok(wait_port(port_s), "smtps listener is up")
@@ -135,7 +135,7 @@ with Sink() as sink:
         recv_reply(old)
         t.ok("mx.moat.test" in peer_cn(old), "first certificate served")
         crt2, key2 = make_cert(m.tmp, "new.moat.test")
-        m.write_conf(extra="tls certificate %s key %s\nlisten smtps 127.0.0.1:%d\n" % (crt2, key2, port_s))
+        m.write_conf(extra="tls certificate %s key %s\nlisten smtps 127.0.0.1:%d auth=none\n" % (crt2, key2, port_s))
         os.kill(m.proc.pid, signal.SIGHUP)
         t.ok(m.wait_log(r"master event=reloaded") is not None, "reloaded with a new certificate")
         time.sleep(0.3)
@@ -154,7 +154,7 @@ with Sink() as sink:
     crt, key = make_cert(cdir, "mx.moat.test")
     bad = os.path.join(cdir, "bad.conf")
     with open(bad, "w") as f:
-        f.write("state-dir %s/s\nlisten smtps 127.0.0.1:%d\n" % (cdir, free_port()))
+        f.write("state-dir %s/s\nlisten smtps 127.0.0.1:%d auth=none\n" % (cdir, free_port()))
     r = subprocess.run([MOATD, "-n", "-c", bad], capture_output=True, text=True)
     t.ok(r.returncode != 0 and re.search(r"bad\.conf:2: listen smtps .* needs TLS", r.stderr),
          "smtps without a certificate: FILE:LINE error", r.stderr)

@@ -147,6 +147,9 @@ main(void)
 	ok(rcpt("TO:<x@e.net> NOTIFY=NEVER,SUCCESS", false, a, &rp, &rep) < 0, "NEVER combined refused");
 	ok(rcpt("TO:<x@e.net> NOTIFY=SUCCESS,", false, a, &rp, &rep) < 0, "trailing comma refused");
 	ok(rcpt("TO:<x@e.net> ORCPT=x@e.net", false, a, &rp, &rep) < 0, "ORCPT without type refused");
+	ok(rcpt("TO:<x@e.net> ORCPT=utf-8;j\xc3\xb6rg@e.net", true, a, &rp, &rep) == 0, "UTF-8 ORCPT with SMTPUTF8");
+	ok(rcpt("TO:<x@e.net> ORCPT=utf-8;ab\x01" "c", true, a, &rp, &rep) < 0, "ORCPT with a control char refused");
+	ok(rcpt("TO:<x@e.net> ORCPT=utf-8;ab\x7f" "c", true, a, &rp, &rep) < 0, "ORCPT with DEL refused");
 	ok(rcpt("TO:<x@e.net> NOTIFY=DELAY NOTIFY=DELAY", false, a, &rp, &rep) < 0, "duplicate NOTIFY");
 	ok(rcpt("TO:<user%other.example@e.net>", false, a, &rp, &rep) == 0 && !strcmp(smtp_addr_domain(a), "e.net"),
 	    "percent hack: the domain is the part after the last @");
