@@ -24,7 +24,7 @@ RUN_PKGS="$BUILD_PKGS swaks"
 # the integration tests also drive real clients: openssl (test
 # certificates), fetchmail (POP3), mbsync from isync (IMAP)
 TEST_PKGS="$BUILD_PKGS python3 postfix swaks clang libclang-rt-14-dev
-  man-db groff-base procps iproute2 openssl ca-certificates fetchmail isync"
+  man-db groff-base procps iproute2 openssl ca-certificates fetchmail isync testssl.sh"
 
 case "${1:-build}" in
 build) PKGS=$BUILD_PKGS ;;

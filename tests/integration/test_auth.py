@@ -245,4 +245,36 @@ with Sink() as smarthost:
         s = smtplib.SMTP("127.0.0.1", m.port, timeout=10)
         t.eq(s.noop()[0], 250, "the daemon stays responsive")
         s.quit()
+
+# the admin's choices: plaintext AUTH allowed, client hidden, connection rate
+with Sink() as smarthost:
+    psub = free_port()
+    with Moat(domains={"example.test": "store"}, extra="\n".join([
+            "listen submission 127.0.0.1:%d" % psub,
+            "relay-authenticated smtp://127.0.0.1:%d" % smarthost.port,
+            "auth-allow-plaintext yes", "submission-hide-client yes",
+            "smtp-limit-exempt none", "ratelimit connections 3/4s per ip"])) as m:
+        m.cli("user", "add", USER, input=PW + "\n", check=True)
+        t.ok(wait_port(psub), "second instance up")
+        s = sub(psub, tls=False, src="127.0.0.20")
+        t.ok("PLAIN" in s.esmtp_features.get("auth", "").split(),
+             "auth-allow-plaintext yes: PLAIN offered without TLS")
+        s.login(USER, PW)
+        s.sendmail(USER, ["x@remote.example"], b"Subject: hidden\r\n\r\nx\r\n")
+        s.quit()
+        t.ok(smarthost.wait_messages(1, 30), "delivered via the smarthost")
+        with smarthost.lock:
+            msg = smarthost.messages[0]["data"].decode()
+        rcv = msg.split("\r\n\r\n")[0]
+        t.ok("127.0.0.20" not in rcv and "client.test" not in rcv and "Received: by " in rcv,
+             "submission-hide-client: no client IP or HELO in Received", rcv[:300])
+        codes = []
+        for i in range(4):
+            c = socket.create_connection(("127.0.0.1", m.port), timeout=10, source_address=("127.0.0.21", 0))
+            codes.append(c.recv(200)[:3])
+            c.close()
+        t.eq(codes, [b"220", b"220", b"220", b"421"], "ratelimit connections 3/4s per ip: the 4th gets 421")
+        c = socket.create_connection(("127.0.0.1", m.port), timeout=10, source_address=("127.0.0.22", 0))
+        t.eq(c.recv(200)[:3], b"220", "another IP still connects")
+        c.close()
 t.done()

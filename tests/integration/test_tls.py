@@ -46,8 +46,10 @@ def peer_cn(sock):
 with Sink() as sink:
     m = Moat(domains={"relay.test": "relay smtp://127.0.0.1:%d" % sink.port}, start=False)
     crt, key = make_cert(m.tmp, "mx.moat.test")
+    sni_crt, sni_key = make_cert(m.tmp, "mail.other.test")
     port_s = free_port()
-    m.write_conf(extra="tls certificate %s key %s\nlisten smtps 127.0.0.1:%d auth=none\n" % (crt, key, port_s))
+    m.write_conf(extra="tls certificate %s key %s\ntls certificate %s key %s\n"
+                 "listen smtps 127.0.0.1:%d auth=none\n" % (crt, key, sni_crt, sni_key, port_s))
     with m:
         m.start()
         t.ok(wait_port(port_s), "smtps listener is up")
@@ -83,6 +85,28 @@ with Sink() as sink:
         s.sendmail("a@b.example", ["x@relay.test"], b"Subject: smtps\r\n\r\nx\r\n")
         s.quit()
         t.ok(sink.wait_messages(2, 30), "message over smtps delivered")
+
+        # SNI picks the certificate; unknown names get the default
+        w = client_ctx().wrap_socket(socket.create_connection(("127.0.0.1", port_s), timeout=10),
+                                     server_hostname="mail.other.test")
+        t.ok("mail.other.test" in peer_cn(w), "SNI mail.other.test gets its own certificate")
+        w.close()
+        w = client_ctx().wrap_socket(socket.create_connection(("127.0.0.1", port_s), timeout=10),
+                                     server_hostname="unknown.example")
+        t.ok("mx.moat.test" in peer_cn(w), "an unknown SNI name gets the default certificate")
+        w.close()
+
+        # session resumption (TLS 1.2 session ids/tickets)
+        rc = client_ctx(maximum_version=ssl.TLSVersion.TLSv1_2)
+        w = rc.wrap_socket(socket.create_connection(("127.0.0.1", port_s), timeout=10))
+        recv_reply(w)
+        sess = w.session
+        w.sendall(b"QUIT\r\n")
+        recv_reply(w)
+        w.close()
+        w = rc.wrap_socket(socket.create_connection(("127.0.0.1", port_s), timeout=10), session=sess)
+        t.ok(w.session_reused, "TLS session resumption works")
+        w.close()
 
         # STARTTLS command injection: bytes pipelined after STARTTLS are dropped
         raw = socket.create_connection(("127.0.0.1", m.port), timeout=10)
