@@ -21,6 +21,7 @@
 #include "buf.h"
 #include "conf.h"
 #include "log.h"
+#include "net.h"
 #include "pool.h"
 #include "queue.h"
 #include "ratelimit.h"
@@ -62,7 +63,7 @@ enum sstate {
 #define ST(s) (1u << (s))
 
 struct session {
-	char    sid[17];
+	char    sid[NET_SID_SIZE];
 	struct bufferevent *bev;
 	const struct listen_conf *listen;
 	struct sockaddr_storage ss;
@@ -1376,31 +1377,13 @@ on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, i
 {
 	const struct listen_conf *l = arg;
 	struct session *s;
-	unsigned char rnd[8];
-	static const char hex[] = "0123456789abcdef";
 	int one = 1;
 
 	s = xcalloc(1, sizeof(*s));
-	random_bytes(rnd, sizeof(rnd));
-	for (int i = 0; i < 8; i++) {
-		s->sid[i * 2] = hex[rnd[i] >> 4];
-		s->sid[i * 2 + 1] = hex[rnd[i] & 15];
-	}
+	net_sid(s->sid);
 	s->listen = l;
 	memcpy(&s->ss, sa, MIN((size_t)salen, sizeof(s->ss)));
-	if (sa->sa_family == AF_INET) {
-		inet_ntop(AF_INET, &((struct sockaddr_in *)sa)->sin_addr, s->ip, sizeof(s->ip));
-		s->port = ntohs(((struct sockaddr_in *)sa)->sin_port);
-	} else if (sa->sa_family == AF_INET6) {
-		struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)sa;
-		static const unsigned char mapped[12] = { 0,0,0,0,0,0,0,0,0,0,0xff,0xff };
-		if (!memcmp(&s6->sin6_addr, mapped, 12))
-			inet_ntop(AF_INET, (char *)&s6->sin6_addr + 12, s->ip, sizeof(s->ip));
-		else
-			inet_ntop(AF_INET6, &s6->sin6_addr, s->ip, sizeof(s->ip));
-		s->port = ntohs(s6->sin6_port);
-	} else
-		moat_strlcpy(s->ip, "unknown", sizeof(s->ip));
+	net_peer(sa, s->ip, sizeof(s->ip), &s->port);
 	s->started_ms = now_ms();
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	if (l->tls == TLS_IMPLICIT && W->tls) {
@@ -1457,23 +1440,13 @@ on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, i
 	set_timeout(s);
 }
 
-static void
-on_accept_error(struct evconnlistener *lis, void *arg)
-{
-	/* EMFILE and friends: log, back off by disabling briefly */
-	log_warn("smtp: accept");
-}
-
 int
 smtp_listen(const struct listen_conf *l)
 {
-	struct evconnlistener *lis;
+	struct evconnlistener *lis = net_listen(W->base, l->fd, on_accept, (void *)l, "smtp");
 
-	lis = evconnlistener_new(W->base, on_accept, (void *)l,
-	    LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_REUSEABLE, -1, l->fd);
 	if (lis == NULL)
 		return -1;
-	evconnlistener_set_error_cb(lis, on_accept_error);
 	listeners = xreallocarray(listeners, nlisteners + 1, sizeof(*listeners));
 	listeners[nlisteners++] = lis;
 	return 0;

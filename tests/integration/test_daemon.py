@@ -126,6 +126,36 @@ with Moat(domains={"relay.test": "relay smtp://127.0.0.1:9"},
     t.ok(m.wait_log(r"event=reject-connection ip=127\.0\.0\.1 reason=access-list") is not None,
          "refusal logged")
 
+# out of file descriptors: the listener pauses instead of spinning, then recovers
+import resource
+m = Moat(domains={"relay.test": "relay smtp://127.0.0.1:9"}, start=False)
+with m:
+    def lowfd():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+    m.logf = open(m.logpath, "ab")
+    m.proc = subprocess.Popen([MOATD, "-f", "-c", m.conf], stdout=m.logf, stderr=subprocess.STDOUT,
+                              preexec_fn=lowfd)
+    t.ok(wait_port(m.port), "moatd up with 64 file descriptors")
+    held = []
+    for i in range(150):
+        try:
+            held.append(socket.create_connection(("127.0.0.1", m.port), timeout=2))
+        except OSError:
+            break
+    time.sleep(1)
+    w = children(m.proc.pid)
+    ticks = lambda p: sum(int(x) for x in open("/proc/%d/stat" % p).read().rsplit(")", 1)[1].split()[11:13])
+    before = ticks(w[0])
+    time.sleep(2)
+    used = ticks(w[0]) - before
+    t.ok(used < 50, "descriptors exhausted: the worker does not spin (%d ticks in 2 s)" % used)
+    t.ok(m.wait_log(r"smtp: accept: .*not accepting for 1 s") is not None, "the pause is logged")
+    for c in held:
+        c.close()
+    time.sleep(1.5)
+    code, _ = send(m.port)
+    t.eq(code, 250, "after the connections close, mail is accepted again")
+
 # crash leftovers: incoming/ is cleaned, an incomplete queue file is set aside
 with Moat(domains={"relay.test": "relay smtp://127.0.0.1:9"}, start=False) as m:
     for d in ("incoming", "queue"):
