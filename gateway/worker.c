@@ -11,6 +11,7 @@
 #include "control.h"
 #include "log.h"
 #include "pool.h"
+#include "imap.h"
 #include "pop3.h"
 #include "queue.h"
 #include "ratelimit.h"
@@ -174,6 +175,8 @@ worker_main(const struct moat_conf *c, struct tls_server *tls)
 		if (smtp && l->fd >= 0 && smtp_listen(l) < 0)
 			fatalx("worker: cannot listen on %s", l->spec);
 		if ((l->kind == LISTEN_POP3 || l->kind == LISTEN_POP3S) && l->fd >= 0 && pop3_listen(l) < 0)
+			fatalx("worker: cannot listen on %s", l->spec);
+		if ((l->kind == LISTEN_IMAP || l->kind == LISTEN_IMAPS) && l->fd >= 0 && imap_listen(l) < 0)
 			fatalx("worker: cannot listen on %s", l->spec);
 	}
 	if (control_start() < 0)

@@ -3,4 +3,5 @@
 # too (this fragment is included before gateway/local.mk defines
 # moatd_SOURCES); only moatd references them, so only moatd links them.
 libmoat_a_SOURCES += store/mailbox.c store/mailbox.h \
-	store/pop3.c store/pop3.h
+	store/pop3.c store/pop3.h \
+	store/imap.c store/imap.h store/imap_parse.c store/imap_parse.h

@@ -62,6 +62,8 @@ EXTRA_DIST += tests/integration/test_relay.py tests/integration/test_queue_cli.p
 TESTS += tests/integration/test_smtp.py tests/integration/test_hostile.py tests/integration/test_durability.py
 EXTRA_DIST += tests/integration/test_smtp.py tests/integration/test_hostile.py tests/integration/test_durability.py
 EXTRA_DIST += tests/corpus
+TESTS += tests/integration/test_imap.py
+EXTRA_DIST += tests/integration/test_imap.py
 # POP3 and IMAP servers over the built-in store
 TESTS += tests/integration/test_pop3.py
 EXTRA_DIST += tests/integration/test_pop3.py

@@ -38,8 +38,8 @@ MSG = ("From: Sender <sender@remote.test>\r\n"
 def make_cert(d):
     key, crt = os.path.join(d, "key.pem"), os.path.join(d, "crt.pem")
     r = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
-                        "-out", crt, "-days", "2", "-subj", "/CN=mx.moat.test",
-                        "-addext", "subjectAltName=DNS:mx.moat.test"], capture_output=True)
+                        "-out", crt, "-days", "2", "-subj", "/CN=localhost",
+                        "-addext", "subjectAltName=DNS:localhost,DNS:mx.moat.test,IP:127.0.0.1"], capture_output=True)
     return (crt, key) if r.returncode == 0 else None
 
 
@@ -258,7 +258,7 @@ with Moat(start=False) as m:
         rc = os.path.join(m.tmp, "fetchmailrc")
         out_mbox = os.path.join(m.tmp, "fetched.mbox")
         with open(rc, "w") as f:
-            f.write("set no bouncemail\npoll 127.0.0.1 service %d protocol pop3 timeout 30\n"
+            f.write("set no bouncemail\npoll localhost service %d protocol pop3 timeout 30\n"
                     "  user 'alice@example.test' password 'alice-pw' sslproto tls1.2+ sslcertck sslcertfile '%s'\n"
                     "  mda 'cat >> %s' keep\n" % (pport2, cert[0], out_mbox))
         os.chmod(rc, 0o600)
