@@ -42,9 +42,10 @@ tests_unit_test_ratelimit_LDADD = $(MOAT_LIBS)
 TESTS += tests/unit/test_sasl tests/unit/test_ratelimit
 
 # ---- unit tests: mailbox layer, IMAP parser ----
-check_PROGRAMS += tests/unit/test_mailbox
+check_PROGRAMS += tests/unit/test_mailbox tests/unit/test_imap_parse
 tests_unit_test_mailbox_LDADD = $(MOAT_LIBS)
-TESTS += tests/unit/test_mailbox
+tests_unit_test_imap_parse_LDADD = $(MOAT_LIBS)
+TESTS += tests/unit/test_mailbox tests/unit/test_imap_parse
 
 # ---- integration tests ----
 TESTS += tests/integration/test_daemon.py tests/integration/test_tls.py tests/integration/test_relay_tls.py tests/integration/test_auth.py tests/integration/test_testssl.py
