@@ -73,10 +73,10 @@ bayes_params_default(struct bayes_params *p)
 	};
 
 	memset(p, 0, sizeof(*p));
-	p->s = 0.1;
+	p->s = 0.05;
 	p->x = 0.5;
-	p->min_dev = 0.1;
-	p->max_tokens = 150;
+	p->min_dev = 0.2;
+	p->max_tokens = 50;
 	p->min_learned = 200;
 	memcpy(p->band_score, scores, sizeof(scores));
 }

@@ -1,0 +1,359 @@
+#!/usr/bin/env python3
+"""bayes_cv.py - k-fold cross-validation of moat's Bayes against bogofilter
+and SpamAssassin's Bayes on ../shared/corpus (run by bench/bayes-bench.sh).
+
+Messages are de-duplicated by the corpus index's dup_group (one message per
+group), then each group goes to fold int(sha256("SEED:group"), 16) % K, so a
+fixed seed gives fixed splits.  For each fold every tool is trained on the
+other folds and classifies this one; the scores of all folds are pooled for
+FP rate, FN rate (at each tool's own cut-off), ROC AUC and the false
+negatives at the threshold that gives <= 0.1% false positives.
+
+  bayes_cv.py --moat BUILDDIR/moat [--tools moat,bogofilter,spamassassin]
+              [--folds 5] [--seed 1] [--sa-sample N] [--limit N] [--work DIR]
+
+--sa-sample N: SpamAssassin is trained on N random messages of each training
+set and tests N/4 of each test fold (it is slow); moat and bogofilter are
+then also reported on exactly that subsample, so all three are compared on
+the same splits.
+"""
+import argparse
+import hashlib
+import os
+import random
+import resource
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SA_RULES = "/usr/share/spamassassin"
+CORPUS = os.path.abspath(os.path.join(HERE, "..", "..", "shared", "corpus"))
+
+
+def load(limit):
+    seen, msgs = set(), []
+    for corpus in sorted(os.listdir(CORPUS)):
+        idx = os.path.join(CORPUS, corpus, "index.tsv")
+        if not os.path.exists(idx):
+            continue
+        for line in open(idx):
+            if line.startswith("#"):
+                continue
+            f = line.rstrip("\n").split("\t")
+            label, path, group = f[0], f[1], f[4]
+            if group in seen:
+                continue
+            seen.add(group)
+            msgs.append((os.path.join(CORPUS, corpus, path), label == "spam", group))
+    if limit:
+        random.Random(7).shuffle(msgs)
+        msgs = msgs[:limit]
+    return msgs
+
+
+def fold_of(seed, group, k):
+    return int(hashlib.sha256(("%s:%s" % (seed, group)).encode()).hexdigest()[:8], 16) % k
+
+
+def chunks(lst, n):
+    for i in range(0, len(lst), n):
+        yield lst[i:i + n]
+
+
+# ---- tools: train(workdir, spam_files, ham_files); classify(files) -> {file: prob}
+
+
+class Moat:
+    name = "moat"
+
+    def __init__(self, exe, work):
+        self.exe, self.work = exe, work
+        self.state = os.path.join(work, "state")
+        os.makedirs(self.state, exist_ok=True)
+        self.conf = os.path.join(work, "moat.conf")
+        with open(self.conf, "w") as f:
+            f.write("hostname bench.moat.test\nstate-dir %s\n" % self.state)
+
+    def _dir(self, name, files):
+        d = os.path.join(self.work, name)
+        os.makedirs(d, exist_ok=True)
+        for i, p in enumerate(files):
+            os.symlink(p, os.path.join(d, "%06d" % i))
+        return d
+
+    def train(self, spam, ham):
+        # interleave so neither class is learned wholly first (order does
+        # not matter to the counts, only to the batches)
+        s, h = self._dir("spam", spam), self._dir("ham", ham)
+        subprocess.run([self.exe, "-c", self.conf, "bayes", "train", "--spam", s, "--ham", h],
+                       check=True, stdout=subprocess.DEVNULL)
+
+    def classify(self, files):
+        out = {}
+        for ch in chunks(files, 500):
+            r = subprocess.run([self.exe, "-c", self.conf, "bayes", "classify"] + ch + ["/dev/null"],
+                               check=True, capture_output=True, text=True)
+            for line in r.stdout.splitlines():
+                p, prob, _ = line.rsplit(" ", 2)
+                out[p] = float(prob)
+        return out
+
+
+class Bogofilter:
+    name = "bogofilter"
+
+    def __init__(self, work):
+        self.db = os.path.join(work, "bogo")
+        os.makedirs(self.db, exist_ok=True)
+
+    def train(self, spam, ham):
+        for ch in chunks(spam, 500):
+            subprocess.run(["bogofilter", "-d", self.db, "-s", "-B"] + ch, check=True)
+        for ch in chunks(ham, 500):
+            subprocess.run(["bogofilter", "-d", self.db, "-n", "-B"] + ch, check=True)
+
+    def classify(self, files):
+        out = {}
+        rx = re.compile(r"^(.*) X-Bogosity: \w+, tests=bogofilter, spamicity=([0-9.]+)")
+        for ch in chunks(files, 500):
+            r = subprocess.run(["bogofilter", "-d", self.db, "-v", "-B"] + ch,
+                               capture_output=True, text=True)
+            for line in r.stdout.splitlines():
+                m = rx.match(line)
+                if m:
+                    out[m.group(1)] = float(m.group(2))
+        return out
+
+
+SA_PERL = r'''
+use strict; use warnings;
+use Mail::SpamAssassin;
+my ($mode, $dbdir, $cfdir) = splice(@ARGV, 0, 3);
+my $sa = Mail::SpamAssassin->new({
+    rules_filename => $cfdir, site_rules_filename => $cfdir,
+    userprefs_filename => "$cfdir/user_prefs", dont_copy_prefs => 1,
+    local_tests_only => 1,
+    post_config_text => "bayes_path $dbdir/bayes\nuse_bayes 1\nbayes_auto_learn 0\n"
+        . "bayes_min_ham_num 1\nbayes_min_spam_num 1\nuse_auto_whitelist 0\n",
+});
+$sa->init(1);
+my $n = 0;
+while (my $line = <STDIN>) {
+    chomp $line;
+    my ($cls, $file) = split / /, $line, 2;
+    open(my $fh, "<", $file) or next;
+    my @lines = <$fh>; close $fh;
+    my $mail = $sa->parse(\@lines);
+    if ($mode eq "learn") {
+        my $st = $sa->learn($mail, undef, $cls eq "s" ? 1 : 0, 0);
+        $st->finish;
+    } else {
+        my $st = $sa->check($mail);
+        my $p = $st->get_tag("BAYES");
+        print "$file $p\n";
+        $st->finish;
+    }
+    $mail->finish;
+}
+if ($mode eq "learn") { $sa->rebuild_learner_caches(); $sa->finish_learner(); }
+'''
+
+
+class SpamAssassin:
+    name = "spamassassin"
+
+    def __init__(self, work):
+        self.work = work
+        self.db = os.path.join(work, "sa-db")
+        self.cf = os.path.join(work, "sa-cf")
+        os.makedirs(self.db, exist_ok=True)
+        os.makedirs(self.cf, exist_ok=True)
+        # only the Bayes rules: the plugin, its rules and scores
+        with open(os.path.join(self.cf, "init.pre"), "w") as f:
+            f.write("loadplugin Mail::SpamAssassin::Plugin::Check\n"
+                    "loadplugin Mail::SpamAssassin::Plugin::Bayes\n")
+        # the shipped BAYES_* rules and the TLD list the parser needs
+        for cf in ("20_aux_tlds.cf", "23_bayes.cf"):
+            shutil.copy(os.path.join(SA_RULES, cf), self.cf)
+        open(os.path.join(self.cf, "user_prefs"), "w").close()
+        self.script = os.path.join(work, "sa.pl")
+        with open(self.script, "w") as f:
+            f.write(SA_PERL)
+
+    def _run(self, mode, lines):
+        return subprocess.run(["perl", self.script, mode, self.db, self.cf],
+                              input="".join(lines), capture_output=True, text=True, check=True)
+
+    def train(self, spam, ham):
+        lines = ["s %s\n" % p for p in spam] + ["h %s\n" % p for p in ham]
+        random.Random(3).shuffle(lines)
+        self._run("learn", lines)
+
+    def classify(self, files):
+        r = self._run("check", ["x %s\n" % p for p in files])
+        out = {}
+        for line in r.stdout.splitlines():
+            p, prob = line.rsplit(" ", 1)
+            try:
+                out[p] = float(prob)
+            except ValueError:
+                pass
+        return out
+
+
+def sa_bayes_rules():
+    # the BAYES_* rules as SpamAssassin ships them (23_bayes.cf), scores of 50_scores.cf
+    bands = [("00", 0, 0.01), ("05", 0.01, 0.05), ("20", 0.05, 0.20), ("40", 0.20, 0.40),
+             ("50", 0.40, 0.60), ("60", 0.60, 0.80), ("80", 0.80, 0.95), ("95", 0.95, 0.99),
+             ("99", 0.99, 1.00), ("999", 0.999, 1.00)]
+    out = []
+    for n, lo, hi in bands:
+        out.append("body BAYES_%s eval:check_bayes('%s', '%s')\n" % (n, lo, hi))
+        out.append("tflags BAYES_%s learn\n" % n)
+    return "".join(out)
+
+
+# ---- metrics ----
+
+def auc(scores):
+    """ROC AUC from [(score, is_spam)] (ties count one half)"""
+    pos = sum(1 for _, y in scores if y)
+    neg = len(scores) - pos
+    if not pos or not neg:
+        return float("nan")
+    srt = sorted(scores, key=lambda t: t[0])
+    rank_sum, i = 0.0, 0
+    while i < len(srt):
+        j = i
+        while j < len(srt) and srt[j][0] == srt[i][0]:
+            j += 1
+        avg = (i + j + 1) / 2.0
+        rank_sum += avg * sum(1 for k in range(i, j) if srt[k][1])
+        i = j
+    return (rank_sum - pos * (pos + 1) / 2.0) / (pos * neg)
+
+
+def fn_at_fp(scores, fp_rate=0.001):
+    """the lowest cut-off with FP <= fp_rate of the ham; FN rate above it"""
+    hams = sorted((s for s, y in scores if not y), reverse=True)
+    spams = [s for s, y in scores if y]
+    allowed = int(fp_rate * len(hams))
+    # spam must score strictly above the (allowed+1)-th highest ham
+    cut = hams[allowed] if allowed < len(hams) else -1
+    fn = sum(1 for s in spams if s <= cut)
+    return fn / len(spams), fn, cut
+
+
+def rates(scores, cut):
+    hams = [s for s, y in scores if not y]
+    spams = [s for s, y in scores if y]
+    fp = sum(1 for s in hams if s >= cut)
+    fn = sum(1 for s in spams if s < cut)
+    return fp / len(hams), fn / len(spams), fp, fn
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--moat", required=True)
+    ap.add_argument("--tools", default="moat,bogofilter,spamassassin")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--seed", default="1")
+    ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--sa-sample", type=int, default=0)
+    ap.add_argument("--only-fold", type=int, default=-1)
+    ap.add_argument("--work")
+    a = ap.parse_args()
+    tools = a.tools.split(",")
+    msgs = load(a.limit)
+    nspam = sum(1 for m in msgs if m[1])
+    print("# corpus %s: %d messages after de-duplication (%d spam, %d ham), %d folds, seed %s"
+          % (CORPUS, len(msgs), nspam, len(msgs) - nspam, a.folds, a.seed), flush=True)
+    work = a.work or tempfile.mkdtemp(prefix="bayes-bench-")
+    label = {p: s for p, s, _ in msgs}
+    scores = {t: [] for t in tools}
+    sub_scores = {t: [] for t in tools}
+    timing = {}
+
+    def cpu():
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+    cuts = {"moat": 0.9, "bogofilter": 0.99, "spamassassin": 0.9}
+    for k in range(a.folds):
+        if a.only_fold >= 0 and k != a.only_fold:
+            continue
+        test = [m for m in msgs if fold_of(a.seed, m[2], a.folds) == k]
+        train = [m for m in msgs if fold_of(a.seed, m[2], a.folds) != k]
+        rnd = random.Random("%s:%d" % (a.seed, k))
+        if a.sa_sample:
+            sub_train = rnd.sample(train, min(a.sa_sample, len(train)))
+            sub_test = rnd.sample(test, min(a.sa_sample // 4, len(test)))
+        for t in tools:
+            variants = [("full", train, test)] if t != "spamassassin" else []
+            if a.sa_sample:
+                variants.append(("sub", sub_train, sub_test))
+            elif t == "spamassassin":
+                variants.append(("full", train, test))
+            for vname, tr, te in variants:
+                d = os.path.join(work, "f%d-%s-%s" % (k, t, vname))
+                shutil.rmtree(d, ignore_errors=True)
+                os.makedirs(d)
+                tool = Moat(a.moat, d) if t == "moat" else Bogofilter(d) if t == "bogofilter" else SpamAssassin(d)
+                spam = [p for p, s, _ in tr if s]
+                ham = [p for p, s, _ in tr if not s]
+                c0, t0 = cpu(), time.time()
+                tool.train(spam, ham)
+                c1, t1 = cpu(), time.time()
+                files = [p for p, _, _ in te]
+                res = tool.classify(files)
+                c2, t2 = cpu(), time.time()
+                tm = timing.setdefault((t, vname), [0.0, 0.0, 0, 0.0, 0.0, 0])
+                tm[0] += t1 - t0
+                tm[1] += c1 - c0
+                tm[2] += len(tr)
+                tm[3] += t2 - t1
+                tm[4] += c2 - c1
+                tm[5] += len(te)
+                dst = scores[t] if vname == "full" else sub_scores[t]
+                missing = 0
+                for p in files:
+                    if p in res:
+                        dst.append((res[p], label[p]))
+                    else:
+                        missing += 1
+                        dst.append((0.5, label[p]))
+                print("# fold %d %-12s %-4s train %5d in %6.1fs, classify %5d in %6.1fs%s"
+                      % (k, t, vname, len(tr), t1 - t0, len(te), t2 - t1,
+                         ", %d unscored" % missing if missing else ""), flush=True)
+                shutil.rmtree(d, ignore_errors=True)
+
+    def table(title, sc, vname):
+        print("\n%s" % title)
+        print("%-13s %6s %7s %7s %9s %11s %16s %16s" % ("tool", "cut", "FP%", "FN%", "ROC AUC",
+              "FN%@0.1%FP", "train msg/s", "classify msg/s"))
+        print("%-13s %6s %7s %7s %9s %11s %16s %16s" % ("", "", "", "", "", "", "wall (cpu)", "wall (cpu)"))
+        for t in tools:
+            s = sc[t]
+            if not s:
+                continue
+            fp, fn, _, _ = rates(s, cuts[t])
+            fz, nfn, cut = fn_at_fp(s)
+            tm = timing.get((t, vname))
+            sp = lambda n, w, c: "%7.0f (%6.0f)" % (n / w if w else 0, n / c if c else 0)
+            tr = sp(tm[2], tm[0], tm[1]) if tm else "-"
+            cl = sp(tm[5], tm[3], tm[4]) if tm else "-"
+            print("%-13s %6.3f %7.3f %7.3f %9.5f %7.3f (%2d) %16s %16s" % (
+                t, cuts[t], 100 * fp, 100 * fn, auc(s), 100 * fz, nfn, tr, cl))
+    table("all messages, %d-fold (FP/FN at each tool's usual cut-off; FN%%@0.1%%FP with the count)"
+          % a.folds, scores, "full")
+    if a.sa_sample:
+        n = len(sub_scores[tools[0]])
+        table("subsample: %d training messages per fold, %d test messages in all (same splits for all)"
+              % (a.sa_sample, n), sub_scores, "sub")
+
+
+if __name__ == "__main__":
+    main()
