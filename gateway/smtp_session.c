@@ -1357,7 +1357,10 @@ session_free(struct session *s)
 	nsessions--;
 	if (!s->exempt)
 		ip_count(s->ip, -1);
-	bufferevent_free(s->bev);
+	if (s->bev)                 /* NULL if switching to TLS failed */
+		bufferevent_free(s->bev);
+	if (s->delay)
+		event_free(s->delay);
 	free(s->helo);
 	sasl_server_free(s->sasl);
 	free(s->sasl_in);
