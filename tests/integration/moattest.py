@@ -120,12 +120,19 @@ class Moat:
             f.write("\n".join(lines) + "\n")
 
     def start(self, wait=True):
+        started_before = self.log().count("worker event=started")
         self.logf = open(self.logpath, "ab")
         self.proc = subprocess.Popen([MOATD, "-f", "-c", self.conf],
                                      stdout=self.logf, stderr=subprocess.STDOUT)
         if wait and not wait_port(self.port):
             self.stop()
             raise RuntimeError("moatd did not start listening:\n" + self.log())
+        if wait:
+            # the master listens before it forks the worker; the worker is
+            # ready (queue, control socket) once it logs "started"
+            end = time.time() + 10
+            while time.time() < end and self.log().count("worker event=started") <= started_before:
+                time.sleep(0.02)
         return self
 
     def stop(self, sig=signal.SIGTERM, timeout=20):
