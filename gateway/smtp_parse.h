@@ -85,7 +85,7 @@ bool smtp_valid_xtext(const char *s, size_t len);
 #define SMTP_DATA_TOO_BIG   0x08    /* more than max_size bytes */
 
 struct smtp_data_reader {
-	size_t  max_line;       /* incl. CRLF */
+	size_t  max_line;       /* bytes of line content, not counting CR LF */
 	size_t  max_size;       /* message bytes emitted at most; beyond: TOO_BIG, rest dropped */
 	/* state */
 	int     st;

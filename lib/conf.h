@@ -123,7 +123,7 @@ struct moat_conf {
 	/* SMTP server limits */
 	char   *smtp_banner;            /* text after "220 hostname " */
 	long long smtp_max_line;        /* command line, bytes incl. CRLF */
-	long long smtp_max_data_line;   /* message text line, bytes incl. CRLF */
+	long long smtp_max_data_line;   /* message text line, bytes not counting CR LF */
 	long long message_size_limit;   /* bytes; SIZE= and DATA/BDAT */
 	long long smtp_max_rcpts;       /* per message; 452 4.5.3 beyond */
 	long long smtp_max_messages;    /* per session */

@@ -126,6 +126,24 @@ with Moat(domains={"relay.test": "relay smtp://127.0.0.1:9"},
     t.ok(m.wait_log(r"event=reject-connection ip=127\.0\.0\.1 reason=access-list") is not None,
          "refusal logged")
 
+# the total session limit: the one over it gets 421, the others are served
+with Moat(domains={"relay.test": "relay smtp://127.0.0.1:9"}, extra="smtp-max-sessions 5\n") as m:
+    held = [socket.create_connection(("127.0.0.1", m.port), timeout=10) for _ in range(5)]
+    for c in held:
+        recv_reply(c)
+    c = socket.create_connection(("127.0.0.1", m.port), timeout=10)
+    r = recv_reply(c).decode()
+    t.ok(r.startswith("421 4.7.0") and "too many connections" in r, "smtp-max-sessions 5: the 6th gets 421 4.7.0", r)
+    c.close()
+    held[0].sendall(b"QUIT\r\n")
+    recv_reply(held[0])
+    held[0].close()
+    time.sleep(0.3)
+    code, _ = send(m.port)
+    t.eq(code, 250, "once a session ends, a new client is served")
+    for c in held[1:]:
+        c.close()
+
 # out of file descriptors: the listener pauses instead of spinning, then recovers
 import resource
 m = Moat(domains={"relay.test": "relay smtp://127.0.0.1:9"}, start=False)
