@@ -128,6 +128,8 @@ with Moat(domains={"relay.test": "relay smtp://127.0.0.1:9"},
 
 # the total session limit: the one over it gets 421, the others are served
 with Moat(domains={"relay.test": "relay smtp://127.0.0.1:9"}, extra="smtp-max-sessions 5\n") as m:
+    m.wait_log(r"event=disconnect")     # the harness's readiness probe is gone
+    time.sleep(0.3)
     held = [socket.create_connection(("127.0.0.1", m.port), timeout=10) for _ in range(5)]
     for c in held:
         recv_reply(c)
