@@ -76,3 +76,8 @@ tests_unit_test_bayes_LDADD = $(MOAT_LIBS)
 TESTS += tests/unit/test_mime tests/unit/test_bayes
 TESTS += tests/integration/test_bayes_cli.py
 EXTRA_DIST += tests/integration/test_bayes_cli.py
+
+# ---- antivirus (libclamav, clamd), attachment policy ----
+check_PROGRAMS += tests/unit/test_av
+tests_unit_test_av_LDADD = $(MOAT_LIBS)
+TESTS += tests/unit/test_av
