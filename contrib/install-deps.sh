@@ -19,7 +19,7 @@
 set -eu
 
 BUILD_PKGS="autoconf automake libtool pkg-config gcc make libc6-dev
-  libevent-dev libsqlite3-dev libcrypt-dev libssl-dev libgmime-3.0-dev liblmdb-dev libclamav-dev"
+  libevent-dev libsqlite3-dev libcrypt-dev libssl-dev libgmime-3.0-dev liblmdb-dev libclamav-dev libpcre2-dev"
 RUN_PKGS="$BUILD_PKGS swaks"
 # the integration tests also drive real clients: openssl (test
 # certificates), fetchmail (POP3), mbsync from isync (IMAP)

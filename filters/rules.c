@@ -1,0 +1,1888 @@
+/*
+ * rules.c - SpamAssassin-syntax rule files: loader, PCRE2 compiler and
+ * evaluator.  See rules.h for the contract and docs/rules.md for what of
+ * the SpamAssassin language is supported.
+ *
+ * Runs in: the config loader (rules_load, once per load/reload, blocking
+ * file reads) and the data filters' pool threads (rules_eval).  The rule
+ * set is immutable after rules_load(); every rules_eval() call has its own
+ * PCRE2 match data, match context and JIT stack, so threads share nothing
+ * writable.
+ *
+ * Untrusted input: the message (via the MIME tree and the raw bytes).
+ * Limits: every regex run is bounded by PCRE2's match, depth and heap
+ * limits (RULES_MATCH_LIMIT ...), a rule counts at most RULES_MAX_HITS
+ * matches, body text is split into lines of at most 2048 bytes as
+ * SpamAssassin does, and mime_parse() has already bounded the decoded size.
+ * Rule files are trusted admin input but still parsed with bounded lines
+ * and include depth.
+ */
+#include "config.h"
+#include "rules.h"
+#include "mime.h"
+#include "buf.h"
+#include "util.h"
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <glob.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define RULES_MATCH_LIMIT   1000000u    /* PCRE2 match() calls per run */
+#define RULES_DEPTH_LIMIT   10000u      /* backtracking depth per run */
+#define RULES_HEAP_LIMIT    (16u * 1024) /* KiB of backtracking heap */
+#define RULES_MAX_HITS      1000u       /* matches counted per rule */
+#define RULES_LINE_MAX      65536       /* bytes of one rule file line */
+#define RULES_INCLUDE_DEPTH 8
+#define RULES_IF_DEPTH      64
+#define RULES_META_TOKENS   4096
+#define RULES_BODY_LINE     2048        /* SpamAssassin MAX_BODY_LINE_LENGTH */
+#define RULES_HASH          16384u
+#define RULES_SA_VERSION    4.000001    /* `if version >= X` compares to this */
+
+enum rtype { RT_NONE, RT_HEADER, RT_BODY, RT_RAWBODY, RT_FULL, RT_URI, RT_META };
+enum hmode { HM_PLAIN, HM_RAW, HM_ADDR, HM_NAME };
+enum hspecial { HS_NONE, HS_ALL, HS_TOCC, HS_MESSAGEID };
+
+/* meta expression, in reverse Polish notation */
+enum mop { MO_NUM, MO_RULE, MO_NOT, MO_NEG, MO_MUL, MO_DIV, MO_ADD, MO_SUB,
+	MO_LT, MO_GT, MO_LE, MO_GE, MO_EQ, MO_NE, MO_AND, MO_OR };
+
+struct mtok {
+	enum mop op;
+	double num;             /* MO_NUM */
+	char *name;             /* MO_RULE, resolved to idx at finish */
+	int idx;                /* -1: undefined, counts as 0 */
+};
+
+struct rule {
+	char *name;
+	int next;               /* hash chain */
+	enum rtype type;        /* RT_NONE: not (supportedly) defined */
+	bool unsupported;       /* last definition could not be loaded */
+	bool mentioned_skipped; /* defined in an if branch not taken */
+	char *where;            /* FILE:LINE of the definition */
+	/* header */
+	char *hdr;
+	enum hmode hmode;
+	enum hspecial hspecial;
+	bool exists, negate;
+	char *unset;
+	/* regex */
+	pcre2_code *re;
+	/* meta */
+	struct mtok *expr;
+	size_t nexpr;
+	int mstate;             /* 0 new, 1 visiting, 2 ok, 3 bad */
+	/* common */
+	double score;
+	bool has_score;
+	char *desc;
+	bool multiple, nice;
+	unsigned maxhits;
+	bool active;
+};
+
+struct rules {
+	struct rule *v;
+	size_t n, cap;
+	int hash[RULES_HASH];
+	int *order;             /* active non-meta rules */
+	size_t norder;
+	int *metas;             /* active meta rules, dependencies first */
+	size_t nmetas;
+	size_t nactive;
+	/* ReplaceTags-free build: only what the loader needs */
+};
+
+struct loader {
+	struct rules *r;
+	struct rules_report *rep;
+	int depth;
+	pcre2_compile_context *cctx;
+	const char *stack[RULES_INCLUDE_DEPTH + 1];
+};
+
+/* ------------------------------------------------------------------ */
+/* report */
+
+const char *
+rules_issue_kind_name(enum rules_issue_kind k)
+{
+	static const char *const names[RULES_I_NKINDS] = {
+		"eval: test (needs Perl code), unsupported",
+		"bad regex",
+		"unknown directive",
+		"unsupported rule type or option",
+		"meta depending on a skipped rule",
+		"syntax error",
+		"file error",
+	};
+	return (unsigned)k < RULES_I_NKINDS ? names[k] : "?";
+}
+
+static void
+issue(struct loader *L, enum rules_issue_kind k, const char *file, unsigned line,
+    const char *fmt, ...)
+{
+	struct rules_report *rep = L->rep;
+	struct rules_issue *is;
+	char where[4200], text[1024];
+	va_list ap;
+
+	if (rep == NULL)
+		return;
+	rep->count[k]++;
+	if (k == RULES_I_REGEX || k == RULES_I_SYNTAX || k == RULES_I_FILE)
+		rep->hard++;
+	if (rep->nissues >= RULES_MAX_ISSUES)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof(text), fmt, ap);
+	va_end(ap);
+	if (line)
+		snprintf(where, sizeof(where), "%s:%u", file, line);
+	else
+		snprintf(where, sizeof(where), "%s", file);
+	rep->issues = xreallocarray(rep->issues, rep->nissues + 1, sizeof(*rep->issues));
+	is = &rep->issues[rep->nissues++];
+	is->kind = k;
+	is->where = xstrdup(where);
+	is->text = xstrdup(text);
+}
+
+void
+rules_report_free(struct rules_report *rep)
+{
+	size_t i;
+
+	if (rep == NULL)
+		return;
+	for (i = 0; i < rep->nissues; i++) {
+		free(rep->issues[i].where);
+		free(rep->issues[i].text);
+	}
+	free(rep->issues);
+	memset(rep, 0, sizeof(*rep));
+}
+
+/* ------------------------------------------------------------------ */
+/* the rule table */
+
+static unsigned
+name_hash(const char *s)
+{
+	uint32_t h = 2166136261u;
+
+	for (; *s; s++)
+		h = (h ^ (uint8_t)*s) * 16777619u;
+	return h % RULES_HASH;
+}
+
+static int
+rule_find(const struct rules *r, const char *name)
+{
+	int i;
+
+	for (i = r->hash[name_hash(name)]; i >= 0; i = r->v[i].next)
+		if (strcmp(r->v[i].name, name) == 0)
+			return i;
+	return -1;
+}
+
+static struct rule *
+rule_get(struct rules *r, const char *name)
+{
+	unsigned h;
+	int i;
+
+	if ((i = rule_find(r, name)) >= 0)
+		return &r->v[i];
+	if (r->n == r->cap) {
+		r->cap = r->cap ? r->cap * 2 : 256;
+		r->v = xreallocarray(r->v, r->cap, sizeof(*r->v));
+	}
+	h = name_hash(name);
+	memset(&r->v[r->n], 0, sizeof(r->v[r->n]));
+	r->v[r->n].name = xstrdup(name);
+	r->v[r->n].next = r->hash[h];
+	r->hash[h] = (int)r->n;
+	return &r->v[r->n++];
+}
+
+static void
+rule_clear_def(struct rule *ru)
+{
+	size_t i;
+
+	free(ru->where);
+	free(ru->hdr);
+	free(ru->unset);
+	pcre2_code_free(ru->re);
+	for (i = 0; i < ru->nexpr; i++)
+		free(ru->expr[i].name);
+	free(ru->expr);
+	ru->where = ru->hdr = ru->unset = NULL;
+	ru->re = NULL;
+	ru->expr = NULL;
+	ru->nexpr = 0;
+	ru->type = RT_NONE;
+	ru->hmode = HM_PLAIN;
+	ru->hspecial = HS_NONE;
+	ru->exists = ru->negate = false;
+	ru->unsupported = false;
+}
+
+static bool
+valid_name(const char *s)
+{
+	if (!(isalpha((unsigned char)*s) || *s == '_'))
+		return false;
+	for (; *s; s++)
+		if (!(isalnum((unsigned char)*s) || *s == '_'))
+			return false;
+	return true;
+}
+
+/* ------------------------------------------------------------------ */
+/* Perl regex literal -> PCRE2 */
+
+int
+rules_perl_re(const char *s, size_t len, char **pattern, unsigned *options,
+    const char **why)
+{
+	char open, close;
+	size_t i, end;
+	unsigned opt = 0;
+
+	*pattern = NULL;
+	*options = 0;
+	while (len > 0 && isspace((unsigned char)s[len - 1]))
+		len--;
+	if (len > 0 && s[0] == 'm' && len > 1 && !isalnum((unsigned char)s[1]) &&
+	    !isspace((unsigned char)s[1])) {
+		s++;
+		len--;
+	}
+	if (len < 2) {
+		*why = "no regex";
+		return -1;
+	}
+	open = s[0];
+	if (isalnum((unsigned char)open) || isspace((unsigned char)open) || open == '\\') {
+		*why = "regex must start with a delimiter (/re/ or m{re})";
+		return -1;
+	}
+	switch (open) {
+	case '{': close = '}'; break;
+	case '(': close = ')'; break;
+	case '[': close = ']'; break;
+	case '<': close = '>'; break;
+	default:  close = open; break;
+	}
+	/* the regex ends at the last closing delimiter; flags follow */
+	for (end = len - 1; end > 0 && s[end] != close; end--)
+		;
+	if (end == 0) {
+		*why = "unterminated regex";
+		return -1;
+	}
+	for (i = end + 1; i < len; i++) {
+		switch (s[i]) {
+		case 'i': opt |= PCRE2_CASELESS; break;
+		case 's': opt |= PCRE2_DOTALL; break;
+		case 'm': opt |= PCRE2_MULTILINE; break;
+		case 'x': opt |= PCRE2_EXTENDED; break;
+		case 'n': opt |= PCRE2_NO_AUTO_CAPTURE; break;
+		case 'g': case 'o': case 'a': case 'u': case 'l': case 'd': case 'p':
+			break;          /* no meaning for a match on bytes */
+		default:
+			*why = "unknown regex modifier";
+			return -1;
+		}
+	}
+	/* code blocks are Perl, not regex */
+	for (i = 1; i + 2 < end; i++) {
+		if (s[i] == '\\') {
+			i++;
+			continue;
+		}
+		if (s[i] == '(' && s[i + 1] == '?' && (s[i + 2] == '{' ||
+		    (s[i + 2] == '?' && i + 3 < end && s[i + 3] == '{'))) {
+			*why = "Perl code block (?{...}) in regex";
+			return -1;
+		}
+	}
+	/* PCRE2 knows \z \Z \A \Q..\E (?i) and the rest of the Perl syntax
+	 * SpamAssassin rules use; unknown letter escapes are literals via
+	 * PCRE2_EXTRA_BAD_ESCAPE_IS_LITERAL.  An escaped delimiter (\/ or \})
+	 * is a literal in PCRE2 as well. */
+	*pattern = xstrndup(s + 1, end - 1);
+	*options = opt;
+	return 0;
+}
+
+static pcre2_code *
+compile_re(struct loader *L, const char *file, unsigned line, const char *name,
+    const char *s, size_t len)
+{
+	char *pat;
+	unsigned opt;
+	const char *why;
+	int ec;
+	PCRE2_SIZE eo;
+	pcre2_code *re;
+	PCRE2_UCHAR msg[256];
+
+	if (rules_perl_re(s, len, &pat, &opt, &why) < 0) {
+		issue(L, RULES_I_REGEX, file, line, "%s: %s", name, why);
+		return NULL;
+	}
+	re = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED, opt, &ec, &eo, L->cctx);
+	if (re == NULL) {
+		pcre2_get_error_message(ec, msg, sizeof(msg));
+		issue(L, RULES_I_REGEX, file, line, "%s: %s at offset %zu", name,
+		    (const char *)msg, (size_t)eo);
+		free(pat);
+		return NULL;
+	}
+	free(pat);
+	(void)pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);  /* interpreter if no JIT */
+	return re;
+}
+
+/* ------------------------------------------------------------------ */
+/* meta expressions */
+
+static int
+mop_prec(enum mop op)
+{
+	switch (op) {
+	case MO_NOT: case MO_NEG: return 7;
+	case MO_MUL: case MO_DIV: return 6;
+	case MO_ADD: case MO_SUB: return 5;
+	case MO_LT: case MO_GT: case MO_LE: case MO_GE: return 4;
+	case MO_EQ: case MO_NE: return 3;
+	case MO_AND: return 2;
+	case MO_OR: return 1;
+	default: return 0;
+	}
+}
+
+/* shunting-yard; -1 with *why on a syntax error */
+static int
+meta_compile(const char *s, struct mtok **out, size_t *nout, const char **why)
+{
+	struct mtok *o = NULL;
+	int ops[RULES_META_TOKENS];     /* operator stack; -1 = '(' */
+	size_t no = 0, nops = 0, depth_vals = 0;
+	bool want_operand = true;
+
+	*out = NULL;
+	*nout = 0;
+	while (*s) {
+		enum mop op;
+		int is_bin = 1;
+
+		if (isspace((unsigned char)*s)) {
+			s++;
+			continue;
+		}
+		if (no + 2 >= RULES_META_TOKENS || nops + 2 >= RULES_META_TOKENS) {
+			*why = "meta expression too long";
+			goto bad;
+		}
+		if (want_operand) {
+			if (isalpha((unsigned char)*s) || *s == '_') {
+				const char *b = s;
+				while (isalnum((unsigned char)*s) || *s == '_')
+					s++;
+				o = xreallocarray(o, no + 1, sizeof(*o));
+				o[no].op = MO_RULE;
+				o[no].name = xstrndup(b, (size_t)(s - b));
+				o[no].idx = -1;
+				o[no].num = 0;
+				no++;
+				depth_vals++;
+				want_operand = false;
+				continue;
+			}
+			if (isdigit((unsigned char)*s) || *s == '.') {
+				char *e;
+				double d = strtod(s, &e);
+				if (e == s) {
+					*why = "bad number";
+					goto bad;
+				}
+				s = e;
+				o = xreallocarray(o, no + 1, sizeof(*o));
+				o[no].op = MO_NUM;
+				o[no].num = d;
+				o[no].name = NULL;
+				o[no].idx = -1;
+				no++;
+				depth_vals++;
+				want_operand = false;
+				continue;
+			}
+			if (*s == '(') {
+				ops[nops++] = -1;
+				s++;
+				continue;
+			}
+			if (*s == '!' && s[1] != '=') {
+				ops[nops++] = MO_NOT;
+				s++;
+				continue;
+			}
+			if (*s == '-') {
+				ops[nops++] = MO_NEG;
+				s++;
+				continue;
+			}
+			if (*s == '+') {
+				s++;
+				continue;
+			}
+			*why = "operand expected";
+			goto bad;
+		}
+		if (*s == ')') {
+			while (nops > 0 && ops[nops - 1] != -1) {
+				o = xreallocarray(o, no + 1, sizeof(*o));
+				memset(&o[no], 0, sizeof(o[no]));
+				o[no++].op = (enum mop)ops[--nops];
+			}
+			if (nops == 0) {
+				*why = "unbalanced )";
+				goto bad;
+			}
+			nops--;
+			s++;
+			continue;
+		}
+		if (s[0] == '&' && s[1] == '&') { op = MO_AND; s += 2; }
+		else if (s[0] == '|' && s[1] == '|') { op = MO_OR; s += 2; }
+		else if (s[0] == '>' && s[1] == '=') { op = MO_GE; s += 2; }
+		else if (s[0] == '<' && s[1] == '=') { op = MO_LE; s += 2; }
+		else if (s[0] == '=' && s[1] == '=') { op = MO_EQ; s += 2; }
+		else if (s[0] == '!' && s[1] == '=') { op = MO_NE; s += 2; }
+		else if (*s == '>') { op = MO_GT; s++; }
+		else if (*s == '<') { op = MO_LT; s++; }
+		else if (*s == '+') { op = MO_ADD; s++; }
+		else if (*s == '-') { op = MO_SUB; s++; }
+		else if (*s == '*') { op = MO_MUL; s++; }
+		else if (*s == '/') { op = MO_DIV; s++; }
+		else {
+			*why = "operator expected";
+			goto bad;
+		}
+		(void)is_bin;
+		while (nops > 0 && ops[nops - 1] != -1 &&
+		    mop_prec((enum mop)ops[nops - 1]) >= mop_prec(op)) {
+			o = xreallocarray(o, no + 1, sizeof(*o));
+			memset(&o[no], 0, sizeof(o[no]));
+			o[no++].op = (enum mop)ops[--nops];
+		}
+		ops[nops++] = (int)op;
+		want_operand = true;
+	}
+	if (want_operand) {
+		*why = no ? "operand expected at the end" : "empty meta expression";
+		goto bad;
+	}
+	while (nops > 0) {
+		if (ops[nops - 1] == -1) {
+			*why = "unbalanced (";
+			goto bad;
+		}
+		o = xreallocarray(o, no + 1, sizeof(*o));
+		memset(&o[no], 0, sizeof(o[no]));
+		o[no++].op = (enum mop)ops[--nops];
+	}
+	(void)depth_vals;
+	*out = o;
+	*nout = no;
+	return 0;
+bad:
+	for (size_t i = 0; i < no; i++)
+		free(o[i].name);
+	free(o);
+	return -1;
+}
+
+/* Perl semantics: && and || give an operand, not a boolean */
+static double
+meta_eval(const struct mtok *e, size_t n, const double *vals)
+{
+	double st[RULES_META_TOKENS];
+	size_t sp = 0, i;
+
+	for (i = 0; i < n; i++) {
+		double a, b;
+
+		switch (e[i].op) {
+		case MO_NUM:
+			st[sp++] = e[i].num;
+			continue;
+		case MO_RULE:
+			st[sp++] = e[i].idx >= 0 ? vals[e[i].idx] : 0;
+			continue;
+		case MO_NOT:
+			if (sp < 1) return 0;
+			st[sp - 1] = st[sp - 1] == 0 ? 1 : 0;
+			continue;
+		case MO_NEG:
+			if (sp < 1) return 0;
+			st[sp - 1] = -st[sp - 1];
+			continue;
+		default:
+			break;
+		}
+		if (sp < 2)
+			return 0;
+		b = st[--sp];
+		a = st[sp - 1];
+		switch (e[i].op) {
+		case MO_MUL: a = a * b; break;
+		case MO_DIV: a = b == 0 ? 0 : a / b; break;
+		case MO_ADD: a = a + b; break;
+		case MO_SUB: a = a - b; break;
+		case MO_LT: a = a < b; break;
+		case MO_GT: a = a > b; break;
+		case MO_LE: a = a <= b; break;
+		case MO_GE: a = a >= b; break;
+		case MO_EQ: a = a == b; break;
+		case MO_NE: a = a != b; break;
+		case MO_AND: a = a != 0 ? b : a; break;
+		case MO_OR: a = a != 0 ? a : b; break;
+		default: break;
+		}
+		st[sp - 1] = a;
+	}
+	return sp == 1 ? st[0] : 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* `if` expressions: version, perl_version, plugin(), can(), ! && || () */
+
+struct ifx {
+	const char *s;
+	bool err;
+};
+
+static double ifx_or(struct ifx *);
+
+static void
+ifx_ws(struct ifx *x)
+{
+	while (isspace((unsigned char)*x->s))
+		x->s++;
+}
+
+static bool
+can_feature(const char *name, size_t len)
+{
+	/* features of SpamAssassin 4's rule language that moat understands
+	 * as well (they guard plain regex and meta rules) */
+	static const char *const yes[] = {
+		"Mail::SpamAssassin::Conf::feature_bug6558_free",
+		"Mail::SpamAssassin::Conf::perl_min_version_5010000",
+		"Mail::SpamAssassin::Conf::feature_welcomelist_blocklist",
+		"Mail::SpamAssassin::Conf::compat_welcomelist_blocklist",
+	};
+	size_t i;
+
+	for (i = 0; i < ARRAY_SIZE(yes); i++)
+		if (strlen(yes[i]) == len && memcmp(yes[i], name, len) == 0)
+			return true;
+	return false;
+}
+
+static double
+ifx_prim(struct ifx *x)
+{
+	double v;
+
+	ifx_ws(x);
+	if (*x->s == '!') {
+		x->s++;
+		return ifx_prim(x) == 0;
+	}
+	if (*x->s == '(') {
+		x->s++;
+		v = ifx_or(x);
+		ifx_ws(x);
+		if (*x->s != ')')
+			x->err = true;
+		else
+			x->s++;
+		return v;
+	}
+	if (strncmp(x->s, "version", 7) == 0 && !isalnum((unsigned char)x->s[7])) {
+		x->s += 7;
+		return RULES_SA_VERSION;
+	}
+	if (strncmp(x->s, "perl_version", 12) == 0) {
+		x->s += 12;
+		return 5.036;
+	}
+	if (strncmp(x->s, "plugin(", 7) == 0 || strncmp(x->s, "can(", 4) == 0 ||
+	    strncmp(x->s, "has(", 4) == 0) {
+		bool can = x->s[0] == 'c';
+		const char *b = strchr(x->s, '(') + 1, *e = strchr(b, ')');
+		if (e == NULL) {
+			x->err = true;
+			return 0;
+		}
+		x->s = e + 1;
+		while (b < e && isspace((unsigned char)*b))
+			b++;
+		/* no Perl plugins here: plugin(...) is false */
+		return can ? can_feature(b, (size_t)(e - b)) : 0;
+	}
+	if (isdigit((unsigned char)*x->s)) {
+		char *e;
+		v = strtod(x->s, &e);
+		x->s = e;
+		return v;
+	}
+	x->err = true;
+	return 0;
+}
+
+static double
+ifx_cmp(struct ifx *x)
+{
+	double a = ifx_prim(x), b;
+
+	ifx_ws(x);
+	if (strncmp(x->s, ">=", 2) == 0) { x->s += 2; b = ifx_prim(x); return a >= b; }
+	if (strncmp(x->s, "<=", 2) == 0) { x->s += 2; b = ifx_prim(x); return a <= b; }
+	if (strncmp(x->s, "==", 2) == 0) { x->s += 2; b = ifx_prim(x); return a == b; }
+	if (strncmp(x->s, "!=", 2) == 0) { x->s += 2; b = ifx_prim(x); return a != b; }
+	if (*x->s == '>') { x->s++; b = ifx_prim(x); return a > b; }
+	if (*x->s == '<') { x->s++; b = ifx_prim(x); return a < b; }
+	return a;
+}
+
+static double
+ifx_and(struct ifx *x)
+{
+	double a = ifx_cmp(x);
+
+	for (;;) {
+		ifx_ws(x);
+		if (strncmp(x->s, "&&", 2) != 0)
+			return a;
+		x->s += 2;
+		double b = ifx_cmp(x);
+		a = a != 0 && b != 0;
+	}
+}
+
+static double
+ifx_or(struct ifx *x)
+{
+	double a = ifx_and(x);
+
+	for (;;) {
+		ifx_ws(x);
+		if (strncmp(x->s, "||", 2) != 0)
+			return a;
+		x->s += 2;
+		double b = ifx_and(x);
+		a = a != 0 || b != 0;
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* loading */
+
+static int load_path(struct loader *, const char *path, bool top);
+
+/* directives that configure SpamAssassin itself, not rules: accepted and
+ * ignored (not reported as unknown) */
+static bool
+ignored_directive(const char *d)
+{
+	static const char *const pfx[] = {
+		"def_whitelist_", "def_welcomelist_", "whitelist_", "welcomelist_",
+		"blacklist_", "blocklist_", "unwhitelist_", "unblacklist_",
+		"bayes_", "util_rb_", "dns_", "clear_", "enlist_", "delist_",
+		"uridnsbl_skip", "freemail_", "trusted_", "internal_", "msa_",
+		"report", "add_header", "remove_header", "use_", "skip_",
+	};
+	static const char *const exact[] = {
+		"lang", "priority", "reuse", "require_version", "unsafe_report",
+		"required_score", "required_hits", "adsp_override",
+		"redirector_pattern", "originating_ip_headers", "url_shortener",
+		"loadplugin", "tryplugin", "rewrite_header", "ok_locales",
+		"ok_languages", "normalize_charset", "envelope_sender_header",
+		"fold_headers", "lock_method", "util_rb_tld", "parse_dkim_uris",
+		"body_part_scan_size", "rawbody_part_scan_size", "allow_user_rules",
+		"autolearn", "score_set", "uri_block_cc", "uri_block_cont",
+	};
+	size_t i;
+
+	for (i = 0; i < ARRAY_SIZE(exact); i++)
+		if (strcmp(d, exact[i]) == 0)
+			return true;
+	for (i = 0; i < ARRAY_SIZE(pfx); i++)
+		if (strncmp(d, pfx[i], strlen(pfx[i])) == 0)
+			return true;
+	return false;
+}
+
+/* directives whose second word names a rule moat cannot run */
+static bool
+unsupported_rule_directive(const char *d)
+{
+	static const char *const u[] = {
+		"mimeheader", "askdns", "urirhssub", "urirhsbl", "uridnsbl",
+		"uridnssub", "uri_detail", "test", "hashbl", "check_hashbl",
+		"dns_block_rule", "rbl", "header_eval", "meta_eval", "uri_eval",
+		"replace_rules", "replace_tag", "replace_pre", "replace_inter",
+		"replace_post", "urirhssub", "body_eval", "describe_eval",
+		"asn_prefix", "dkim_", "pdfinfo", "olemacro",
+	};
+	size_t i;
+
+	for (i = 0; i < ARRAY_SIZE(u); i++)
+		if (strcmp(d, u[i]) == 0)
+			return true;
+	return false;
+}
+
+static char *
+next_word(char **p)
+{
+	char *s = *p, *b;
+
+	while (isspace((unsigned char)*s))
+		s++;
+	if (*s == '\0') {
+		*p = s;
+		return NULL;
+	}
+	b = s;
+	while (*s && !isspace((unsigned char)*s))
+		s++;
+	if (*s)
+		*s++ = '\0';
+	while (isspace((unsigned char)*s))
+		s++;
+	*p = s;
+	return b;
+}
+
+static void
+def_where(struct rule *ru, const char *file, unsigned line)
+{
+	char w[4200];
+
+	snprintf(w, sizeof(w), "%s:%u", file, line);
+	ru->where = xstrdup(w);
+}
+
+static void
+mark_unsupported(struct rule *ru, const char *file, unsigned line)
+{
+	rule_clear_def(ru);
+	ru->unsupported = true;
+	def_where(ru, file, line);
+}
+
+static void
+parse_header_rule(struct loader *L, struct rule *ru, char *rest,
+    const char *file, unsigned line)
+{
+	char *p, *hdr, *colon, *re, *unset = NULL;
+	bool neg;
+
+	if (strncmp(rest, "exists:", 7) == 0) {
+		hdr = rest + 7;
+		for (p = hdr; *p && !isspace((unsigned char)*p); p++)
+			;
+		*p = '\0';
+		rule_clear_def(ru);
+		ru->type = RT_HEADER;
+		ru->exists = true;
+		ru->hdr = xstrdup(hdr);
+		def_where(ru, file, line);
+		return;
+	}
+	/* Hdr[:mod] =~ /re/flags [if-unset: STR] */
+	for (p = rest; *p && !isspace((unsigned char)*p) && *p != '=' && *p != '!'; p++)
+		;
+	hdr = xstrndup(rest, (size_t)(p - rest));
+	while (isspace((unsigned char)*p))
+		p++;
+	if ((p[0] != '=' && p[0] != '!') || p[1] != '~') {
+		issue(L, RULES_I_SYNTAX, file, line, "%s: expected =~ or !~ after the header name",
+		    ru->name);
+		mark_unsupported(ru, file, line);
+		free(hdr);
+		return;
+	}
+	neg = p[0] == '!';
+	re = p + 2;
+	while (isspace((unsigned char)*re))
+		re++;
+	if ((p = strstr(re, "[if-unset:")) != NULL) {
+		char *u = p + 10, *e;
+		*p = '\0';
+		while (isspace((unsigned char)*u))
+			u++;
+		if ((e = strrchr(u, ']')) != NULL)
+			*e = '\0';
+		unset = u;
+	}
+	rule_clear_def(ru);
+	ru->negate = neg;
+	if ((colon = strchr(hdr, ':')) != NULL) {
+		*colon++ = '\0';
+		if (strcmp(colon, "raw") == 0)
+			ru->hmode = HM_RAW;
+		else if (strcmp(colon, "addr") == 0)
+			ru->hmode = HM_ADDR;
+		else if (strcmp(colon, "name") == 0)
+			ru->hmode = HM_NAME;
+		else {
+			issue(L, RULES_I_UNSUPPORTED, file, line, "%s: header modifier :%s",
+			    ru->name, colon);
+			mark_unsupported(ru, file, line);
+			free(hdr);
+			return;
+		}
+	}
+	if (strcmp(hdr, "ALL") == 0)
+		ru->hspecial = HS_ALL;
+	else if (ascii_strcasecmp(hdr, "ToCc") == 0)
+		ru->hspecial = HS_TOCC;
+	else if (strcmp(hdr, "MESSAGEID") == 0)
+		ru->hspecial = HS_MESSAGEID;
+	else if (strncmp(hdr, "ALL-", 4) == 0 || ascii_strcasecmp(hdr, "EnvelopeFrom") == 0 ||
+	    ascii_strncasecmp(hdr, "X-Spam-Relays-", 14) == 0) {
+		issue(L, RULES_I_UNSUPPORTED, file, line,
+		    "%s: pseudo-header %s (needs SpamAssassin's relay analysis)", ru->name, hdr);
+		mark_unsupported(ru, file, line);
+		free(hdr);
+		return;
+	}
+	ru->re = compile_re(L, file, line, ru->name, re, strlen(re));
+	if (ru->re == NULL) {
+		mark_unsupported(ru, file, line);
+		free(hdr);
+		return;
+	}
+	ru->type = RT_HEADER;
+	ru->hdr = hdr;
+	ru->unset = unset ? xstrdup(unset) : NULL;
+	def_where(ru, file, line);
+}
+
+static void
+parse_line(struct loader *L, char *line, const char *file, unsigned lno,
+    bool *cond, int *ncond, bool *taken, bool *in_else)
+{
+	char *p = line, *dir, *name;
+	struct rule *ru;
+	bool active = true;
+	int i;
+
+	for (i = 0; i < *ncond; i++)
+		active = active && cond[i];
+
+	dir = next_word(&p);
+	if (dir == NULL)
+		return;
+
+	/* conditionals first: they count even inside inactive branches */
+	if (strcmp(dir, "if") == 0 || strcmp(dir, "ifplugin") == 0) {
+		bool v;
+		if (*ncond >= RULES_IF_DEPTH) {
+			issue(L, RULES_I_SYNTAX, file, lno, "if nested too deep");
+			return;
+		}
+		if (dir[2] == 'p') {
+			v = false;      /* no Perl plugins */
+		} else {
+			struct ifx x = { p, false };
+			v = ifx_or(&x) != 0;
+			ifx_ws(&x);
+			if (x.err || (*x.s && *x.s != '#')) {
+				issue(L, RULES_I_UNSUPPORTED, file, lno,
+				    "if expression not understood, branch skipped: %s", p);
+				v = false;
+			}
+		}
+		cond[*ncond] = v;
+		taken[*ncond] = v;
+		in_else[*ncond] = false;
+		(*ncond)++;
+		return;
+	}
+	if (strcmp(dir, "else") == 0) {
+		if (*ncond == 0 || in_else[*ncond - 1]) {
+			issue(L, RULES_I_SYNTAX, file, lno, "else without if");
+			return;
+		}
+		cond[*ncond - 1] = !taken[*ncond - 1];
+		in_else[*ncond - 1] = true;
+		return;
+	}
+	if (strcmp(dir, "endif") == 0) {
+		if (*ncond == 0)
+			issue(L, RULES_I_SYNTAX, file, lno, "endif without if");
+		else
+			(*ncond)--;
+		return;
+	}
+
+	if (!active) {
+		if (L->rep)
+			L->rep->skipped_block++;
+		/* remember rule names defined here: a meta using them cannot be
+		 * evaluated the way SpamAssassin would */
+		if (strcmp(dir, "header") == 0 || strcmp(dir, "body") == 0 ||
+		    strcmp(dir, "rawbody") == 0 || strcmp(dir, "full") == 0 ||
+		    strcmp(dir, "uri") == 0 || strcmp(dir, "meta") == 0 ||
+		    unsupported_rule_directive(dir)) {
+			if ((name = next_word(&p)) != NULL && valid_name(name)) {
+				rule_get(L->r, name)->mentioned_skipped = true;
+				if (strncmp(p, "eval:", 5) == 0)
+					issue(L, RULES_I_EVAL, file, lno, "%s: %s (in a branch not taken)",
+					    name, p);
+			}
+		}
+		return;
+	}
+
+	if (strcmp(dir, "include") == 0) {
+		char path[4200];
+		const char *f = p;
+		char *e = p + strlen(p);
+		while (e > p && isspace((unsigned char)e[-1]))
+			*--e = '\0';
+		if (*f != '/') {
+			const char *slash = strrchr(file, '/');
+			snprintf(path, sizeof(path), "%.*s/%s",
+			    slash ? (int)(slash - file) : 1, slash ? file : ".", f);
+		} else
+			snprintf(path, sizeof(path), "%s", f);
+		(void)load_path(L, path, false);
+		return;
+	}
+
+	if (strcmp(dir, "header") == 0 || strcmp(dir, "body") == 0 ||
+	    strcmp(dir, "rawbody") == 0 || strcmp(dir, "full") == 0 ||
+	    strcmp(dir, "uri") == 0 || strcmp(dir, "meta") == 0) {
+		name = next_word(&p);
+		if (name == NULL || !valid_name(name)) {
+			issue(L, RULES_I_SYNTAX, file, lno, "%s: missing or bad rule name", dir);
+			return;
+		}
+		ru = rule_get(L->r, name);
+		if (*p == '\0') {
+			issue(L, RULES_I_SYNTAX, file, lno, "%s: empty rule", name);
+			mark_unsupported(ru, file, lno);
+			return;
+		}
+		if (strncmp(p, "eval:", 5) == 0 || strncmp(p, "rbleval:", 8) == 0) {
+			issue(L, RULES_I_EVAL, file, lno, "%s: %s", name, p);
+			mark_unsupported(ru, file, lno);
+			return;
+		}
+		if (dir[0] == 'h') {
+			parse_header_rule(L, ru, p, file, lno);
+			return;
+		}
+		if (dir[0] == 'm') {
+			const char *why;
+			struct mtok *e;
+			size_t ne;
+			if (meta_compile(p, &e, &ne, &why) < 0) {
+				issue(L, RULES_I_SYNTAX, file, lno, "%s: meta: %s", name, why);
+				mark_unsupported(ru, file, lno);
+				return;
+			}
+			rule_clear_def(ru);
+			ru->type = RT_META;
+			ru->expr = e;
+			ru->nexpr = ne;
+			def_where(ru, file, lno);
+			return;
+		}
+		rule_clear_def(ru);
+		ru->re = compile_re(L, file, lno, name, p, strlen(p));
+		if (ru->re == NULL) {
+			mark_unsupported(ru, file, lno);
+			return;
+		}
+		ru->type = dir[0] == 'b' ? RT_BODY : dir[0] == 'r' ? RT_RAWBODY :
+		    dir[0] == 'f' ? RT_FULL : RT_URI;
+		def_where(ru, file, lno);
+		return;
+	}
+	if (strcmp(dir, "score") == 0) {
+		char *v, *e;
+		double d;
+		name = next_word(&p);
+		v = next_word(&p);
+		if (name == NULL || v == NULL || !valid_name(name)) {
+			issue(L, RULES_I_SYNTAX, file, lno, "score: NAME and a number expected");
+			return;
+		}
+		/* the first of 1 or 4 scores: set 0, no Bayes, no network */
+		d = strtod(v, &e);
+		if (e == v || *e != '\0' || !isfinite(d)) {
+			issue(L, RULES_I_SYNTAX, file, lno, "score %s: bad number %s", name, v);
+			return;
+		}
+		ru = rule_get(L->r, name);
+		ru->score = d;
+		ru->has_score = true;
+		return;
+	}
+	if (strcmp(dir, "describe") == 0) {
+		name = next_word(&p);
+		if (name == NULL || !valid_name(name))
+			return;
+		ru = rule_get(L->r, name);
+		free(ru->desc);
+		ru->desc = xstrdup(p);
+		return;
+	}
+	if (strcmp(dir, "tflags") == 0) {
+		char *f;
+		name = next_word(&p);
+		if (name == NULL || !valid_name(name))
+			return;
+		ru = rule_get(L->r, name);
+		ru->multiple = ru->nice = false;
+		ru->maxhits = 0;
+		while ((f = next_word(&p)) != NULL) {
+			if (strcmp(f, "multiple") == 0)
+				ru->multiple = true;
+			else if (strcmp(f, "nice") == 0)
+				ru->nice = true;
+			else if (strncmp(f, "maxhits=", 8) == 0) {
+				long long m;
+				if (parse_ll(f + 8, 1, RULES_MAX_HITS, &m))
+					ru->maxhits = (unsigned)m;
+			}
+			/* net, learn, userconf, noautolearn, publish, ...: noted,
+			 * nothing to do without network tests and Bayes here */
+		}
+		return;
+	}
+	if (unsupported_rule_directive(dir)) {
+		name = next_word(&p);
+		if (name && valid_name(name) && strncmp(dir, "replace_", 8) != 0) {
+			ru = rule_get(L->r, name);
+			mark_unsupported(ru, file, lno);
+		}
+		issue(L, RULES_I_UNSUPPORTED, file, lno, "%s %s", dir, name ? name : "");
+		return;
+	}
+	if (ignored_directive(dir))
+		return;
+	issue(L, RULES_I_DIRECTIVE, file, lno, "%s", dir);
+}
+
+static int
+load_file(struct loader *L, const char *file)
+{
+	FILE *f;
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t n;
+	unsigned lno = 0;
+	bool cond[RULES_IF_DEPTH], taken[RULES_IF_DEPTH], in_else[RULES_IF_DEPTH];
+	int ncond = 0, i;
+
+	for (i = 0; i < L->depth; i++)
+		if (strcmp(L->stack[i], file) == 0) {
+			issue(L, RULES_I_FILE, file, 0, "include loop");
+			return -1;
+		}
+	if ((f = fopen(file, "r")) == NULL) {
+		issue(L, RULES_I_FILE, file, 0, "%s", strerror(errno));
+		return -1;
+	}
+	L->stack[L->depth++] = file;
+	if (L->rep)
+		L->rep->files++;
+	while ((n = getline(&line, &cap, f)) >= 0) {
+		char *s = line, *h;
+		lno++;
+		if (n > RULES_LINE_MAX) {
+			issue(L, RULES_I_SYNTAX, file, lno, "line longer than %d bytes", RULES_LINE_MAX);
+			continue;
+		}
+		while (n > 0 && (s[n - 1] == '\n' || s[n - 1] == '\r'))
+			s[--n] = '\0';
+		/* comments: '#' at the start or after whitespace; "\#" is a '#' */
+		for (h = s; (h = strchr(h, '#')) != NULL; h++) {
+			if (h == s || (isspace((unsigned char)h[-1]))) {
+				*h = '\0';
+				break;
+			}
+		}
+		parse_line(L, s, file, lno, cond, &ncond, taken, in_else);
+	}
+	free(line);
+	fclose(f);
+	if (ncond > 0)
+		issue(L, RULES_I_SYNTAX, file, lno, "%d if/ifplugin block(s) without endif", ncond);
+	L->depth--;
+	return 0;
+}
+
+static int
+name_cmp(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static int
+load_dir(struct loader *L, const char *dir)
+{
+	DIR *d;
+	struct dirent *de;
+	char **names = NULL;
+	size_t n = 0, i;
+	char path[4200];
+
+	if ((d = opendir(dir)) == NULL) {
+		issue(L, RULES_I_FILE, dir, 0, "%s", strerror(errno));
+		return -1;
+	}
+	while ((de = readdir(d)) != NULL) {
+		size_t l = strlen(de->d_name);
+		if (de->d_name[0] == '.')
+			continue;
+		if (!((l > 3 && strcmp(de->d_name + l - 3, ".cf") == 0) ||
+		    (l > 6 && strcmp(de->d_name + l - 6, ".rules") == 0)))
+			continue;
+		names = xreallocarray(names, n + 1, sizeof(*names));
+		names[n++] = xstrdup(de->d_name);
+	}
+	closedir(d);
+	qsort(names, n, sizeof(*names), name_cmp);
+	for (i = 0; i < n; i++) {
+		snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+		(void)load_file(L, path);
+		free(names[i]);
+	}
+	free(names);
+	return 0;
+}
+
+static int
+load_path(struct loader *L, const char *path, bool top)
+{
+	struct stat st;
+	glob_t g;
+	size_t i;
+	int rc = 0;
+
+	if (L->depth >= RULES_INCLUDE_DEPTH) {
+		issue(L, RULES_I_FILE, path, 0, "includes nested too deep");
+		return -1;
+	}
+	if (strpbrk(path, "*?[") != NULL) {
+		if (glob(path, 0, NULL, &g) != 0) {
+			issue(L, RULES_I_FILE, path, 0, "glob matches nothing");
+			return -1;
+		}
+		for (i = 0; i < g.gl_pathc; i++)
+			if (load_path(L, g.gl_pathv[i], top) < 0)
+				rc = -1;
+		globfree(&g);
+		return rc;
+	}
+	if (stat(path, &st) < 0) {
+		issue(L, RULES_I_FILE, path, 0, "%s", strerror(errno));
+		return -1;
+	}
+	if (S_ISDIR(st.st_mode))
+		return load_dir(L, path);
+	return load_file(L, path);
+}
+
+/* meta resolution: a meta is bad if it depends (transitively) on a rule
+ * that was defined but could not be loaded */
+static bool
+meta_resolve(struct rules *r, int i, struct rules_report *rep, struct loader *L)
+{
+	struct rule *ru = &r->v[i];
+	size_t k;
+
+	if (ru->mstate == 2)
+		return true;
+	if (ru->mstate == 3 || ru->mstate == 1) {
+		if (ru->mstate == 1) {
+			issue(L, RULES_I_SYNTAX, ru->where, 0, "%s: meta rules depend on each other in a loop",
+			    ru->name);
+			ru->mstate = 3;
+		}
+		return false;
+	}
+	ru->mstate = 1;
+	for (k = 0; k < ru->nexpr; k++) {
+		struct mtok *t = &ru->expr[k];
+		int j;
+		if (t->op != MO_RULE)
+			continue;
+		j = rule_find(r, t->name);
+		t->idx = -1;
+		if (j < 0)
+			continue;               /* undefined: 0, as SpamAssassin */
+		if (r->v[j].type == RT_NONE) {
+			if (r->v[j].unsupported || r->v[j].mentioned_skipped) {
+				issue(L, RULES_I_META, ru->where, 0, "%s: depends on %s", ru->name,
+				    t->name);
+				ru->mstate = 3;
+				return false;
+			}
+			continue;
+		}
+		if (r->v[j].type == RT_META && !meta_resolve(r, j, rep, L)) {
+			if (ru->mstate != 3)
+				issue(L, RULES_I_META, ru->where, 0, "%s: depends on %s", ru->name,
+				    t->name);
+			ru->mstate = 3;
+			return false;
+		}
+		t->idx = j;
+	}
+	ru->mstate = 2;
+	return true;
+}
+
+static void
+meta_order(struct rules *r, int i, bool *placed)
+{
+	struct rule *ru = &r->v[i];
+	size_t k;
+
+	if (placed[i])
+		return;
+	placed[i] = true;
+	for (k = 0; k < ru->nexpr; k++) {
+		int j = ru->expr[k].idx;
+		if (ru->expr[k].op == MO_RULE && j >= 0 && r->v[j].type == RT_META &&
+		    r->v[j].active)
+			meta_order(r, j, placed);
+	}
+	r->metas[r->nmetas++] = i;
+}
+
+struct rules *
+rules_load(const char *const *paths, size_t n, struct rules_report *rep, char **err)
+{
+	struct rules *r = xcalloc(1, sizeof(*r));
+	struct rules_report dummy;
+	struct loader L;
+	size_t i, ok = 0;
+	bool *placed;
+
+	*err = NULL;
+	if (rep == NULL)
+		rep = &dummy;
+	memset(rep, 0, sizeof(*rep));
+	for (i = 0; i < RULES_HASH; i++)
+		r->hash[i] = -1;
+	memset(&L, 0, sizeof(L));
+	L.r = r;
+	L.rep = rep;
+	L.cctx = pcre2_compile_context_create(NULL);
+	pcre2_set_compile_extra_options(L.cctx, PCRE2_EXTRA_BAD_ESCAPE_IS_LITERAL);
+	for (i = 0; i < n; i++)
+		if (load_path(&L, paths[i], true) == 0)
+			ok++;
+	pcre2_compile_context_free(L.cctx);
+	if (n > 0 && ok == 0 && rep->files == 0) {
+		*err = xstrdup(rep->nissues ? rep->issues[0].text : "no rule file readable");
+		char buf[4400];
+		snprintf(buf, sizeof(buf), "%s: %s", rep->nissues ? rep->issues[0].where : "",
+		    rep->nissues ? rep->issues[0].text : "no rule file readable");
+		free(*err);
+		*err = xstrdup(buf);
+		if (rep == &dummy)
+			rules_report_free(&dummy);
+		rules_free(&r);
+		return NULL;
+	}
+
+	/* default scores (as SpamAssassin): 1, T_ rules 0.01, nice negative */
+	for (i = 0; i < r->n; i++) {
+		struct rule *ru = &r->v[i];
+		if (ru->type == RT_NONE)
+			continue;
+		if (!ru->has_score) {
+			ru->score = strncmp(ru->name, "T_", 2) == 0 ? 0.01 : 1.0;
+			if (ru->nice)
+				ru->score = -ru->score;
+		}
+	}
+	for (i = 0; i < r->n; i++)
+		if (r->v[i].type == RT_META)
+			(void)meta_resolve(r, (int)i, rep, &L);
+	r->order = xcalloc(r->n + 1, sizeof(*r->order));
+	r->metas = xcalloc(r->n + 1, sizeof(*r->metas));
+	for (i = 0; i < r->n; i++) {
+		struct rule *ru = &r->v[i];
+		if (ru->type == RT_NONE || (ru->type == RT_META && ru->mstate != 2))
+			continue;
+		if (ru->score == 0) {
+			rep->disabled++;
+			continue;
+		}
+		ru->active = true;
+		r->nactive++;
+		if (ru->type != RT_META)
+			r->order[r->norder++] = (int)i;
+	}
+	/* a meta sees a disabled rule as 0 */
+	for (i = 0; i < r->n; i++) {
+		struct rule *ru = &r->v[i];
+		if (ru->type != RT_META || !ru->active)
+			continue;
+		for (size_t k = 0; k < ru->nexpr; k++)
+			if (ru->expr[k].op == MO_RULE && ru->expr[k].idx >= 0 &&
+			    !r->v[ru->expr[k].idx].active)
+				ru->expr[k].idx = -1;
+	}
+	placed = xcalloc(r->n + 1, sizeof(*placed));
+	for (i = 0; i < r->n; i++)
+		if (r->v[i].type == RT_META && r->v[i].active)
+			meta_order(r, (int)i, placed);
+	free(placed);
+	rep->loaded = (unsigned)r->nactive;
+	if (rep == &dummy)
+		rules_report_free(&dummy);
+	return r;
+}
+
+size_t
+rules_count(const struct rules *r)
+{
+	return r ? r->nactive : 0;
+}
+
+void
+rules_free(struct rules **rp)
+{
+	struct rules *r = *rp;
+	size_t i;
+
+	if (r == NULL)
+		return;
+	for (i = 0; i < r->n; i++) {
+		rule_clear_def(&r->v[i]);
+		free(r->v[i].name);
+		free(r->v[i].desc);
+	}
+	free(r->v);
+	free(r->order);
+	free(r->metas);
+	free(r);
+	*rp = NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* evaluation */
+
+struct rhdr {
+	const char *name;
+	size_t namelen;
+	char *raw;              /* unfolded ("\r?\n\s+" -> " "), with "\n" */
+};
+
+struct ectx {
+	const struct rules *r;
+	const struct mime_msg *m;
+	const char *raw;
+	size_t rawlen;
+	pcre2_match_data *md;
+	pcre2_match_context *mc;
+	pcre2_jit_stack *js;
+	unsigned limit_hits;
+	struct rhdr *rh;
+	size_t nrh;
+	size_t hdr_end;         /* offset of the body in raw */
+	char **lines;           /* rendered body lines */
+	size_t *linelens;
+	size_t nlines;
+	char *rawbody;
+	size_t rawbodylen;
+};
+
+/* count matches of re in s (at most max); 0 if none */
+static unsigned
+count_matches(struct ectx *e, const pcre2_code *re, const char *s, size_t len,
+    unsigned max)
+{
+	PCRE2_SIZE off = 0, *ov;
+	unsigned n = 0;
+	int rc;
+
+	while (n < max && off <= len) {
+		rc = pcre2_match(re, (PCRE2_SPTR)s, len, off, 0, e->md, e->mc);
+		if (rc < 0) {
+			if (rc != PCRE2_ERROR_NOMATCH)
+				e->limit_hits++;
+			break;
+		}
+		n++;
+		ov = pcre2_get_ovector_pointer(e->md);
+		if (ov[1] > ov[0])
+			off = ov[1];
+		else
+			off = ov[1] + 1;        /* empty match: step on */
+	}
+	return n;
+}
+
+static void
+parse_raw_headers(struct ectx *e)
+{
+	const char *p = e->raw, *end = e->raw + e->rawlen;
+
+	while (p < end) {
+		const char *ls = p, *colon, *le;
+		struct buf v = BUF_INIT;
+
+		if (*p == '\n' || (*p == '\r' && p + 1 < end && p[1] == '\n')) {
+			p += *p == '\r' ? 2 : 1;
+			break;
+		}
+		le = memchr(p, '\n', (size_t)(end - p));
+		le = le ? le : end;
+		colon = memchr(ls, ':', (size_t)(le - ls));
+		if (colon == NULL || colon == ls || isspace((unsigned char)*ls)) {
+			/* From_ line or garbage: skip */
+			p = le < end ? le + 1 : end;
+			continue;
+		}
+		const char *vs = colon + 1;
+		while (vs < le && (*vs == ' ' || *vs == '\t'))
+			vs++;
+		for (;;) {
+			const char *ve = le;
+			if (ve > vs && ve[-1] == '\r')
+				ve--;
+			buf_add(&v, vs, (size_t)(ve - vs));
+			p = le < end ? le + 1 : end;
+			if (p < end && (*p == ' ' || *p == '\t')) {
+				buf_addc(&v, ' ');
+				while (p < end && (*p == ' ' || *p == '\t'))
+					p++;
+				vs = p;
+				le = memchr(p, '\n', (size_t)(end - p));
+				le = le ? le : end;
+				continue;
+			}
+			break;
+		}
+		buf_addc(&v, '\n');
+		e->rh = xreallocarray(e->rh, e->nrh + 1, sizeof(*e->rh));
+		e->rh[e->nrh].name = ls;
+		e->rh[e->nrh].namelen = (size_t)(colon - ls);
+		while (e->rh[e->nrh].namelen > 0 && isspace((unsigned char)ls[e->rh[e->nrh].namelen - 1]))
+			e->rh[e->nrh].namelen--;
+		e->rh[e->nrh].raw = buf_steal(&v);
+		e->nrh++;
+	}
+	e->hdr_end = (size_t)(p - e->raw);
+}
+
+static void
+add_addrs(struct buf *out, const char *v, bool want_name)
+{
+	/* split on commas outside quotes, <> and () */
+	const char *p = v;
+
+	while (*p) {
+		const char *s = p, *lt = NULL, *gt = NULL;
+		int q = 0, ang = 0, par = 0;
+		for (; *p; p++) {
+			if (*p == '\\' && p[1]) { p++; continue; }
+			if (*p == '"') q = !q;
+			else if (!q && *p == '(') par++;
+			else if (!q && *p == ')' && par) par--;
+			else if (!q && !par && *p == '<') { ang = 1; lt = p; }
+			else if (!q && !par && *p == '>' && ang) { ang = 0; gt = p; }
+			else if (!q && !par && !ang && *p == ',') break;
+		}
+		const char *e = p;
+		if (*p == ',')
+			p++;
+		if (want_name) {
+			const char *b = s, *f = lt ? lt : e;
+			while (b < f && isspace((unsigned char)*b)) b++;
+			while (f > b && isspace((unsigned char)f[-1])) f--;
+			if (f > b && *b == '"' && f[-1] == '"' && f - b >= 2) { b++; f--; }
+			if (lt == NULL) {
+				/* addr (Name) */
+				const char *o = memchr(s, '(', (size_t)(e - s));
+				const char *c = o ? memchr(o, ')', (size_t)(e - o)) : NULL;
+				if (o && c) { b = o + 1; f = c; } else { b = f; }
+			}
+			buf_add(out, b, (size_t)(f - b));
+			buf_addc(out, '\n');
+		} else {
+			const char *b, *f;
+			if (lt && gt && gt > lt) {
+				b = lt + 1;
+				f = gt;
+			} else {
+				b = s;
+				f = e;
+				const char *o = memchr(s, '(', (size_t)(e - s));
+				if (o)
+					f = o;
+			}
+			while (b < f && isspace((unsigned char)*b)) b++;
+			while (f > b && isspace((unsigned char)f[-1])) f--;
+			if (f > b) {
+				buf_add(out, b, (size_t)(f - b));
+				buf_addc(out, '\n');
+			}
+		}
+	}
+}
+
+/* the string a header rule matches; false if the header is absent */
+static bool
+header_value(struct ectx *e, const struct rule *ru, struct buf *out)
+{
+	const char *names[4];
+	size_t nn = 0, i, k;
+	bool found = false;
+
+	buf_reset(out);
+	if (ru->hspecial == HS_ALL) {
+		if (ru->hmode == HM_RAW) {
+			buf_add(out, e->raw, e->hdr_end);
+			return e->hdr_end > 0;
+		}
+		for (i = 0; i < mime_header_count(e->m); i++) {
+			const struct mime_header *h = mime_header_at(e->m, i);
+			buf_printf(out, "%s: %s\n", h->name, h->value);
+		}
+		return out->len > 0;
+	}
+	if (ru->hspecial == HS_TOCC) {
+		names[nn++] = "To";
+		names[nn++] = "Cc";
+	} else if (ru->hspecial == HS_MESSAGEID) {
+		names[nn++] = "X-Message-Id";
+		names[nn++] = "Resent-Message-Id";
+		names[nn++] = "X-Original-Message-ID";
+		names[nn++] = "Message-Id";
+	} else
+		names[nn++] = ru->hdr;
+
+	for (k = 0; k < nn; k++) {
+		if (ru->hmode == HM_RAW) {
+			for (i = 0; i < e->nrh; i++) {
+				if (e->rh[i].namelen != strlen(names[k]) ||
+				    ascii_strncasecmp(e->rh[i].name, names[k], e->rh[i].namelen) != 0)
+					continue;
+				buf_adds(out, e->rh[i].raw);
+				found = true;
+			}
+			continue;
+		}
+		for (i = 0; i < mime_header_count(e->m); i++) {
+			const struct mime_header *h = mime_header_at(e->m, i);
+			if (ascii_strcasecmp(h->name, names[k]) != 0)
+				continue;
+			found = true;
+			if (ru->hmode == HM_ADDR || ru->hmode == HM_NAME)
+				add_addrs(out, h->value, ru->hmode == HM_NAME);
+			else {
+				buf_adds(out, h->value);
+				buf_addc(out, '\n');
+			}
+		}
+	}
+	/* :addr/:name give values without the last newline (as SA's get()) */
+	if ((ru->hmode == HM_ADDR || ru->hmode == HM_NAME) && out->len > 0 &&
+	    out->data[out->len - 1] == '\n')
+		out->len--;
+	return found;
+}
+
+static void
+add_line(struct ectx *e, const char *s, size_t len)
+{
+	e->lines = xreallocarray(e->lines, e->nlines + 1, sizeof(*e->lines));
+	e->linelens = xreallocarray(e->linelens, e->nlines + 1, sizeof(*e->linelens));
+	e->lines[e->nlines] = xstrndup(s, len);
+	e->linelens[e->nlines] = len;
+	e->nlines++;
+}
+
+/* split_into_array_of_short_lines(): lines keep their "\n"; longer than
+ * 2048 bytes split at the last space before, else at 2048 */
+static void
+split_short_lines(struct ectx *e, const char *s, size_t len)
+{
+	size_t i = 0;
+
+	while (i < len) {
+		const char *nl = memchr(s + i, '\n', len - i);
+		size_t l = nl ? (size_t)(nl - (s + i)) + 1 : len - i;
+		const char *ls = s + i;
+		while (l > RULES_BODY_LINE) {
+			size_t cut = 0, j;
+			for (j = RULES_BODY_LINE + 1; j-- > 0; )
+				if (ls[j] == ' ') {
+					cut = j + 1;
+					break;
+				}
+			if (cut == 0)
+				cut = RULES_BODY_LINE;
+			add_line(e, ls, cut);
+			ls += cut;
+			l -= cut;
+		}
+		add_line(e, ls, l);
+		i += (size_t)(ls - (s + i)) + l;
+	}
+}
+
+static bool
+is_ws(char c)
+{
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
+
+/* SpamAssassin's rendered body: the Subject line, then every text part
+ * joined with "\n"; paragraphs (split by blank lines) collapsed to one
+ * line with whitespace runs as single spaces */
+static void
+build_body(struct ectx *e)
+{
+	struct buf text = BUF_INIT, out = BUF_INIT;
+	const char *subj = mime_header_get(e->m, "Subject");
+	size_t i;
+
+	for (i = 0; i < mime_text_count(e->m); i++) {
+		const struct mime_text *t = mime_text_at(e->m, i);
+		if (i > 0)
+			buf_addc(&text, '\n');
+		buf_add(&text, t->text, t->len);
+	}
+	if (subj && *subj) {
+		buf_adds(&out, subj);
+		buf_addc(&out, '\n');
+	} else
+		buf_addc(&out, '\n');
+	/* s/\n+\s*\n+/\0/g; s/\s+/ /g; tr/\0/\n/ */
+	for (i = 0; i < text.len; ) {
+		char c = text.data[i];
+		if (c == '\n') {
+			size_t j = i, nls = 0, last_nl = i;
+			while (j < text.len && is_ws(text.data[j])) {
+				if (text.data[j] == '\n') {
+					nls++;
+					last_nl = j;
+				}
+				j++;
+			}
+			if (nls >= 2) {
+				/* \n+\s*\n+ consumes through the last newline; the
+				 * whitespace after it collapses to one space */
+				buf_addc(&out, '\n');
+				if (last_nl + 1 < j)
+					buf_addc(&out, ' ');
+			} else
+				buf_addc(&out, ' ');
+			i = j;
+			continue;
+		}
+		if (is_ws(c)) {
+			while (i < text.len && is_ws(text.data[i]) && text.data[i] != '\n')
+				i++;
+			if (i < text.len && text.data[i] == '\n')
+				continue;       /* the newline logic decides */
+			buf_addc(&out, ' ');
+			continue;
+		}
+		buf_addc(&out, c);
+		i++;
+	}
+	split_short_lines(e, out.data ? out.data : "", out.len);
+	buf_free(&text);
+	buf_free(&out);
+}
+
+static void
+build_rawbody(struct ectx *e)
+{
+	struct buf b = BUF_INIT;
+	size_t i;
+
+	/* the decoded text parts; mime.c gives HTML only rendered, so HTML
+	 * is matched as text here (documented difference) */
+	for (i = 0; i < mime_text_count(e->m); i++) {
+		const struct mime_text *t = mime_text_at(e->m, i);
+		buf_add(&b, t->text, t->len);
+		if (t->len && t->text[t->len - 1] != '\n')
+			buf_addc(&b, '\n');
+	}
+	e->rawbodylen = b.len;
+	e->rawbody = b.data ? buf_steal(&b) : xstrdup("");
+}
+
+static unsigned
+run_rule(struct ectx *e, const struct rule *ru, struct buf *tmp)
+{
+	unsigned max = ru->multiple ? (ru->maxhits ? ru->maxhits : RULES_MAX_HITS) : 1;
+	unsigned n = 0;
+	size_t i;
+
+	switch (ru->type) {
+	case RT_HEADER: {
+		bool found = header_value(e, ru, tmp);
+		if (ru->exists)
+			return found ? 1 : 0;
+		if (!found) {
+			buf_reset(tmp);
+			if (ru->unset)
+				buf_adds(tmp, ru->unset);
+		}
+		n = count_matches(e, ru->re, tmp->data ? tmp->data : "", tmp->len,
+		    ru->negate ? 1 : max);
+		if (ru->negate)
+			return n ? 0 : 1;
+		return n;
+	}
+	case RT_BODY:
+		for (i = 0; i < e->nlines && n < max; i++)
+			n += count_matches(e, ru->re, e->lines[i], e->linelens[i], max - n);
+		return n;
+	case RT_RAWBODY:
+		return count_matches(e, ru->re, e->rawbody, e->rawbodylen, max);
+	case RT_FULL:
+		return count_matches(e, ru->re, e->raw, e->rawlen, max);
+	case RT_URI:
+		for (i = 0; i < mime_url_count(e->m) && n < max; i++) {
+			const char *u = mime_url_at(e->m, i)->url;
+			n += count_matches(e, ru->re, u, strlen(u), max - n);
+		}
+		return n;
+	default:
+		return 0;
+	}
+}
+
+static int
+hit_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct rules_hit *)a)->name, ((const struct rules_hit *)b)->name);
+}
+
+int
+rules_eval(const struct rules *r, const struct mime_msg *m, const char *raw,
+    size_t rawlen, struct rules_hits *out)
+{
+	struct ectx e;
+	struct buf tmp = BUF_INIT;
+	double *vals;
+	size_t i;
+
+	memset(out, 0, sizeof(*out));
+	if (r == NULL || m == NULL)
+		return 0;
+	memset(&e, 0, sizeof(e));
+	e.r = r;
+	e.m = m;
+	e.raw = raw ? raw : "";
+	e.rawlen = raw ? rawlen : 0;
+	e.md = pcre2_match_data_create(1, NULL);
+	e.mc = pcre2_match_context_create(NULL);
+	e.js = pcre2_jit_stack_create(32 * 1024, 1024 * 1024, NULL);
+	if (e.md == NULL || e.mc == NULL || e.js == NULL) {
+		pcre2_match_data_free(e.md);
+		pcre2_match_context_free(e.mc);
+		pcre2_jit_stack_free(e.js);
+		return -1;
+	}
+	pcre2_set_match_limit(e.mc, RULES_MATCH_LIMIT);
+	pcre2_set_depth_limit(e.mc, RULES_DEPTH_LIMIT);
+	pcre2_set_heap_limit(e.mc, RULES_HEAP_LIMIT);
+	pcre2_jit_stack_assign(e.mc, NULL, e.js);
+	parse_raw_headers(&e);
+	build_body(&e);
+	build_rawbody(&e);
+
+	vals = xcalloc(r->n + 1, sizeof(*vals));
+	for (i = 0; i < r->norder; i++) {
+		const struct rule *ru = &r->v[r->order[i]];
+		vals[r->order[i]] = run_rule(&e, ru, &tmp);
+	}
+	for (i = 0; i < r->nmetas; i++) {
+		const struct rule *ru = &r->v[r->metas[i]];
+		vals[r->metas[i]] = meta_eval(ru->expr, ru->nexpr, vals) != 0 ? 1 : 0;
+	}
+	for (i = 0; i < r->n; i++) {
+		const struct rule *ru = &r->v[i];
+		struct rules_hit *h;
+		if (!ru->active || vals[i] == 0 || strncmp(ru->name, "__", 2) == 0)
+			continue;
+		if (out->n == out->cap) {
+			out->cap = out->cap ? out->cap * 2 : 16;
+			out->v = xreallocarray(out->v, out->cap, sizeof(*out->v));
+		}
+		h = &out->v[out->n++];
+		h->name = ru->name;
+		h->desc = ru->desc ? ru->desc : "";
+		h->score = ru->score;
+		h->count = (unsigned)vals[i];
+		out->total += ru->score;
+	}
+	if (out->n > 1)
+		qsort(out->v, out->n, sizeof(*out->v), hit_cmp);
+	out->limit_hits = e.limit_hits;
+
+	free(vals);
+	buf_free(&tmp);
+	for (i = 0; i < e.nrh; i++)
+		free(e.rh[i].raw);
+	free(e.rh);
+	for (i = 0; i < e.nlines; i++)
+		free(e.lines[i]);
+	free(e.lines);
+	free(e.linelens);
+	free(e.rawbody);
+	pcre2_match_data_free(e.md);
+	pcre2_match_context_free(e.mc);
+	pcre2_jit_stack_free(e.js);
+	return 0;
+}
+
+void
+rules_hits_free(struct rules_hits *h)
+{
+	if (h == NULL)
+		return;
+	free(h->v);
+	memset(h, 0, sizeof(*h));
+}
