@@ -81,3 +81,8 @@ EXTRA_DIST += tests/integration/test_bayes_cli.py
 check_PROGRAMS += tests/unit/test_av
 tests_unit_test_av_LDADD = $(MOAT_LIBS)
 TESTS += tests/unit/test_av
+
+# ---- quarantine store and `moat quarantine` ----
+check_PROGRAMS += tests/unit/test_qstore
+tests_unit_test_qstore_LDADD = $(MOAT_LIBS)
+TESTS += tests/unit/test_qstore
