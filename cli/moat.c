@@ -52,6 +52,9 @@ static const struct cmd_group cmd_groups[] = {
 	{ "bayes", cmd_bayes,
 	  "bayes train --spam PATH --ham PATH | classify FILE... | stats | forget --spam|--ham FILE\n"
 	  "  bayes expire [--days N] | export > FILE | import < FILE   the Bayes token store" },
+	{ "av", cmd_av,
+	  "av scan [--database DIR | --clamd ADDR] FILE...   scan files for viruses\n"
+	  "  av info [--database DIR]   signatures loaded, database age" },
 	{ "rules", cmd_rules,
 	  "rules check [-v] PATH...  load rule files, report what was skipped and why\n"
 	  "  rules test [-t] -r PATH... FILE...   the rule hits of messages" },

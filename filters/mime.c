@@ -45,6 +45,7 @@ struct mime_msg {
 	unsigned                parts;
 	unsigned                depth;
 	size_t                  decoded;
+	size_t                  attkept;        /* attachment bytes kept (data) */
 	struct mime_limits      lim;
 };
 
@@ -593,12 +594,20 @@ walk(struct mime_msg *m, GMimeObject *o, unsigned depth)
 			add_text(m, type, t, tl, html);
 		}
 	} else {
-		GMimeStream *null = g_mime_stream_null_new();
-		gint64 sz = dw ? g_mime_data_wrapper_write_to_stream(dw, null) : 0;
+		GMimeStream *mem = g_mime_stream_mem_new();
+		gint64 sz = dw ? g_mime_data_wrapper_write_to_stream(dw, mem) : 0;
+		GByteArray *ba = g_mime_stream_mem_get_byte_array(GMIME_STREAM_MEM(mem));
+		unsigned char *data = NULL;
 		size_t fl;
 
-		g_object_unref(null);
+		if (sz > 0 && ba->len > 0 && ba->len <= m->lim.max_decoded - m->attkept) {
+			data = xmalloc(ba->len);
+			memcpy(data, ba->data, ba->len);
+			m->attkept += ba->len;
+		}
+		g_object_unref(mem);
 		GROW(m->att, m->natt, m->attcap);
+		m->att[m->natt].data = data;
 		m->att[m->natt].filename = fname ? to_utf8(fname, strlen(fname), "utf-8", &fl) : xstrdup("");
 		m->att[m->natt].type = xstrdup(type ? type : "application/octet-stream");
 		m->att[m->natt].size = sz > 0 ? (size_t)sz : 0;
@@ -772,6 +781,7 @@ mime_free(struct mime_msg **mp)
 	for (size_t i = 0; i < m->natt; i++) {
 		free((char *)m->att[i].filename);
 		free((char *)m->att[i].type);
+		free((void *)m->att[i].data);
 	}
 	for (size_t i = 0; i < m->nurl; i++) {
 		free((char *)m->url[i].url);

@@ -52,6 +52,9 @@ struct mime_attachment {
 	const char *filename;           /* UTF-8, "" if none */
 	const char *type;               /* "application/pdf" (lowercase) */
 	size_t      size;               /* decoded bytes */
+	/* the decoded bytes (for magic and archive checks); NULL when the
+	 * attachments of the message together exceed max_decoded */
+	const unsigned char *data;
 };
 
 struct mime_url {
