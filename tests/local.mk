@@ -81,6 +81,11 @@ EXTRA_DIST += tests/integration/test_bayes_cli.py
 check_PROGRAMS += tests/unit/test_av
 tests_unit_test_av_LDADD = $(MOAT_LIBS)
 TESTS += tests/unit/test_av
+TESTS += tests/integration/test_av_cli.py
+EXTRA_DIST += tests/integration/test_av_cli.py
+check_PROGRAMS += tests/unit/test_attach
+tests_unit_test_attach_LDADD = $(MOAT_LIBS)
+TESTS += tests/unit/test_attach
 
 # ---- quarantine store and `moat quarantine` ----
 check_PROGRAMS += tests/unit/test_qstore
