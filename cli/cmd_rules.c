@@ -1,7 +1,7 @@
 /*
  * cmd_rules.c - `moat rules ...`: check rule files and try them on messages.
  *
- *   rules check [PATH...]          load the rule files (a file, a glob or a
+ *   rules check [-v] [-l] PATH...   load the rule files (a file, a glob or a
  *         directory of *.cf and *.rules files) and print how many rules loaded, how
  *         many were skipped and why, grouped: eval: tests, bad regexes
  *         (FILE:LINE), unknown directives, ...  Exit 1 on a hard error (bad
@@ -104,12 +104,16 @@ rules_check(int argc, char **argv)
 	struct rules_report rep;
 	struct rules *r;
 	char *err = NULL;
-	bool verbose = false;
+	bool verbose = false, list = false;
 	int i, first = 1;
 
-	if (argc > 1 && strcmp(argv[1], "-v") == 0) {
-		verbose = true;
-		first = 2;
+	for (; first < argc && argv[first][0] == '-'; first++) {
+		if (strcmp(argv[first], "-v") == 0)
+			verbose = true;
+		else if (strcmp(argv[first], "-l") == 0)
+			list = true;
+		else
+			break;
 	}
 	if (argc <= first) {
 		fprintf(stderr, "moat rules check: no PATH given (and no `rules` in the config)\n");
@@ -122,6 +126,10 @@ rules_check(int argc, char **argv)
 		print_report(&rep, verbose);
 		rules_report_free(&rep);
 		return 1;
+	}
+	if (list) {
+		for (size_t k = 0; k < rules_count(r); k++)
+			printf("rule %s\n", rules_name_at(r, k));
 	}
 	print_report(&rep, verbose);
 	i = rep.hard ? 1 : 0;
@@ -233,7 +241,7 @@ cmd_rules(struct moat_conf *c, int argc, char **argv)
 		return rules_check(argc - 1, argv + 1);
 	if (argc >= 2 && strcmp(argv[1], "test") == 0)
 		return rules_test(argc - 1, argv + 1);
-	fprintf(stderr, "usage: moat rules check [-v] PATH...\n"
+	fprintf(stderr, "usage: moat rules check [-v] [-l] PATH...\n"
 	    "       moat rules test [-t] -r PATH [-r PATH]... FILE...\n");
 	return 2;
 }

@@ -1383,6 +1383,17 @@ rules_count(const struct rules *r)
 	return r ? r->nactive : 0;
 }
 
+const char *
+rules_name_at(const struct rules *r, size_t i)
+{
+	size_t k;
+
+	for (k = 0; r && k < r->n; k++)
+		if (r->v[k].active && i-- == 0)
+			return r->v[k].name;
+	return NULL;
+}
+
 void
 rules_free(struct rules **rp)
 {

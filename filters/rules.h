@@ -62,6 +62,8 @@ struct rules *rules_load(const char *const *paths, size_t n,
     struct rules_report *report, char **err);
 void rules_free(struct rules **);
 size_t rules_count(const struct rules *);
+/* the i-th active rule (i < rules_count()), __ rules included */
+const char *rules_name_at(const struct rules *, size_t i);
 
 struct rules_hit {
 	const char *name;       /* valid while the rule set lives */

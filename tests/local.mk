@@ -91,3 +91,9 @@ TESTS += tests/unit/test_attach
 check_PROGRAMS += tests/unit/test_qstore
 tests_unit_test_qstore_LDADD = $(MOAT_LIBS)
 TESTS += tests/unit/test_qstore
+
+# ---- rule files (filters/rules.c, rules/, moat rules) ----
+check_PROGRAMS += tests/unit/test_rules
+tests_unit_test_rules_LDADD = $(MOAT_LIBS)
+TESTS += tests/unit/test_rules tests/integration/test_rules_cli.py
+EXTRA_DIST += tests/integration/test_rules_cli.py rules

@@ -1,0 +1,242 @@
+/*
+ * test_rules.c - filters/rules.c: each rule type, meta arithmetic, tflags
+ * multiple/maxhits, if/ifplugin, eval: skipped and counted, bad regex
+ * reported as FILE:LINE and skipped, Perl -> PCRE2 translation, and a
+ * pathological regex stopped by the match limit.
+ */
+#include "config.h"
+#include "mime.h"
+#include "rules.h"
+#include "util.h"
+#include "t.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static char tmpl[] = "/tmp/test_rules.XXXXXX";
+
+static char *
+write_rules(const char *name, const char *text)
+{
+	char path[256];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%s", tmpl, name);
+	f = fopen(path, "w");
+	fputs(text, f);
+	fclose(f);
+	return xstrdup(path);
+}
+
+static bool
+hit(const struct rules_hits *h, const char *name, unsigned *count)
+{
+	for (size_t i = 0; i < h->n; i++)
+		if (strcmp(h->v[i].name, name) == 0) {
+			if (count)
+				*count = h->v[i].count;
+			return true;
+		}
+	return false;
+}
+
+static const char MSG[] =
+    "Received: from a.example (a.example [192.0.2.1])\n\tby b.example; Tue, 3 Nov 2026 10:00:00 +0000\n"
+    "From: \"Bank Team\" <team@bank.example>\n"
+    "To: bob@example.net\n"
+    "Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?= and WIN money\n"
+    "Date: Tue, 3 Nov 2026 10:00:00 +0000\n"
+    "Reply-To: other@elsewhere.example\n"
+    "Content-Type: text/plain; charset=utf-8\n"
+    "\n"
+    "Dear friend, you won a prize!! yes!! really!! win win win\n"
+    "second line of the paragraph\n"
+    "\n"
+    "Visit http://198.51.100.7/x and http://example.com/ok now.\n";
+
+static const char RULES[] =
+    "# a comment\n"
+    "header   H_SUBJ      Subject =~ /grüße/i\n"
+    "header   H_SUBJ_RAW  Subject:raw =~ /=\\?utf-8\\?q\\?/\n"
+    "header   H_ADDR      From:addr =~ /^team\\@bank\\.example$/\n"
+    "header   H_NAME      From:name =~ /^Bank Team$/\n"
+    "header   H_EXISTS    exists:Reply-To\n"
+    "header   H_NOTEX     exists:X-Nope\n"
+    "header   H_NEG       X-Nope !~ /./\n"
+    "header   H_UNSET     X-Nope =~ /^dflt$/ [if-unset: dflt]\n"
+    "header   H_ALL       ALL =~ /^Reply-To: other/m\n"
+    "body     B_PARA      /win win win second line/\n"
+    "body     B_SUBJ      /^Grüße and WIN/\n"
+    "body     B_MULTI     /!!/\n"
+    "tflags   B_MULTI     multiple maxhits=2\n"
+    "body     __B_WIN     /\\bwin\\b/i\n"
+    "tflags   __B_WIN     multiple\n"
+    "rawbody  R_RAW       /paragraph\\n\\nVisit/\n"
+    "full     F_FULL      m{^Reply-To: other\\@elsewhere}m\n"
+    "uri      U_IP        m{^http://\\d+\\.\\d+\\.\\d+\\.\\d+/}\n"
+    "uri      U_NONE      /nowhere\\.example/\n"
+    "meta     M_AND       H_SUBJ && (U_IP || U_NONE)\n"
+    "meta     M_ARITH     (__B_WIN * 2 + 1) >= 9 && !U_NONE\n"
+    "meta     M_NOT       __B_WIN < 3\n"
+    "meta     M_DIV       __B_WIN / 2 == 2\n"
+    "score    H_SUBJ      2.5 0 0 0\n"
+    "score    B_PARA      0\n"
+    "describe H_SUBJ      the subject greets\n"
+    "tflags   N_NICE      nice\n"
+    "body     N_NICE      /Dear friend/\n"
+    "if (version >= 3.004000)\n"
+    "body     IF_YES      /Dear/\n"
+    "else\n"
+    "body     IF_NO       /Dear/\n"
+    "endif\n"
+    "ifplugin Mail::SpamAssassin::Plugin::Nope\n"
+    "body     PLUG_SKIP   /Dear/\n"
+    "body     PLUG_EVAL   eval:check_nope()\n"
+    "endif\n"
+    "if !plugin(Mail::SpamAssassin::Plugin::Nope)\n"
+    "body     NOTPLUG     /Dear/\n"
+    "endif\n"
+    "body     EV          eval:check_something()\n"
+    "meta     M_EVAL      EV && IF_YES\n"
+    "body     BAD_RE      /(unclosed/\n"
+    "body     AFTER_BAD   /Dear/\n"
+    "frobnicate something\n"
+    "lang de describe H_SUBJ Betreff\n";
+
+int
+main(void)
+{
+	struct rules_report rep;
+	struct rules_hits h;
+	struct rules *r;
+	struct mime_msg *m;
+	char *err = NULL, *path, *pat;
+	unsigned cnt = 0, opt;
+	const char *why;
+
+	mime_init();
+	if (mkdtemp(tmpl) == NULL)
+		return 1;
+
+	/* Perl -> PCRE2 */
+	ok(rules_perl_re("/a\\/b/i", 7, &pat, &opt, &why) == 0 && strcmp(pat, "a\\/b") == 0,
+	    "/re/i: pattern");
+	ok(opt != 0, "/re/i: caseless option");
+	free(pat);
+	ok(rules_perl_re("m{x}y}sx", 8, &pat, &opt, &why) == 0 && strcmp(pat, "x}y") == 0,
+	    "m{...}: last closing brace ends the regex");
+	free(pat);
+	ok(rules_perl_re("m!a\\z!m", 7, &pat, &opt, &why) == 0 && strcmp(pat, "a\\z") == 0,
+	    "m!...!: \\z kept (PCRE2 knows it)");
+	free(pat);
+	ok(rules_perl_re("/a/q", 4, &pat, &opt, &why) < 0, "unknown modifier refused: %s", why);
+	ok(rules_perl_re("/(?{ 1 })/", 10, &pat, &opt, &why) < 0, "code block refused: %s", why);
+	ok(rules_perl_re("abc", 3, &pat, &opt, &why) < 0, "no delimiter refused");
+
+	path = write_rules("t.cf", RULES);
+	r = rules_load((const char *const *)&path, 1, &rep, &err);
+	ok(r != NULL, "rules load");
+	is_int(rep.count[RULES_I_EVAL], 2, "eval: counted (one in a branch not taken)");
+	is_int(rep.count[RULES_I_REGEX], 1, "bad regex counted");
+	is_int(rep.count[RULES_I_DIRECTIVE], 1, "unknown directive counted");
+	is_int(rep.count[RULES_I_META], 1, "meta on an eval rule skipped");
+	is_int(rep.hard, 1, "one hard error");
+	{
+		bool found = false;
+		char where[300];
+		unsigned line = 1;
+		for (const char *q = RULES; q < strstr(RULES, "body     BAD_RE"); q++)
+			line += *q == '\n';
+		snprintf(where, sizeof(where), "%s:%u", path, line);
+		for (size_t i = 0; i < rep.nissues; i++)
+			if (rep.issues[i].kind == RULES_I_REGEX && strcmp(rep.issues[i].where, where) == 0 &&
+			    strstr(rep.issues[i].text, "BAD_RE"))
+				found = true;
+		ok(found, "bad regex reported at FILE:LINE (%s)", where);
+	}
+
+	m = mime_parse(MSG, sizeof(MSG) - 1, NULL, NULL);
+	ok(rules_eval(r, m, MSG, sizeof(MSG) - 1, &h) == 0, "eval");
+	for (size_t i = 0; i < h.n; i++)
+		printf("# hit %s %.2f x%u\n", h.v[i].name, h.v[i].score, h.v[i].count);
+	ok(hit(&h, "H_SUBJ", NULL), "header, decoded");
+	ok(hit(&h, "H_SUBJ_RAW", NULL), "header :raw");
+	ok(hit(&h, "H_ADDR", NULL), "header :addr");
+	ok(hit(&h, "H_NAME", NULL), "header :name");
+	ok(hit(&h, "H_EXISTS", NULL), "exists:");
+	ok(!hit(&h, "H_NOTEX", NULL), "exists: on a missing header");
+	ok(hit(&h, "H_NEG", NULL), "!~ on a missing header");
+	ok(hit(&h, "H_UNSET", NULL), "[if-unset:]");
+	ok(hit(&h, "H_ALL", NULL), "ALL");
+	ok(!hit(&h, "B_PARA", NULL), "score 0 disables a rule");
+	ok(hit(&h, "B_SUBJ", NULL), "body sees the Subject first");
+	ok(hit(&h, "B_MULTI", &cnt) && cnt == 2, "tflags multiple maxhits=2 (count %u)", cnt);
+	ok(!hit(&h, "__B_WIN", NULL), "__ rules are not reported");
+	ok(hit(&h, "R_RAW", NULL), "rawbody keeps lines");
+	ok(hit(&h, "F_FULL", NULL), "full");
+	ok(hit(&h, "U_IP", NULL) && !hit(&h, "U_NONE", NULL), "uri");
+	ok(hit(&h, "M_AND", NULL), "meta && ||");
+	ok(hit(&h, "M_ARITH", NULL), "meta arithmetic");
+	ok(!hit(&h, "M_NOT", NULL), "meta comparison false");
+	ok(hit(&h, "M_DIV", NULL), "meta division");
+	ok(hit(&h, "N_NICE", NULL), "nice rule hits");
+	for (size_t i = 0; i < h.n; i++) {
+		if (strcmp(h.v[i].name, "N_NICE") == 0)
+			ok(h.v[i].score < 0, "nice default score is negative");
+		if (strcmp(h.v[i].name, "H_SUBJ") == 0) {
+			ok(h.v[i].score == 2.5, "first score of four used");
+			is_str(h.v[i].desc, "the subject greets", "describe");
+		}
+	}
+	ok(hit(&h, "IF_YES", NULL) && !hit(&h, "IF_NO", NULL), "if version / else");
+	ok(!hit(&h, "PLUG_SKIP", NULL), "ifplugin of a missing plugin skipped");
+	ok(hit(&h, "NOTPLUG", NULL), "if !plugin() taken");
+	ok(!hit(&h, "EV", NULL) && !hit(&h, "M_EVAL", NULL), "eval rule and its meta skipped");
+	ok(hit(&h, "AFTER_BAD", NULL), "rules after a bad regex still load");
+	rules_hits_free(&h);
+	mime_free(&m);
+	rules_free(&r);
+	rules_report_free(&rep);
+	unlink(path);
+	free(path);
+
+	/* a pathological regex hits the match limit and returns quickly */
+	{
+		char big[4096 + 200];
+		uint64_t t0;
+		size_t n;
+
+		path = write_rules("p.cf", "body PATHO /^(a|aa)+$/\nbody PATHO2 /(\\w+\\s?)*z$/\n");
+		r = rules_load((const char *const *)&path, 1, &rep, &err);
+		n = (size_t)snprintf(big, 200, "Subject: x\n\n");
+		for (size_t i = 0; i < 1500; i++)
+			big[n++] = (i % 41 == 40) ? ' ' : 'a';
+		big[n++] = '!';
+		big[n++] = '\n';
+		big[n] = '\0';
+		m = mime_parse(big, n, NULL, NULL);
+		t0 = now_ms();
+		ok(rules_eval(r, m, big, n, &h) == 0, "pathological eval returns");
+		ok(now_ms() - t0 < 5000, "within 5 s (%llu ms)", (unsigned long long)(now_ms() - t0));
+		ok(h.limit_hits > 0, "match limit reached (%u)", h.limit_hits);
+		ok(h.n == 0, "no hit");
+		rules_hits_free(&h);
+		mime_free(&m);
+		rules_free(&r);
+		rules_report_free(&rep);
+		unlink(path);
+		free(path);
+	}
+
+	/* nothing readable: NULL and an error */
+	{
+		const char *p = "/nonexistent/rules.cf";
+		r = rules_load(&p, 1, &rep, &err);
+		ok(r == NULL && err != NULL, "missing file: %s", err ? err : "");
+		free(err);
+		rules_report_free(&rep);
+	}
+	rmdir(tmpl);
+	return t_done();
+}
