@@ -70,6 +70,7 @@ struct av {
 	pthread_t         builder;
 	char             *reload_err;   /* of the last build, for av_reload_wait */
 	time_t            last_look;
+	unsigned long long failed_stamp; /* database state that did not build */
 };
 
 static pthread_once_t av_once = PTHREAD_ONCE_INIT;
@@ -185,7 +186,7 @@ av_db_stamp(const char *path, time_t *newest)
 
 /* build and compile an engine from conf; NULL with *err */
 static struct av_engine *
-av_engine_build(const struct av *av, char **err)
+av_engine_build(const struct av *av, unsigned long long *stampp, char **err)
 {
 	const struct av_conf *c = &av->conf;
 	struct av_engine *e;
@@ -195,7 +196,7 @@ av_engine_build(const struct av *av, char **err)
 	unsigned long long stamp;
 	cl_error_t rc;
 
-	stamp = av_db_stamp(av->database, &newest);
+	*stampp = stamp = av_db_stamp(av->database, &newest);
 	if (stamp == 0) {
 		*err = av_errf("signature database %s: %s", av->database, strerror(errno));
 		return NULL;
@@ -283,9 +284,10 @@ av_builder(void *arg)
 {
 	struct av *av = arg;
 	struct av_engine *e;
+	unsigned long long stamp = 0;
 	char *err = NULL;
 
-	e = av_engine_build(av, &err);
+	e = av_engine_build(av, &stamp, &err);
 	if (e) {
 		av_engine_swap(av, e);
 		log_info("av: signature database %s reloaded: %u signatures", av->database, e->sigs);
@@ -294,8 +296,10 @@ av_builder(void *arg)
 	pthread_mutex_lock(&av->mu);
 	if (e)
 		av->reloads++;
-	else
+	else {
 		av->reload_failures++;
+		av->failed_stamp = stamp;       /* not retried until it changes again */
+	}
 	free(av->reload_err);
 	av->reload_err = err;
 	av->built = true;
@@ -313,6 +317,7 @@ struct av *
 av_open(const struct av_conf *conf, char **err)
 {
 	struct av *av;
+	unsigned long long stamp = 0;
 	char *e = NULL;
 
 	if (err)
@@ -348,7 +353,7 @@ av_open(const struct av_conf *conf, char **err)
 		return NULL;
 	}
 	av->last_look = time(NULL);
-	if ((av->cur = av_engine_build(av, &e)) != NULL) {
+	if ((av->cur = av_engine_build(av, &stamp, &e)) != NULL) {
 		av->generation = 1;
 		return av;
 	}
@@ -357,6 +362,7 @@ av_open(const struct av_conf *conf, char **err)
 		av_close(&av);
 		return NULL;
 	}
+	av->failed_stamp = stamp;
 	set_err(err, e);                /* a warning: scans give AV_ERROR */
 	return av;
 }
@@ -405,7 +411,8 @@ av_reload_check_locked(struct av *av, bool force, time_t now)
 	if (!force) {
 		stamp = av_db_stamp(av->database, &newest);
 		pthread_mutex_lock(&av->mu);
-		rc = stamp != 0 && (av->cur == NULL || av->cur->stamp != stamp);
+		rc = stamp != 0 && stamp != av->failed_stamp &&
+		    (av->cur == NULL || av->cur->stamp != stamp);
 		pthread_mutex_unlock(&av->mu);
 		if (!rc)
 			return 0;

@@ -316,7 +316,13 @@ test_reload(void)
 	ok(st.generation == 5 && st.reload_failures == 1, "old engine kept (generation %u)", st.generation);
 	is_int(av_scan(av, eicar, strlen(eicar), vn, sizeof(vn), NULL), AV_INFECTED,
 	    "old engine still scans");
+	is_int(av_reload_check(av, false), 0, "the same broken database is not rebuilt again");
 	unlink(to);
+	is_int(av_reload_check(av, false), 1, "fixed database: rebuilt");
+	rc = av_reload_wait(av, &err);
+	ok(rc == 0, "fixed database: reload done (%s)", err ? err : "ok");
+	free(err);
+	err = NULL;
 	av_close(&av);
 }
 
