@@ -71,6 +71,8 @@ struct rule {
 	enum rtype type;        /* RT_NONE: not (supportedly) defined */
 	bool unsupported;       /* last definition could not be loaded */
 	bool mentioned_skipped; /* defined in an if branch not taken */
+	bool plugin_shadowed;   /* ... not taken for lack of a plugin: the
+				 * definition SpamAssassin runs is that one */
 	char *where;            /* FILE:LINE of the definition */
 	/* header */
 	char *hdr;
@@ -111,6 +113,7 @@ struct loader {
 	int depth;
 	pcre2_compile_context *cctx;
 	const char *stack[RULES_INCLUDE_DEPTH + 1];
+	bool plugdep[RULES_IF_DEPTH];   /* if level depends on a plugin */
 };
 
 /* ------------------------------------------------------------------ */
@@ -819,6 +822,12 @@ parse_header_rule(struct loader *L, struct rule *ru, char *rest,
 		ru->type = RT_HEADER;
 		ru->exists = true;
 		ru->hdr = xstrdup(hdr);
+		if (strcmp(hdr, "ALL") == 0)
+			ru->hspecial = HS_ALL;
+		else if (ascii_strcasecmp(hdr, "ToCc") == 0)
+			ru->hspecial = HS_TOCC;
+		else if (strcmp(hdr, "MESSAGEID") == 0)
+			ru->hspecial = HS_MESSAGEID;
 		def_where(ru, file, line);
 		return;
 	}
@@ -927,6 +936,7 @@ parse_line(struct loader *L, char *line, const char *file, unsigned lno,
 				v = false;
 			}
 		}
+		L->plugdep[*ncond] = dir[2] == 'p' || strstr(p, "plugin(") != NULL;
 		cond[*ncond] = v;
 		taken[*ncond] = v;
 		in_else[*ncond] = false;
@@ -960,7 +970,12 @@ parse_line(struct loader *L, char *line, const char *file, unsigned lno,
 		    strcmp(dir, "uri") == 0 || strcmp(dir, "meta") == 0 ||
 		    unsupported_rule_directive(dir)) {
 			if ((name = next_word(&p)) != NULL && valid_name(name)) {
+				bool plug = false;
+				for (i = 0; i < *ncond; i++)
+					plug = plug || (!cond[i] && L->plugdep[i]);
 				rule_get(L->r, name)->mentioned_skipped = true;
+				if (plug)
+					rule_get(L->r, name)->plugin_shadowed = true;
 				if (strncmp(p, "eval:", 5) == 0)
 					issue(L, RULES_I_EVAL, file, lno, "%s: %s (in a branch not taken)",
 					    name, p);
@@ -1336,6 +1351,17 @@ rules_load(const char *const *paths, size_t n, struct rules_report *rep, char **
 			ru->score = strncmp(ru->name, "T_", 2) == 0 ? 0.01 : 1.0;
 			if (ru->nice)
 				ru->score = -ru->score;
+		}
+	}
+	/* a rule SpamAssassin defines in a plugin's branch: our fallback
+	 * definition (`if !plugin(...)`) is not what SpamAssassin runs */
+	for (i = 0; i < r->n; i++) {
+		struct rule *ru = &r->v[i];
+		if (ru->type != RT_NONE && ru->plugin_shadowed) {
+			issue(&L, RULES_I_UNSUPPORTED, ru->where, 0,
+			    "%s: defined differently for a plugin moat does not have", ru->name);
+			rule_clear_def(ru);
+			ru->unsupported = true;
 		}
 	}
 	for (i = 0; i < r->n; i++)
