@@ -184,6 +184,26 @@ av_db_stamp(const char *path, time_t *newest)
 	return h ? h : 1;
 }
 
+/* the name of the first detection of a scan; libclamav's virname
+ * return leaves heuristic alerts (limits exceeded) unnamed */
+struct av_found {
+	char  *name;
+	size_t size;
+	bool   set;
+};
+
+static void
+av_virus_found(int fd, const char *virname, void *context)
+{
+	struct av_found *f = context;
+
+	(void)fd;
+	if (f && !f->set && virname && f->size) {
+		moat_strlcpy(f->name, virname, f->size);
+		f->set = true;
+	}
+}
+
 /* build and compile an engine from conf; NULL with *err */
 static struct av_engine *
 av_engine_build(const struct av *av, unsigned long long *stampp, char **err)
@@ -212,6 +232,7 @@ av_engine_build(const struct av *av, unsigned long long *stampp, char **err)
 	cl_engine_set_num(cl, CL_ENGINE_MAX_SCANTIME, c->max_scantime_ms);
 	if (av->tmpdir)
 		cl_engine_set_str(cl, CL_ENGINE_TMPDIR, av->tmpdir);
+	cl_engine_set_clcb_virus_found(cl, av_virus_found);
 	rc = cl_load(av->database, cl, &sigs, CL_DB_STDOPT);
 	if (rc != CL_SUCCESS) {
 		*err = av_errf("signature database %s: %s", av->database, cl_strerror(rc));
@@ -514,6 +535,7 @@ av_scan_libclamav(struct av *av, const char *data, size_t len,
     char *virname, size_t vsz, char **err)
 {
 	struct cl_scan_options opt;
+	struct av_found found = { .name = virname, .size = vsz };
 	struct av_engine *e;
 	const char *vn = NULL;
 	unsigned long scanned = 0;
@@ -532,15 +554,21 @@ av_scan_libclamav(struct av *av, const char *data, size_t len,
 	memset(&opt, 0, sizeof(opt));
 	opt.general = av->conf.heuristics ? CL_SCAN_GENERAL_HEURISTICS : 0;
 	opt.parse = ~0u;                /* archives, mail, PE, ELF, PDF, OLE2, HTML, ... */
+	if (av->conf.alert_exceeds_max) {
+		opt.general |= CL_SCAN_GENERAL_HEURISTICS;
+		opt.heuristic |= CL_SCAN_HEURISTIC_EXCEEDS_MAX;
+	}
 	if ((map = cl_fmap_open_memory(data, len)) == NULL) {
 		av_engine_put(av, e);
 		set_err(err, av_errf("cl_fmap_open_memory failed"));
 		return AV_ERROR;
 	}
-	rc = cl_scanmap_callback(map, NULL, &vn, &scanned, e->cl, &opt, NULL);
+	rc = cl_scanmap_callback(map, NULL, &vn, &scanned, e->cl, &opt, &found);
 	cl_fmap_close(map);
-	if (rc == CL_VIRUS)
+	if (rc == CL_VIRUS && !found.set && vsz)
 		moat_strlcpy(virname, vn ? vn : "unknown", vsz);
+	else if (rc != CL_VIRUS && vsz)
+		virname[0] = '\0';
 	av_engine_put(av, e);
 	if (rc == CL_VIRUS)
 		return AV_INFECTED;

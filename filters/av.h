@@ -33,6 +33,8 @@ struct av_conf {
 	unsigned    max_recursion;      /* archive/mail nesting */
 	unsigned    max_scantime_ms;    /* libclamav time per message */
 	bool        heuristics;         /* libclamav heuristic alerts (broken exe, ...) */
+	bool        alert_exceeds_max;  /* a message beyond the limits is INFECTED
+	                                 * (Heuristics.Limits.Exceeded.*), not CLEAN */
 	bool        require_db;         /* av_open fails when no signature loads */
 	unsigned    reload_interval;    /* seconds between av_reload_check() looks; 0: every call */
 	unsigned    clamd_timeout_ms;   /* connect + send + verdict, as one deadline */
@@ -46,7 +48,7 @@ struct av_conf {
 	.tmpdir = NULL, .clamd = "/run/clamav/clamd.ctl", \
 	.max_scansize = 100u * 1024 * 1024, .max_filesize = 25u * 1024 * 1024, \
 	.max_files = 10000, .max_recursion = 16, .max_scantime_ms = 120000, \
-	.heuristics = false, .require_db = false, .reload_interval = 60, \
+	.heuristics = false, .alert_exceeds_max = false, .require_db = false, .reload_interval = 60, \
 	.clamd_timeout_ms = 30000, .clamd_chunk = 64 * 1024, \
 	.action = AV_ACTION_REJECT, .on_error = AV_ONERROR_TEMPFAIL }
 

@@ -157,6 +157,37 @@ test_clean(struct av *av)
 	free(err);
 }
 
+/* ---- limits ---- */
+
+static void
+test_limits(void)
+{
+	struct av_conf c = AV_CONF_DEFAULT;
+	char path[4096], vn[256], *err = NULL, *data;
+	struct av *av;
+	size_t len;
+	enum av_result r;
+
+	snprintf(path, sizeof(path), "%s/eicar.zip", samples);
+	data = slurp(path, &len);
+	c.database = dbdir;
+	c.max_filesize = 16;            /* eicar.com (68 bytes) is over it */
+	av = av_open(&c, NULL);
+	r = av_scan(av, data, len, vn, sizeof(vn), &err);
+	ok(r == AV_CLEAN, "eicar.zip with max_filesize 16: not looked into (%s %s)", av_result_name(r), vn);
+	free(err);
+	err = NULL;
+	av_close(&av);
+	c.alert_exceeds_max = true;
+	av = av_open(&c, NULL);
+	r = av_scan(av, data, len, vn, sizeof(vn), &err);
+	ok(r == AV_INFECTED && starts(vn, "Heuristics.Limits.Exceeded"),
+	    "alert_exceeds_max: %s %s", av_result_name(r), vn);
+	free(err);
+	av_close(&av);
+	free(data);
+}
+
 /* ---- missing and empty databases ---- */
 
 static void
@@ -607,6 +638,7 @@ main(void)
 		test_memory(av);
 		av_close(&av);
 	}
+	test_limits();
 	test_no_db();
 	test_reload();
 	test_clamd();
