@@ -500,6 +500,8 @@ local_work(void *arg)
 		const char *addr = d->env.rcpts[g->idx[k]].addr;
 		buf_reset(&pre);
 		buf_printf(&pre, "Return-Path: <%s>\r\nDelivered-To: %s\r\n", g->sender, addr);
+		if (d->env.add_headers)
+			buf_add(&pre, d->env.add_headers, d->env.add_headers_len);
 		g->res[k] = local_deliver(d->q->conf, addr, d->fd, d->env.data_off, d->env.data_len,
 		    pre.data, &g->reply[k]);
 	}

@@ -92,6 +92,7 @@ struct conn {
 	bool    handshaken;
 	bool    tls;                    /* TLS is active */
 	bool    tls_tried;              /* STARTTLS was refused: go on in the clear */
+	bool    hdrs_sent;              /* the envelope's added headers went out */
 	char    tlsinfo[96];
 	bool    need_rset;
 	int     nmsgs;
@@ -598,6 +599,7 @@ conn_start_txn(struct conn *c, struct relay_txn *t)
 	c->ndot = 0;
 	c->accepted = xcalloc(t->nrcpt ? t->nrcpt : 1, sizeof(size_t));
 	c->data_pos = 0;
+	c->hdrs_sent = false;
 	moat_strlcpy(t->remote_mta, c->ds->dest->unix_path ? c->ds->dest->unix_path :
 	    c->ds->dest->host, sizeof(t->remote_mta));
 	c->nmsgs++;
@@ -661,6 +663,15 @@ conn_fill(struct conn *c)
 	struct buf b = BUF_INIT;
 	char *chunk = NULL;
 
+	/* the verdict's added headers go first, through the same dot-stuffer */
+	if (c->st == C_DATA && !c->hdrs_sent && c->data_pos == 0) {
+		c->hdrs_sent = true;
+		if (t->env->add_headers_len) {
+			relay_stuff(&c->stuff, t->env->add_headers, t->env->add_headers_len, &b);
+			evbuffer_add(out, b.data, b.len);
+			buf_reset(&b);
+		}
+	}
 	while (c->st == C_DATA && evbuffer_get_length(out) < RELAY_HIWAT) {
 		off_t left = t->env->data_len - c->data_pos;
 		if (left <= 0) {

@@ -25,9 +25,11 @@
 #include <unistd.h>
 
 #define SPOOL_MAGIC      "MOAT-SPOOL 1\n"
-/* every committed file ends with "\nMOAT-END <qid>\n": a file without it
+/* every committed file ends with "\nMOAT-END <qid> <8 hex>\n" (the hex is
+ * the length of the added headers stored just before it): a file without it
  * (a crash between rename and fsync) was never acknowledged */
-#define TRAILER_LEN      (1 + 9 + 18 + 1)
+#define TRAILER_LEN      (1 + 9 + 18 + 1 + 8 + 1)
+#define ADD_HEADERS_MAX  (1024 * 1024)
 #define ENVELOPE_MAX     (4 * 1024 * 1024)
 #define WRITE_CHUNK      (64 * 1024)
 
@@ -52,6 +54,8 @@ struct spool_writer {
 	off_t   size;
 	int     err;            /* sticky errno */
 	bool    committed;
+	char   *hdrs;           /* added headers, written at commit */
+	size_t  hdrslen;
 };
 
 int
@@ -149,6 +153,7 @@ envelope_clear(struct envelope *e)
 	free(e->client_name);
 	free(e->helo);
 	free(e->proto);
+	free(e->add_headers);
 	for (size_t i = 0; i < e->nrcpts; i++) {
 		free(e->rcpts[i].addr);
 		free(e->rcpts[i].orcpt);
@@ -308,7 +313,9 @@ spool_commit(struct spool_writer *w, char **err)
 	const char *what = "write";
 	char trailer[TRAILER_LEN + 1];
 
-	snprintf(trailer, sizeof(trailer), "\nMOAT-END %s\n", w->qid);
+	if (w->hdrslen)
+		buf_add(&w->wbuf, w->hdrs, w->hdrslen);
+	snprintf(trailer, sizeof(trailer), "\nMOAT-END %s %08zx\n", w->qid, w->hdrslen);
 	buf_add(&w->wbuf, trailer, TRAILER_LEN);
 	writer_flush(w);
 	if (w->err == 0 && rename(w->tmppath, w->qpath) < 0) {
@@ -360,7 +367,20 @@ spool_writer_free(struct spool_writer *w)
 	if (w->fd >= 0)
 		spool_abort(w);
 	buf_free(&w->wbuf);
+	free(w->hdrs);
 	free(w);
+}
+
+void
+spool_set_headers(struct spool_writer *w, const char *hdrs, size_t len)
+{
+	free(w->hdrs);
+	w->hdrs = NULL;
+	w->hdrslen = 0;
+	if (len == 0 || len > ADD_HEADERS_MAX)
+		return;
+	w->hdrs = xstrndup(hdrs, len);
+	w->hdrslen = len;
 }
 
 int
@@ -497,13 +517,37 @@ spool_read_envelope_fd(int fd, struct envelope *e, char **err)
 		envelope_clear(e);
 		return env_error(err, strerror(errno));
 	}
-	e->data_len = st.st_size - e->data_off - TRAILER_LEN;
-	char want[TRAILER_LEN + 1], got[TRAILER_LEN];
-	snprintf(want, sizeof(want), "\nMOAT-END %s\n", e->qid);
-	if (e->data_len < 0 || pread(fd, got, TRAILER_LEN, st.st_size - TRAILER_LEN) != TRAILER_LEN ||
-	    memcmp(got, want, TRAILER_LEN) != 0) {
+	char want[64], got[TRAILER_LEN + 1];
+	snprintf(want, sizeof(want), "\nMOAT-END %s ", e->qid);
+	size_t hl = 0;
+	off_t tail = st.st_size - TRAILER_LEN;
+	if (tail < e->data_off || pread(fd, got, TRAILER_LEN, tail) != TRAILER_LEN ||
+	    memcmp(got, want, strlen(want)) != 0 || got[TRAILER_LEN - 1] != '\n') {
 		envelope_clear(e);
 		return env_error(err, "incomplete queue file (no end marker): never acknowledged");
+	}
+	got[TRAILER_LEN - 1] = '\0';
+	for (const char *h = got + strlen(want); *h; h++) {
+		int v = (*h >= '0' && *h <= '9') ? *h - '0' : (*h >= 'a' && *h <= 'f') ? *h - 'a' + 10 : -1;
+		if (v < 0) {
+			envelope_clear(e);
+			return env_error(err, "bad end marker");
+		}
+		hl = hl * 16 + (size_t)v;
+	}
+	if (hl > ADD_HEADERS_MAX || (off_t)hl > tail - e->data_off) {
+		envelope_clear(e);
+		return env_error(err, "bad added-headers length in the end marker");
+	}
+	e->data_len = tail - (off_t)hl - e->data_off;
+	if (hl) {
+		e->add_headers = xmalloc(hl + 1);
+		if (pread(fd, e->add_headers, hl, tail - (off_t)hl) != (ssize_t)hl) {
+			envelope_clear(e);
+			return env_error(err, "cannot read the added headers");
+		}
+		e->add_headers[hl] = '\0';
+		e->add_headers_len = hl;
 	}
 	return 0;
 }

@@ -24,7 +24,11 @@
  *                                     ORCPT = "-" or the xtext value)
  *   <empty line>
  *   message...
- *   "\nMOAT-END QID\n"                 (end marker, written at commit)
+ *   added headers (optional)          (the verdict's X-Spam and Authentication-
+ *                                      Results fields, CRLF; readers emit them
+ *                                      BEFORE the message: no copy is needed)
+ *   "\nMOAT-END QID HHHHHHHH\n"        (end marker, fixed length, with the
+ *                                      added headers' length in hex)
  *
  * Values never contain CR, LF or NUL (the SMTP parser refuses them).
  * Durability: spool_commit() = write message + end marker, rename into
@@ -75,6 +79,8 @@ struct envelope {
 	/* set by spool_read_envelope(): */
 	off_t   data_off;       /* offset of the message in the queue file */
 	off_t   data_len;       /* its length */
+	char   *add_headers;    /* header fields to emit before the message, or NULL */
+	size_t  add_headers_len;
 };
 
 /* create the spool directories (0700) and open the group-commit state */
@@ -108,6 +114,9 @@ int  spool_commit(struct spool_writer *, char **err);
 void spool_abort(struct spool_writer *);
 /* free after commit or abort */
 void spool_writer_free(struct spool_writer *);
+/* header fields (CRLF-terminated lines, at most 1 MiB) to store with the
+ * message; readers emit them before it.  Call before spool_commit. */
+void spool_set_headers(struct spool_writer *, const char *hdrs, size_t len);
 /* path of the file being written (for filters that read it) */
 const char *spool_writer_path(const struct spool_writer *);
 /* flush buffered bytes to the file (so filters can read the whole message) */

@@ -544,10 +544,14 @@ def parse_spool_file(path):
         return None, None
     env = {"rcpt": []}
     msg = data[i + 2:]
-    # the end marker written at commit ("\nMOAT-END QID\n") is not message data
+    # the end marker written at commit ("\nMOAT-END QID HHHHHHHH\n", HHHHHHHH
+    # = length of the added headers stored before it) is not message data
     j = msg.rfind(b"\nMOAT-END ")
     if j >= 0 and msg.endswith(b"\n") and b"\n" not in msg[j + 1:-1]:
-        msg = msg[:j]
+        parts = msg[j + 1:-1].split(b" ")
+        hl = int(parts[2], 16) if len(parts) == 3 else 0
+        env_added = msg[j - hl:j]
+        msg = msg[:j - hl]
     for line in data[:i].decode("utf-8", "replace").split("\n"):
         k, _, v = line.partition(" ")
         if k == "rcpt":

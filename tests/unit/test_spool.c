@@ -64,7 +64,7 @@ main(void)
 	spool_writer_free(w);
 
 	struct envelope r;
-	ok(spool_read_envelope(q1, &r, &err) == 0, "read back");
+	ok(spool_read_envelope(q1, &r, &err) == 0, "read back%s%s", err ? ": " : "", err ? err : "");
 	is_str(r.sender, "sender@example.org", "sender");
 	is_str(r.envid, "ENV+2B1", "envid");
 	is_int(r.ret, DSN_RET_HDRS, "ret");
@@ -97,6 +97,20 @@ main(void)
 	ok(spool_read_envelope(env.qid, &r, &err) == 0 && r.sender[0] == '\0' && r.data_len == 19,
 	    "null sender round trip");
 	envelope_clear(&r);
+
+	/* headers added by a verdict are stored after the message, read back
+	 * separately, and do not change data_len */
+	spool_new_qid(env.qid);
+	w = spool_begin(&env, NULL, &err);
+	spool_write(w, "Subject: x\r\n\r\nbody\r\n", 21);
+	spool_set_headers(w, "X-Spam-Status: No\r\n", 19);
+	ok(spool_commit(w, &err) == 0, "commit with added headers");
+	spool_writer_free(w);
+	ok(spool_read_envelope(env.qid, &r, &err) == 0 && r.data_len == 21, "data_len excludes added headers");
+	ok(r.add_headers && r.add_headers_len == 19 && !strcmp(r.add_headers, "X-Spam-Status: No\r\n"),
+	    "added headers read back");
+	envelope_clear(&r);
+	spool_remove(env.qid);
 
 	nlisted = 0;
 	is_int(spool_list(count, NULL), 2, "two queued");
