@@ -11,6 +11,7 @@ struct moat_conf;
 int cmd_user(struct moat_conf *, int argc, char **argv);   /* cli/cmd_user.c */
 int cmd_queue(struct moat_conf *, int argc, char **argv);  /* cli/cmd_queue.c */
 int cmd_bayes(struct moat_conf *, int argc, char **argv);  /* cli/cmd_bayes.c */
+int cmd_quarantine(struct moat_conf *, int argc, char **argv); /* cli/cmd_quarantine.c */
 int cmd_rules(struct moat_conf *, int argc, char **argv);  /* cli/cmd_rules.c */
 int cmd_av(struct moat_conf *, int argc, char **argv);     /* cli/cmd_av.c */
 

@@ -58,6 +58,10 @@ static const struct cmd_group cmd_groups[] = {
 	{ "rules", cmd_rules,
 	  "rules check [-v] PATH...  load rule files, report what was skipped and why\n"
 	  "  rules test [-t] -r PATH... FILE...   the rule hits of messages" },
+	{ "quarantine", cmd_quarantine,
+	  "quarantine list [--rcpt A] [--from A] [--since T] [--json] ... | show ID [--raw]\n"
+	  "  quarantine release ID...|--all FILTER [--rcpt A] [--learn-ham] | delete ID... [--learn-spam]\n"
+	  "  quarantine purge [--older-than D] [--max-size S] | check   the quarantine store" },
 	{ "status", cmd_status,
 	  "status                   ask the running moatd how it is doing" },
 };

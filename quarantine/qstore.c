@@ -998,6 +998,10 @@ qstore_release(struct qstore *qs, const char *id, const char *only_rcpt, const c
 		free(err);
 		goto undo;
 	}
+	/* the verdict's added headers (X-Spam-*, Authentication-Results) go
+	 * in front of the message, as relay and local delivery emit them */
+	if (orig.add_headers_len)
+		spool_write(w, orig.add_headers, orig.add_headers_len);
 	spool_write(w, msg, len);
 	if (spool_commit(w, &err) < 0) {
 		seterr(qs, "release", err);

@@ -106,8 +106,9 @@ long qstore_list(struct qstore *, const struct qfilter *,
     int (*cb)(const struct qstore_entry *, void *), void *arg);
 /* 0 found, 1 no such id, -1 error */
 int qstore_get(struct qstore *, const char *id, struct qstore_entry *);
-/* the stored file: envelope (data_off/data_len set) and the message bytes
- * (malloc'ed into *msg).  0 or -1 */
+/* the stored file: envelope (data_off/data_len set; add_headers holds the
+ * verdict's added header fields, which come before the message) and the
+ * message bytes (malloc'ed into *msg).  0 or -1 */
 int qstore_read(struct qstore *, const char *id, struct envelope *, char **msg, size_t *len);
 
 #define QSTORE_F_KEEP   0x1     /* (reserved) */

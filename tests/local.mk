@@ -97,3 +97,5 @@ check_PROGRAMS += tests/unit/test_rules
 tests_unit_test_rules_LDADD = $(MOAT_LIBS)
 TESTS += tests/unit/test_rules tests/integration/test_rules_cli.py
 EXTRA_DIST += tests/integration/test_rules_cli.py rules
+TESTS += tests/integration/test_quarantine_cli.py
+EXTRA_DIST += tests/integration/test_quarantine_cli.py

@@ -281,12 +281,38 @@ main(void)
 	f.all_states = true;
 	is_int(nlist(qs, &f), 3, "list (all states) shows it");
 
+	/* the verdict's added headers (spool trailer) travel with a release */
+	{
+		struct envelope eh;
+		mkenv(&eh, "hdr@example.org", "gina@example.net", NULL);
+		struct spool_writer *w = spool_begin(&eh, NULL, &err);
+		const char *body = "Subject: with headers\r\n\r\nbody\r\n";
+		const char *xh = "X-Spam-Flag: YES\r\nX-Spam-Score: 9.9\r\n";
+		spool_write(w, body, strlen(body));
+		spool_set_headers(w, xh, strlen(xh));
+		ok(spool_commit(w, &err) == 0, "spool file with added headers");
+		spool_writer_free(w);
+		ok(qstore_put_from_spool(qs, eh.qid, &v) == 0, "quarantined");
+		ok(qstore_get(qs, eh.qid, &en) == 0, "indexed");
+		is_str(en.subject, "with headers", "subject from the message");
+		qstore_entry_clear(&en);
+		ok(qstore_release(qs, eh.qid, NULL, "admin", 0, nq) == 0, "released");
+		txt = queue_text(nq, &r);
+		char *p1 = txt ? strstr(txt, "X-Spam-Flag: YES\r\nX-Spam-Score: 9.9\r\nSubject: with headers") : NULL;
+		ok(txt && strncmp(txt, "X-Moat-Released: ", 17) == 0 && p1 != NULL,
+		    "release: X-Moat-Released, then the added headers, then the message");
+		free(txt);
+		envelope_clear(&r);
+		envelope_clear(&eh);
+		clear_queue();
+	}
+
 	/* ---- delete ---- */
 	ok(qstore_delete(qs, e2.qid, "admin") == 0, "delete");
 	is_int(qstore_delete(qs, e2.qid, "admin"), 1, "delete twice: nothing");
 	ok(qstore_get(qs, e2.qid, &en) == 0 && en.state == QS_DELETED, "state deleted");
 	qstore_entry_clear(&en);
-	is_int(count_dir("quarantine/msg"), 2, "the deleted file is gone");
+	is_int(count_dir("quarantine/msg"), 3, "the deleted file is gone (the released ones stay until purged)");
 	is_int(qstore_release(qs, e2.qid, NULL, "x", 0, NULL), 1, "a deleted message cannot be released");
 	is_int(qstore_release(qs, "0123456789ABCDEF01", NULL, "x", 0, NULL), 1, "unknown id");
 
