@@ -19,8 +19,8 @@
  * "7d").  The CLI works on the store directly, so it works while moatd is
  * down; after a release it asks a running moatd to flush its queue.
  *
- * Runs in: the admin's shell, as root or the moat run user (others are
- * refused).  As root it prepares the directories, then drops to the run
+ * Runs in: the admin's shell, as root or the moat run user (or the owner of
+ * the state-dir, for a moatd run without root); others are refused.  As root it prepares the directories, then drops to the run
  * user so every file it creates belongs to the daemon.  Untrusted input:
  * the stored messages (printed with control characters escaped; --raw is
  * the exception the admin asked for).
@@ -386,7 +386,11 @@ authorise_and_setup(struct moat_conf *c)
 	    "quarantine/index.db", "quarantine/index.db-wal", "quarantine/index.db-shm" };
 
 	if (geteuid() != 0) {
-		if (!run_user_uid(c, &ru) || ru != geteuid()) {
+		/* the run user; or, for a moatd started without root (it then runs
+		 * as whoever started it), the owner of the state-dir */
+		struct stat st;
+		bool mine = stat(c->state_dir, &st) == 0 ? st.st_uid == geteuid() : errno == ENOENT;
+		if (!mine && (!run_user_uid(c, &ru) || ru != geteuid())) {
 			fprintf(stderr, "moat: quarantine: permission denied: run this as root or as the "
 			    "moat run user (%s)\n", c->user ? c->user : "moat");
 			return 1;

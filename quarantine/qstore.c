@@ -216,6 +216,54 @@ out_latin1(struct outb *o, unsigned char c)
 	}
 }
 
+/* length of a valid UTF-8 sequence at p (n bytes available), 0 if none */
+static size_t
+utf8_len(const unsigned char *p, size_t n)
+{
+	size_t l;
+	unsigned cp;
+
+	if (p[0] < 0x80)
+		return 1;
+	if (p[0] >= 0xc2 && p[0] <= 0xdf) { l = 2; cp = p[0] & 0x1f; }
+	else if (p[0] >= 0xe0 && p[0] <= 0xef) { l = 3; cp = p[0] & 0x0f; }
+	else if (p[0] >= 0xf0 && p[0] <= 0xf4) { l = 4; cp = p[0] & 0x07; }
+	else return 0;
+	if (l > n)
+		return 0;
+	for (size_t i = 1; i < l; i++) {
+		if ((p[i] & 0xc0) != 0x80)
+			return 0;
+		cp = (cp << 6) | (p[i] & 0x3f);
+	}
+	if ((l == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) || (l == 4 && (cp < 0x10000 || cp > 0x10ffff)))
+		return 0;
+	return l;
+}
+
+/* bytes that should be UTF-8: valid sequences copied, any other byte taken
+ * as Latin-1, so the index (and JSON output) only ever holds UTF-8 */
+static void
+out_utf8(struct outb *o, const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; ) {
+		size_t l = utf8_len((const unsigned char *)s + i, n - i);
+		if (l == 0) {
+			out_latin1(o, (unsigned char)s[i]);
+			i++;
+		} else if (l == 1) {
+			out_c(o, (unsigned char)s[i]);
+			i++;
+		} else {
+			if (o->n + l < o->sz) {
+				memcpy(o->p + o->n, s + i, l);
+				o->n += l;
+			}
+			i += l;
+		}
+	}
+}
+
 /* decode one encoded word's text into o; false if not decodable */
 static bool
 decode_word(const char *cs, size_t cslen, char enc, const char *t, size_t tlen, struct outb *o)
@@ -264,11 +312,11 @@ decode_word(const char *cs, size_t cslen, char enc, const char *t, size_t tlen, 
 	} else {
 		return false;
 	}
-	for (size_t i = 0; i < n; i++) {
-		if (latin1)
+	if (latin1) {
+		for (size_t i = 0; i < n; i++)
 			out_latin1(o, (unsigned char)tmp[i]);
-		else
-			out_c(o, (unsigned char)tmp[i]);
+	} else {
+		out_utf8(o, tmp, n);
 	}
 	return true;
 }
@@ -327,14 +375,13 @@ qstore_decode_2047(const char *in, size_t len, char *out, size_t outsz)
 		}
 		last_encoded = false;
 		pending_ws = 0;
-		out_c(&o, (unsigned char)in[i]);
-		i++;
+		{
+			size_t l = utf8_len((const unsigned char *)in + i, len - i);
+			out_utf8(&o, in + i, l ? l : 1);
+			i += l ? l : 1;
+		}
 	}
-	/* no partial UTF-8 sequence at a truncation point */
-	while (o.n > 0 && o.n + 1 >= outsz && ((unsigned char)out[o.n - 1] & 0xc0) == 0x80)
-		o.n--;
-	if (o.n > 0 && o.n + 1 >= outsz && ((unsigned char)out[o.n - 1] & 0xc0) == 0xc0)
-		o.n--;
+	/* characters are written whole or not at all: no partial UTF-8 */
 	out[o.n] = '\0';
 	return o.n;
 }

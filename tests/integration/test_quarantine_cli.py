@@ -145,7 +145,7 @@ with Sink() as sink:
         t.eq(r.returncode, 1, "releasing carol again fails")
         r = m.cli("quarantine", "release", a)
         t.eq(r.returncode, 0, "release the rest")
-        t.ok(sink.wait_messages(2), "delivered")
+        t.ok(sink.wait_messages(2), "delivered", m.log()[-3000:])
         t.eq(sink.messages[1]["rcpts"] if len(sink.messages) > 1 else None, ["bob@example.test"],
              "the rest: bob only")
         r = m.cli("quarantine", "release", a)
@@ -169,7 +169,7 @@ with Sink() as sink:
         t.ok(r.returncode == 0 and "learned as ham" in r.stdout, "release --learn-ham", r.stdout + r.stderr)
         s2, h2 = bayes_counts(m)
         t.eq((s2, h2), (s1, h1 + 1), "--learn-ham: bayes ham count +1")
-        t.ok(sink.wait_messages(3), "released message delivered")
+        t.ok(sink.wait_messages(3), "released message delivered", m.log()[-3000:])
         t.eq(sink.messages[2]["rcpts"] if len(sink.messages) > 2 else None, ["dave@example.test"], "to dave")
 
         # ---- bulk ----
@@ -182,7 +182,7 @@ with Sink() as sink:
         t.eq(r.returncode, 2, "release --all needs a filter")
         r = m.cli("quarantine", "release", "--all", "--from", "bulk.example", "--yes")
         t.ok(r.returncode == 0 and r.stdout.count("released") == 3, "release --all --from --yes", r.stdout)
-        t.ok(sink.wait_messages(6), "three delivered")
+        t.ok(sink.wait_messages(6), "three delivered", m.log()[-3000:])
         time.sleep(1)
         t.eq(len(sink.messages), 6, "and no more")
 
@@ -214,7 +214,7 @@ with Sink() as sink:
         t.ok(r.returncode == 0 and "moatd is not running; the message will be delivered when it starts" in r.stdout,
              "release with moatd down: says so", r.stdout + r.stderr)
         m.start()
-        t.ok(sink.wait_messages(7), "delivered once moatd starts")
+        t.ok(sink.wait_messages(7), "delivered once moatd starts", m.log()[-3000:])
         t.eq(sink.messages[6]["rcpts"] if len(sink.messages) > 6 else None, ["frank@example.test"], "to frank")
 
         # ---- kill -9 during imports ----

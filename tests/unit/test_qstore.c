@@ -160,6 +160,9 @@ main(void)
 	q = "a\x01\x1b[31mb";
 	qstore_decode_2047(q, strlen(q), out, sizeof(out));
 	is_str(out, "a??[31mb", "control characters replaced");
+	q = "raw caf\xe9 and ok \xc3\xa9 and bad \xc3(";
+	qstore_decode_2047(q, strlen(q), out, sizeof(out));
+	is_str(out, "raw caf\xc3\xa9 and ok \xc3\xa9 and bad \xc3\x83(", "8-bit header bytes: UTF-8 kept, others as Latin-1");
 	qstore_decode_2047("=?UTF-8?B?w7bDtsO2?=", 20, out, 4);
 	is_str(out, "\xc3\xb6", "truncation keeps whole UTF-8 characters");
 
