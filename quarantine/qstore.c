@@ -669,15 +669,23 @@ fail:
 }
 
 /*
- * A message from memory: written through the spool (spool_begin/commit, so
- * the file format has one writer) and moved in like any committed message.
+ * A message from memory.  spool_begin/spool_write produce the envelope and
+ * the message in spool/incoming/ (one writer of the format); we add the
+ * end marker ourselves, check that spool_read_envelope_fd accepts the file,
+ * and rename it from incoming/ straight into quarantine/msg/.  It never
+ * passes through spool/queue/, so no crash can leave it to be delivered;
+ * a crash before the rename leaves an incoming/ file, which moatd removes
+ * at start (never acknowledged).
  */
 int
 qstore_put_buf(struct qstore *qs, struct envelope *env, const char *msg, size_t len,
     const struct qstore_verdict *v)
 {
 	struct spool_writer *w;
-	char *err = NULL;
+	struct envelope e;
+	char dst[PATH_MAX], src[PATH_MAX], trailer[64], *err = NULL;
+	int fd = -1, r = -1;
+	int tl;
 
 	if (env->qid[0] == '\0')
 		spool_new_qid(env->qid);
@@ -685,20 +693,48 @@ qstore_put_buf(struct qstore *qs, struct envelope *env, const char *msg, size_t 
 		return seterr(qs, "not a queue id", env->qid);
 	if (env->arrival == 0)
 		env->arrival = time(NULL);
+	snprintf(dst, sizeof(dst), "%s/%s", qs->msgdir, env->qid);
+	if (access(dst, F_OK) == 0)
+		return seterr(qs, "already in quarantine", env->qid);
 	if ((w = spool_begin(env, NULL, &err)) == NULL) {
 		seterr(qs, "quarantine", err);
 		free(err);
 		return -1;
 	}
+	moat_strlcpy(src, spool_writer_path(w), sizeof(src));
 	spool_write(w, msg, len);
-	if (spool_commit(w, &err) < 0) {
-		seterr(qs, "quarantine", err);
-		free(err);
-		spool_writer_free(w);
-		return -1;
+	if (spool_flush(w) < 0) {
+		seterr(qs, src, "write failed");
+		goto out;
 	}
+	/* the end marker, as spool_commit writes it (no added headers) */
+	tl = snprintf(trailer, sizeof(trailer), "\nMOAT-END %s %08zx\n", env->qid, (size_t)0);
+	if ((fd = open(src, O_RDWR | O_APPEND | O_CLOEXEC)) < 0 ||
+	    write_full(fd, trailer, (size_t)tl) < 0 || fsync(fd) < 0) {
+		seterr(qs, src, strerror(errno));
+		goto out;
+	}
+	if (spool_read_envelope_fd(fd, &e, &err) < 0) {
+		seterr(qs, "quarantine: the spool format changed under qstore_put_buf", err);
+		free(err);
+		goto out;
+	}
+	if (rename(src, dst) < 0 || fsync_dir(qs->msgdir) < 0) {
+		seterr(qs, dst, strerror(errno));
+		envelope_clear(&e);
+		goto out;
+	}
+	if (index_file(qs, fd, &e, v, v != NULL) < 0)
+		log_warnx("qid=%s event=quarantine-index-failed error=\"%s\"", e.qid, esc(qs->err));
+	log_put(&e, v);
+	envelope_clear(&e);
+	r = 0;
+out:
+	if (fd >= 0)
+		close(fd);
+	spool_abort(w);         /* unlinks incoming/QID unless it moved */
 	spool_writer_free(w);
-	return qstore_put_from_spool(qs, env->qid, v);
+	return r;
 }
 
 /* ------------------------------------------------------------------ */

@@ -4,7 +4,7 @@
  *   quarantine/msg/QID     the message, in the spool's queue-file format
  *                          (envelope + message + end marker, spool.h), so
  *                          the original envelope travels with it
- *   quarantine/tmp/        files being written by qstore_put_buf()
+ *   quarantine/tmp/        scratch (emptied by qstore_open)
  *   quarantine/index.db    SQLite (WAL): one row per message in `msg`, one
  *                          row per recipient in `rcpt` (indexed by address)
  *
@@ -97,7 +97,8 @@ void qstore_set_conf(struct qstore *, const struct qstore_conf *);
  * file is where it was. */
 int qstore_put_from_spool(struct qstore *, const char *qid, const struct qstore_verdict *);
 /* a message from memory with its envelope (env->qid set, or one is made):
- * committed through the spool, then moved in as above */
+ * written in the spool's format through spool/incoming/, then renamed into
+ * quarantine/msg/ (never through the delivery queue) */
 int qstore_put_buf(struct qstore *, struct envelope *, const char *msg, size_t len,
     const struct qstore_verdict *);
 

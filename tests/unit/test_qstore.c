@@ -204,7 +204,9 @@ main(void)
 	e3.arrival = time(NULL) - 7200;
 	const char *m3 = "Subject: bounce\r\n\r\nx\r\n";
 	ok(qstore_put_buf(qs, &e3, m3, strlen(m3), NULL) == 0, "put_buf without verdict");
-	is_int(count_dir("spool/queue"), 0, "put_buf: nothing left in the queue");
+	is_int(count_dir("spool/queue"), 0, "put_buf: never through the delivery queue");
+	is_int(count_dir("spool/incoming"), 0, "put_buf: nothing left in spool/incoming");
+	is_int(count_dir("quarantine/msg"), 3, "put_buf: in quarantine/msg");
 
 	/* ---- list filters ---- */
 	memset(&f, 0, sizeof(f));
