@@ -3,3 +3,4 @@ libmoat_a_SOURCES += filters/mime.c filters/mime.h
 libmoat_a_SOURCES += filters/bayes.c filters/bayes.h filters/bayes_store.h filters/bayes_store_lmdb.c
 libmoat_a_SOURCES += filters/av.c filters/av.h filters/attach.c filters/attach.h
 libmoat_a_SOURCES += filters/rules.c filters/rules.h
+libmoat_a_SOURCES += filters/engine.c filters/engine.h

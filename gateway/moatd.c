@@ -19,6 +19,8 @@
 #include "conf.h"
 #include "log.h"
 #include "privs.h"
+#include "engine.h"
+#include "mime.h"
 #include "spool.h"
 #include "tls.h"
 #include "util.h"
@@ -402,6 +404,19 @@ main(int argc, char **argv)
 		}
 	}
 	if (check) {
+		/* load what the worker will load (rules, AV database) so their
+		 * errors show here, not in a worker that keeps dying */
+		char *eerr = NULL;
+		mime_init();
+		struct engine *e = engine_new(conf, &eerr);
+		if (e == NULL) {
+			fprintf(stderr, "%s: %s\n", conf->path, eerr);
+			free(eerr);
+			tls_server_free(tls);
+			conf_free(conf);
+			return 1;
+		}
+		engine_free(e);
 		printf("%s: configuration OK\n", conf->path);
 		tls_server_free(tls);
 		conf_free(conf);

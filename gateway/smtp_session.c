@@ -24,6 +24,7 @@
 #include "net.h"
 #include "pool.h"
 #include "queue.h"
+#include "engine.h"
 #include "ratelimit.h"
 #include "sasl.h"
 #include "spool.h"
@@ -34,6 +35,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -111,7 +113,10 @@ struct session {
 	int     nreceived;
 	bool    header_too_big;
 
-	/* the commit job */
+	/* the filter job, then the commit job */
+	struct verdict verdict;
+	char   *rcvhdr;             /* our Received header, held for the commit when
+	                             * filters run (it goes first, before theirs) */
 	char   *commit_err;
 	int     refs;
 	bool    dead;               /* connection gone; free when refs reach 0 */
@@ -224,6 +229,7 @@ reset_transaction(struct session *s)
 		s->w = NULL;
 	}
 	envelope_clear(&s->env);
+	xfree(s->rcvhdr);
 	memset(&s->mp, 0, sizeof(s->mp));
 	s->used_bdat = s->used_data = false;
 	s->bdat_left = 0;
@@ -536,7 +542,13 @@ begin_message(struct session *s)
 	s->env.proto = xstrdup(!s->esmtp ? "SMTP" : s->auth_user ? (s->tls ? "ESMTPSA" : "ESMTPA") :
 	    (s->tls ? "ESMTPS" : "ESMTP"));
 	received_header(s, &rcv);
-	s->w = spool_begin(&s->env, rcv.data, &err);
+	if (W->engine) {
+		/* written at commit, ahead of the verdict's headers */
+		free(s->rcvhdr);
+		s->rcvhdr = buf_steal(&rcv);
+		s->w = spool_begin(&s->env, NULL, &err);
+	} else
+		s->w = spool_begin(&s->env, rcv.data, &err);
 	buf_free(&rcv);
 	if (s->w == NULL) {
 		log_warnx("sid=%s event=spool-error error=\"%s\"", s->sid, esc(err));
@@ -1076,6 +1088,111 @@ commit_done(void *arg)
 	session_process(s);         /* pipelined commands already buffered */
 }
 
+/* the message as received, for the filters: read back from the spool file */
+static void
+filter_work(void *arg)
+{
+	struct session *s = arg;
+	off_t off = spool_writer_data_off(s->w), len = spool_size(s->w);
+	char *msg;
+	int fd;
+
+	if (spool_flush(s->w) < 0 || (fd = open(spool_writer_path(s->w), O_RDONLY | O_CLOEXEC)) < 0) {
+		memset(&s->verdict, 0, sizeof(s->verdict));
+		s->verdict.action = VA_TEMPFAIL;
+		moat_strlcpy(s->verdict.force_why, "cannot read the message back", sizeof(s->verdict.force_why));
+		return;
+	}
+	msg = xmalloc((size_t)len + 1);
+	ssize_t n = pread(fd, msg, (size_t)len, off);
+	close(fd);
+	if (n != (ssize_t)len) {
+		free(msg);
+		memset(&s->verdict, 0, sizeof(s->verdict));
+		s->verdict.action = VA_TEMPFAIL;
+		moat_strlcpy(s->verdict.force_why, "cannot read the message back", sizeof(s->verdict.force_why));
+		return;
+	}
+	msg[len] = '\0';
+	engine_run(W->engine, msg, (size_t)len, &s->verdict);
+	free(msg);
+}
+
+static void commit_work(void *);
+static void commit_done(void *);
+
+/* printable ASCII only, for a reply line */
+static void
+reply_safe(const char *in, char *out, size_t outsz)
+{
+	size_t o = 0;
+	for (; *in && o + 1 < outsz; in++)
+		out[o++] = (*in >= 0x20 && *in < 0x7f) ? *in : '?';
+	out[o] = '\0';
+}
+
+static void
+filter_done(void *arg)
+{
+	struct session *s = arg;
+	struct verdict *v = &s->verdict;
+	struct buf syms = BUF_INIT, hdr = BUF_INIT;
+	char why[200], rcpt[SMTP_PATH_MAX + 1];
+
+	s->refs--;
+	verdict_symbols(v, &syms);
+	snprintf(rcpt, sizeof(rcpt), "%s", s->env.nrcpts ? s->env.rcpts[0].addr : "");
+	log_info("sid=%s qid=%s event=verdict ip=%s from=<%s> to=<%s> nrcpt=%zu score=%.2f action=%s%s%s%s symbols=%s time=%.0fms",
+	    s->sid, s->env.qid, s->ip, esc(s->env.sender), esc(rcpt), s->env.nrcpts, v->score,
+	    verdict_action_name(v->action), v->force_why[0] ? " reason=\"" : "",
+	    v->force_why[0] ? esc(v->force_why) : "", v->force_why[0] ? "\"" : "",
+	    syms.len ? syms.data : "-", v->elapsed_ms);
+	buf_free(&syms);
+	if (s->dead) {
+		verdict_clear(v);
+		reset_transaction(s);
+		if (s->refs == 0)
+			session_free(s);
+		return;
+	}
+	reply_safe(v->force_why, why, sizeof(why));
+	switch (v->action) {
+	case VA_REJECT:
+		if (why[0])
+			reply(s, "550 5.7.1 Message rejected: %s (ref %s)", why, s->env.qid);
+		else
+			reply(s, "550 5.7.1 Message rejected as spam, score %.1f (ref %s)", v->score, s->env.qid);
+		break;
+	case VA_TEMPFAIL:
+		reply(s, "451 4.7.1 Message deferred: %s; try again later (ref %s)",
+		    why[0] ? why : "filter failure", s->env.qid);
+		break;
+	case VA_QUARANTINE:
+		/* the quarantine store (#7) is not wired in yet: keep the mail
+		 * flowing, tagged, and say so */
+		log_warnx("sid=%s qid=%s event=quarantine-unavailable action=tag", s->sid, s->env.qid);
+		v->action = VA_TAG;
+		/* FALLTHROUGH */
+	default:
+		if (s->rcvhdr)
+			buf_adds(&hdr, s->rcvhdr);
+		verdict_headers(v, C(), &hdr);
+		spool_set_headers(s->w, hdr.data, hdr.len);
+		buf_free(&hdr);
+		verdict_clear(v);
+		s->refs++;
+		pool_submit(W->pool, commit_work, commit_done, s);
+		return;
+	}
+	/* refused: the message goes away */
+	verdict_clear(v);
+	reset_transaction(s);
+	s->state = S_HELO;
+	bufferevent_enable(s->bev, EV_READ);
+	set_timeout(s);
+	session_process(s);
+}
+
 static void
 end_of_message(struct session *s)
 {
@@ -1111,7 +1228,10 @@ end_of_message(struct session *s)
 	s->state = S_COMMIT;
 	bufferevent_disable(s->bev, EV_READ);
 	s->refs++;
-	pool_submit(W->pool, commit_work, commit_done, s);
+	if (W->engine)
+		pool_submit(W->pool, filter_work, filter_done, s);
+	else
+		pool_submit(W->pool, commit_work, commit_done, s);
 }
 
 /* ---- input ---- */

@@ -55,6 +55,7 @@ struct spool_writer {
 	int     err;            /* sticky errno */
 	bool    committed;
 	char   *hdrs;           /* added headers, written at commit */
+	off_t   data_off;       /* where the message starts */
 	size_t  hdrslen;
 };
 
@@ -231,6 +232,7 @@ spool_begin(const struct envelope *e, const char *prefix, char **err)
 		put_val(&w->wbuf, e->rcpts[i].addr);
 	}
 	buf_addc(&w->wbuf, '\n');
+	w->data_off = (off_t)w->wbuf.len;
 	if (prefix) {
 		size_t pl = strlen(prefix);
 		buf_add(&w->wbuf, prefix, pl);
@@ -246,6 +248,12 @@ spool_write(struct spool_writer *w, const void *p, size_t n)
 	w->size += (off_t)n;
 	if (w->wbuf.len >= WRITE_CHUNK)
 		writer_flush(w);
+}
+
+off_t
+spool_writer_data_off(const struct spool_writer *w)
+{
+	return w->data_off;
 }
 
 off_t

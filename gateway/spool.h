@@ -117,6 +117,8 @@ void spool_writer_free(struct spool_writer *);
 /* header fields (CRLF-terminated lines, at most 1 MiB) to store with the
  * message; readers emit them before it.  Call before spool_commit. */
 void spool_set_headers(struct spool_writer *, const char *hdrs, size_t len);
+/* where the message (behind the envelope) starts in the file */
+off_t spool_writer_data_off(const struct spool_writer *);
 /* path of the file being written (for filters that read it) */
 const char *spool_writer_path(const struct spool_writer *);
 /* flush buffered bytes to the file (so filters can read the whole message) */

@@ -14,6 +14,8 @@
 #include "imap.h"
 #include "pop3.h"
 #include "queue.h"
+#include "engine.h"
+#include "mime.h"
 #include "ratelimit.h"
 #include "smtp_session.h"
 #include "spool.h"
@@ -159,6 +161,14 @@ worker_main(const struct moat_conf *c, struct tls_server *tls)
 		fatalx("worker: event_base_new failed");
 	if (spool_init(c, &err) < 0)
 		fatalx("worker: spool: %s", err);
+	mime_init();            /* once, before any pool thread parses */
+	wk.engine = engine_new(c, &err);
+	if (wk.engine == NULL)
+		fatalx("worker: %s", err);
+	if (!engine_active(wk.engine)) {
+		engine_free(wk.engine);
+		wk.engine = NULL;
+	}
 	wk.pool = pool_new(wk.base, c->threads);
 	wk.rates = ratelimit_new(RL_SLIDING, 65536);
 	struct rl_auth_conf ac;
@@ -197,6 +207,7 @@ worker_main(const struct moat_conf *c, struct tls_server *tls)
 	queue_free(wk.queue);
 	pool_free(wk.pool);
 	ratelimit_free(wk.rates);
+	engine_free(wk.engine);
 	rl_auth_free(wk.auth_throttle);
 	if (wk.users)
 		users_close(wk.users);

@@ -16,6 +16,7 @@ struct moat_conf;
 struct tls_server;
 struct ratelimit;
 struct rl_auth;
+struct engine;
 
 struct worker {
 	struct event_base *base;
@@ -26,6 +27,7 @@ struct worker {
 	struct tls_server *tls;         /* built by the master; NULL without certificates */
 	struct ratelimit *rates;        /* "ratelimit" counters (keys c:/m:/r: + ip or user) */
 	struct rl_auth *auth_throttle;  /* failed logins per client IP: SMTP, IMAP, POP3 */
+	struct engine *engine;          /* the filters; NULL if none configured */
 	bool    draining;
 	long long started;              /* unix time */
 };

@@ -79,6 +79,8 @@ static const struct setting settings[] = {
 	{ "submission-sender-check", CT_BOOL,    OFF(submission_sender_check), "yes", 0, 0 },
 	{ "submission-hide-client", CT_BOOL,     OFF(submission_hide_client), "no", 0, 0 },
 	{ "auth-max-failures",      CT_INT,      OFF(auth_max_failures), "10", 1, 100000 },
+	{ "attachment-policy",      CT_BOOL,     OFF(attachment_policy), "yes", 0, 0 },
+	{ "bayes",                  CT_BOOL,     OFF(bayes), "yes", 0, 0 },
 	{ "auth-failure-window",    CT_DURATION, OFF(auth_failure_window), "15m", 1, 86400 },
 	{ "auth-block-time",        CT_DURATION, OFF(auth_block_time), "10m", 1, 86400 },
 };
@@ -790,10 +792,76 @@ d_ratelimit(struct parser *p, int n, char **w)
 	p->c->rates[p->c->nrates++] = r;
 }
 
+static void
+d_action(struct parser *p, int n, char **w)
+{
+	char *end;
+	double v;
+
+	if (n != 3 || (strcmp(w[1], "tag") && strcmp(w[1], "quarantine") && strcmp(w[1], "reject"))) {
+		perr(p, "action: expected \"action tag|quarantine|reject SCORE\" (0 turns it off)");
+		return;
+	}
+	v = strtod(w[2], &end);
+	if (*end || end == w[2] || v < 0 || v > 1000) {
+		perr(p, "action %s: \"%s\" is not a score from 0 to 1000", w[1], esc(w[2]));
+		return;
+	}
+	if (!strcmp(w[1], "tag")) p->c->action_tag = v;
+	else if (!strcmp(w[1], "quarantine")) p->c->action_quarantine = v;
+	else p->c->action_reject = v;
+}
+
+static void
+d_rules(struct parser *p, int n, char **w)
+{
+	if (n != 2) {
+		perr(p, "rules: expected one path (a file, a glob or a directory)");
+		return;
+	}
+	p->c->rules_paths = xreallocarray(p->c->rules_paths, p->c->nrules_paths + 1, sizeof(char *));
+	p->c->rules_paths[p->c->nrules_paths++] = xstrdup(w[1]);
+}
+
+static void
+d_antivirus(struct parser *p, int n, char **w)
+{
+	struct moat_conf *c = p->c;
+
+	if (n < 3 || (strcmp(w[1], "database") && strcmp(w[1], "clamd"))) {
+		perr(p, "antivirus: expected \"antivirus database DIR\" or \"antivirus clamd ADDRESS\" "
+		    "[action reject|quarantine] [on-error tempfail|accept]");
+		return;
+	}
+	free(c->av_database);
+	free(c->av_clamd);
+	c->av_database = c->av_clamd = NULL;
+	if (!strcmp(w[1], "database"))
+		c->av_database = xstrdup(w[2]);
+	else
+		c->av_clamd = xstrdup(w[2]);
+	for (int a = 3; a < n; a += 2) {
+		if (a + 1 >= n) {
+			perr(p, "antivirus: \"%s\" needs a value", esc(w[a]));
+			return;
+		}
+		if (!strcmp(w[a], "action") && !strcmp(w[a + 1], "reject")) c->av_quarantine = false;
+		else if (!strcmp(w[a], "action") && !strcmp(w[a + 1], "quarantine")) c->av_quarantine = true;
+		else if (!strcmp(w[a], "on-error") && !strcmp(w[a + 1], "tempfail")) c->av_accept_on_error = false;
+		else if (!strcmp(w[a], "on-error") && !strcmp(w[a + 1], "accept")) c->av_accept_on_error = true;
+		else
+			perr(p, "antivirus: unknown option \"%s %s\" (action reject|quarantine, on-error tempfail|accept)",
+			    esc(w[a]), esc(w[a + 1]));
+	}
+}
+
 static const struct {
 	const char *name;
 	void (*fn)(struct parser *, int, char **);
 } directives[] = {
+	{ "action", d_action },
+	{ "rules", d_rules },
+	{ "antivirus", d_antivirus },
 	{ "tls", d_tls },
 	{ "ratelimit", d_ratelimit },
 	{ "relay-authenticated", d_relay_authenticated },
@@ -844,6 +912,9 @@ set_defaults(struct parser *p, struct moat_conf *c)
 
 	c->log_level = LOG_LVL_INFO;
 	c->syslog_facility = LOG_MAIL;
+	c->action_tag = 5;
+	c->action_quarantine = 0;
+	c->action_reject = 15;
 	for (size_t i = 0; i < ARRAY_SIZE(settings); i++)
 		if (settings[i].def)
 			set_scalar(&dp, &settings[i], settings[i].def, c);
@@ -1040,6 +1111,11 @@ conf_free(struct moat_conf *c)
 	free(c->domains);
 	free(c->limit_exempt);
 	free(c->rates);
+	for (size_t i = 0; i < c->nrules_paths; i++)
+		free(c->rules_paths[i]);
+	free(c->rules_paths);
+	free(c->av_database);
+	free(c->av_clamd);
 	for (size_t i = 0; i < c->ntls_certs; i++) {
 		free(c->tls_certs[i].cert);
 		free(c->tls_certs[i].key);

@@ -116,6 +116,19 @@ struct moat_conf {
 	bool    submission_hide_client; /* no client IP/HELO in Received for authenticated mail */
 	struct rate_rule *rates;
 	size_t  nrates;
+
+	/* the filter engine (docs/filter-engine.md) */
+	double  action_tag;             /* total score thresholds; 0 = off */
+	double  action_quarantine;
+	double  action_reject;
+	char  **rules_paths;            /* "rules PATH" (file, glob or directory), repeatable */
+	size_t  nrules_paths;
+	char   *av_database;            /* "antivirus database DIR ..." (libclamav) */
+	char   *av_clamd;               /* "antivirus clamd ADDRESS ..." */
+	bool    av_quarantine;          /* action quarantine (default reject) */
+	bool    av_accept_on_error;     /* on-error accept (default tempfail) */
+	bool    attachment_policy;      /* block dangerous attachments (default yes) */
+	bool    bayes;                  /* use <state-dir>/bayes.lmdb when trained (default yes) */
 	long long auth_max_failures;    /* per client IP in auth-failure-window, then refused */
 	long long auth_failure_window;
 	long long auth_block_time;

@@ -1,0 +1,268 @@
+/*
+ * engine.c - the data stage of the filter engine (see engine.h).
+ * Runs in: the worker; engine_run() in pool threads.  Input: the message
+ * as received (untrusted); every filter bounds its own work (MIME limits,
+ * PCRE2 match limits, libclamav scan limits).
+ */
+#include "config.h"
+#include "engine.h"
+#include "attach.h"
+#include "av.h"
+#include "bayes.h"
+#include "buf.h"
+#include "conf.h"
+#include "log.h"
+#include "mime.h"
+#include "rules.h"
+#include "util.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct engine {
+	const struct moat_conf *conf;
+	struct rules *rules;
+	struct av *av;
+	struct av_conf avc;
+	struct bayes *bayes;
+	bool    attach;
+};
+
+static void
+add_symbol(struct verdict *v, const char *name, double score, const char *reason)
+{
+	struct symbol *s;
+
+	if (v->nsym >= 256)
+		return;
+	v->sym = xreallocarray(v->sym, v->nsym + 1, sizeof(*v->sym));
+	s = &v->sym[v->nsym++];
+	moat_strlcpy(s->name, name, sizeof(s->name));
+	moat_strlcpy(s->reason, reason ? reason : "", sizeof(s->reason));
+	s->score = score;
+	v->score += score;
+}
+
+static void
+force(struct verdict *v, enum verdict_action a, const char *why)
+{
+	/* the strongest forced action wins: reject > tempfail > quarantine */
+	static const int rank[] = { [VA_ACCEPT] = 0, [VA_TAG] = 1, [VA_QUARANTINE] = 2,
+	    [VA_TEMPFAIL] = 3, [VA_REJECT] = 4 };
+	if (v->forced && rank[v->force] >= rank[a])
+		return;
+	v->forced = true;
+	v->force = a;
+	moat_strlcpy(v->force_why, why, sizeof(v->force_why));
+}
+
+struct engine *
+engine_new(const struct moat_conf *c, char **err)
+{
+	struct engine *e = xcalloc(1, sizeof(*e));
+	char msg[1024];
+
+	*err = NULL;
+	e->conf = c;
+	e->attach = c->attachment_policy;
+	if (c->nrules_paths) {
+		struct rules_report rep;
+		char *rerr = NULL;
+		memset(&rep, 0, sizeof(rep));
+		e->rules = rules_load((const char *const *)c->rules_paths, c->nrules_paths, &rep, &rerr);
+		if (e->rules == NULL) {
+			snprintf(msg, sizeof(msg), "rules: %s", rerr ? rerr : "cannot load");
+			free(rerr);
+			rules_report_free(&rep);
+			engine_free(e);
+			*err = xstrdup(msg);
+			return NULL;
+		}
+		log_info("engine: rules loaded=%u files=%u hard-errors=%u (moat rules check lists them)",
+		    rep.loaded, rep.files, rep.hard);
+		rules_report_free(&rep);
+	}
+	if (c->av_database || c->av_clamd) {
+		struct av_conf d = AV_CONF_DEFAULT;
+		char *aerr = NULL;
+		e->avc = d;
+		if (c->av_database) {
+			e->avc.backend = AV_BACKEND_LIBCLAMAV;
+			e->avc.database = c->av_database;
+		} else {
+			e->avc.backend = AV_BACKEND_CLAMD;
+			e->avc.clamd = c->av_clamd;
+		}
+		e->avc.action = c->av_quarantine ? AV_ACTION_QUARANTINE : AV_ACTION_REJECT;
+		e->avc.on_error = c->av_accept_on_error ? AV_ONERROR_ACCEPT : AV_ONERROR_TEMPFAIL;
+		e->av = av_open(&e->avc, &aerr);
+		if (e->av == NULL) {
+			snprintf(msg, sizeof(msg), "antivirus: %s", aerr ? aerr : "cannot start");
+			free(aerr);
+			engine_free(e);
+			*err = xstrdup(msg);
+			return NULL;
+		}
+		free(aerr);
+	}
+	if (c->bayes) {
+		char path[4096], *berr = NULL;
+		conf_path(c, "bayes.lmdb", path, sizeof(path));
+		if (access(path, F_OK) == 0) {
+			e->bayes = bayes_open(c->state_dir, true, &berr);
+			if (e->bayes == NULL)
+				log_warnx("engine: bayes disabled: %s", berr ? berr : "cannot open");
+			free(berr);
+		}
+	}
+	return e;
+}
+
+void
+engine_free(struct engine *e)
+{
+	if (e == NULL)
+		return;
+	rules_free(&e->rules);
+	av_close(&e->av);
+	bayes_close(&e->bayes);
+	free(e);
+}
+
+bool
+engine_active(const struct engine *e)
+{
+	return e && (e->rules || e->av || e->bayes || e->attach);
+}
+
+void
+engine_run(struct engine *e, const char *msg, size_t len, struct verdict *v)
+{
+	const struct moat_conf *c = e->conf;
+	struct mime_limits lim = MIME_LIMITS_DEFAULT;
+	struct mime_msg *m;
+	char *err = NULL;
+	char why[200];
+	uint64_t t0 = now_ms();
+
+	memset(v, 0, sizeof(*v));
+	if (e->av) {
+		char vir[128];
+		char *aerr = NULL;
+		av_reload_check(e->av, false);
+		switch (av_scan(e->av, msg, len, vir, sizeof(vir), &aerr)) {
+		case AV_INFECTED:
+			snprintf(why, sizeof(why), "virus %s", vir);
+			add_symbol(v, "AV_VIRUS", 0, vir);
+			force(v, e->avc.action == AV_ACTION_QUARANTINE ? VA_QUARANTINE : VA_REJECT, why);
+			break;
+		case AV_ERROR:
+			add_symbol(v, "AV_ERROR", 0, aerr ? aerr : "scan failed");
+			if (e->avc.on_error == AV_ONERROR_TEMPFAIL)
+				force(v, VA_TEMPFAIL, "virus scanner unavailable");
+			break;
+		default:
+			break;
+		}
+		free(aerr);
+	}
+	m = mime_parse(msg, len, &lim, &err);
+	if (m == NULL) {
+		add_symbol(v, "MIME_UNPARSEABLE", 1.0, err);
+		free(err);
+	} else {
+		if (e->attach) {
+			struct attach_result ar;
+			if (attach_check(NULL, m, &ar) != ATTACH_ACCEPT && ar.nfindings) {
+				const struct attach_finding *f = &ar.f[0];
+				snprintf(why, sizeof(why), "attachment %s%s%s not allowed (%s)", f->filename,
+				    f->member[0] ? " / " : "", f->member, f->detail);
+				add_symbol(v, "ATTACH_BLOCKED", 0, why);
+				force(v, ar.action == ATTACH_REJECT ? VA_REJECT : VA_QUARANTINE, why);
+			}
+		}
+		if (e->rules) {
+			struct rules_hits h;
+			memset(&h, 0, sizeof(h));
+			if (rules_eval(e->rules, m, msg, len, &h) == 0)
+				for (size_t i = 0; i < h.n; i++)
+					add_symbol(v, h.v[i].name, h.v[i].score, h.v[i].desc);
+			rules_hits_free(&h);
+		}
+		if (e->bayes) {
+			struct bayes_result br;
+			memset(&br, 0, sizeof(br));
+			if (bayes_classify(e->bayes, m, &br) == 0 && br.ready) {
+				char r[64];
+				snprintf(r, sizeof(r), "spam probability %.3f", br.prob);
+				add_symbol(v, br.symbol, br.score, r);
+			}
+		}
+		mime_free(&m);
+	}
+	/* thresholds; a forced action overrides them */
+	if (v->forced)
+		v->action = v->force;
+	else if (c->action_reject > 0 && v->score >= c->action_reject)
+		v->action = VA_REJECT;
+	else if (c->action_quarantine > 0 && v->score >= c->action_quarantine)
+		v->action = VA_QUARANTINE;
+	else if (c->action_tag > 0 && v->score >= c->action_tag)
+		v->action = VA_TAG;
+	else
+		v->action = VA_ACCEPT;
+	v->elapsed_ms = (double)(now_ms() - t0);
+}
+
+const char *
+verdict_action_name(enum verdict_action a)
+{
+	static const char *n[] = { "accept", "tag", "quarantine", "reject", "tempfail" };
+	return a <= VA_TEMPFAIL ? n[a] : "?";
+}
+
+void
+verdict_symbols(const struct verdict *v, struct buf *out)
+{
+	for (size_t i = 0; i < v->nsym && out->len < 3000; i++)
+		buf_printf(out, "%s%s(%.2f)", i ? "," : "", v->sym[i].name, v->sym[i].score);
+}
+
+void
+verdict_headers(const struct verdict *v, const struct moat_conf *c, struct buf *out)
+{
+	bool spam = v->action == VA_TAG || v->action == VA_QUARANTINE || v->action == VA_REJECT;
+	double req = c->action_tag > 0 ? c->action_tag : c->action_reject;
+	struct buf tests = BUF_INIT;
+
+	for (size_t i = 0; i < v->nsym && tests.len < 900; i++)
+		buf_printf(&tests, "%s%s", i ? "," : "", v->sym[i].name);
+	buf_printf(out, "X-Spam-Flag: %s\r\n", spam ? "YES" : "NO");
+	buf_printf(out, "X-Spam-Score: %.2f\r\n", v->score);
+	buf_printf(out, "X-Spam-Status: %s, score=%.2f required=%.2f tests=%s\r\n", spam ? "Yes" : "No",
+	    v->score, req, tests.len ? tests.data : "none");
+	if (spam && v->nsym) {
+		buf_adds(out, "X-Spam-Report:");
+		for (size_t i = 0; i < v->nsym && i < 50; i++) {
+			char r[160];
+			/* header-safe: no CR/LF from rule descriptions */
+			moat_strlcpy(r, v->sym[i].reason, sizeof(r));
+			for (char *p = r; *p; p++)
+				if (*p == '\r' || *p == '\n' || (unsigned char)*p < 0x20)
+					*p = ' ';
+			buf_printf(out, "\r\n\t* %5.2f %s %s", v->sym[i].score, v->sym[i].name, r);
+		}
+		buf_adds(out, "\r\n");
+	}
+	buf_free(&tests);
+}
+
+void
+verdict_clear(struct verdict *v)
+{
+	free(v->sym);
+	memset(v, 0, sizeof(*v));
+}

@@ -1,0 +1,60 @@
+/*
+ * engine.h - the filter engine's data stage (docs/filter-engine.md).
+ *
+ * At the end of DATA/BDAT, before the commit, the SMTP session hands the
+ * message to engine_run() in a pool thread: the message is parsed once
+ * (filters/mime.c) and the configured filters add scored symbols - rules
+ * (SpamAssassin syntax), attachment policy, antivirus, Bayes.  The total
+ * score maps to an action by the `action tag|quarantine|reject` thresholds;
+ * a filter may force one (a virus, a blocked attachment, an AV failure).
+ * The verdict's headers (X-Spam-*) are stored with the queue file
+ * (spool_set_headers), so the message is never copied.
+ * Early stages (connect .. RCPT: lists, DNSBL, SPF, greylisting) are not
+ * built yet.
+ */
+#ifndef MOAT_ENGINE_H
+#define MOAT_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct moat_conf;
+struct buf;
+
+enum verdict_action { VA_ACCEPT, VA_TAG, VA_QUARANTINE, VA_REJECT, VA_TEMPFAIL };
+
+struct symbol {
+	char    name[64];
+	double  score;
+	char    reason[160];
+};
+
+struct verdict {
+	struct symbol *sym;
+	size_t  nsym;
+	double  score;
+	bool    forced;             /* a filter decided the action */
+	enum verdict_action force;
+	char    force_why[200];     /* for the reply and the log ("virus Eicar-Test") */
+	enum verdict_action action; /* final */
+	double  elapsed_ms;
+};
+
+struct engine;
+
+/* load the filters the config asks for; NULL with *err on a hard error.
+ * Runs in the worker at start (rules compile, AV engine load). */
+struct engine *engine_new(const struct moat_conf *, char **err);
+void engine_free(struct engine *);
+/* true if any data-stage filter is configured */
+bool engine_active(const struct engine *);
+/* BLOCKING (pool thread): run the data filters on the message bytes */
+void engine_run(struct engine *, const char *msg, size_t len, struct verdict *);
+/* the header fields to add for this verdict (CRLF lines), into out */
+void verdict_headers(const struct verdict *, const struct moat_conf *, struct buf *out);
+/* "RULE(2.50),BAYES_99(3.50)" for the log */
+void verdict_symbols(const struct verdict *, struct buf *out);
+const char *verdict_action_name(enum verdict_action);
+void verdict_clear(struct verdict *);
+
+#endif
