@@ -842,8 +842,8 @@ cmd_quarantine(struct moat_conf *c, int argc, char **argv)
 		o.all = false;
 		o.f.all_states = true;  /* list --all: released, deleted and lost too */
 	}
-	if (!strcmp(sub, "release") && o.all && !o.any_filter) {
-		fprintf(stderr, "moat: quarantine release --all needs a filter (--from, --rcpt, --since ...)\n");
+	if ((!strcmp(sub, "release") || !strcmp(sub, "delete")) && o.all && !o.any_filter) {
+		fprintf(stderr, "moat: quarantine %s --all needs a filter (--from, --rcpt, --since ...)\n", sub);
 		return 2;
 	}
 	if ((rc = authorise_and_setup(c)) != 0)

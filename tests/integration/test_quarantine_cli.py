@@ -180,6 +180,8 @@ with Sink() as sink:
              r.stderr)
         r = m.cli("quarantine", "release", "--all")
         t.eq(r.returncode, 2, "release --all needs a filter")
+        r = m.cli("quarantine", "delete", "--all", "--yes")
+        t.eq(r.returncode, 2, "delete --all needs a filter")
         r = m.cli("quarantine", "release", "--all", "--from", "bulk.example", "--yes")
         t.ok(r.returncode == 0 and r.stdout.count("released") == 3, "release --all --from --yes", r.stdout)
         t.ok(sink.wait_messages(6), "three delivered", m.log()[-3000:])
