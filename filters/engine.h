@@ -7,7 +7,8 @@
  * (SpamAssassin syntax), attachment policy, antivirus, Bayes.  The total
  * score maps to an action by the `action tag|quarantine|reject` thresholds;
  * a filter may force one (a virus, a blocked attachment, an AV failure).
- * The verdict's headers (X-Spam-*) are stored with the queue file
+ * Quarantined messages go to the quarantine store (quarantine/qstore.c),
+ * never to the queue.  The verdict's headers (X-Spam-*) are stored with the queue file
  * (spool_set_headers), so the message is never copied.
  * Early stages (connect .. RCPT: lists, DNSBL, SPF, greylisting) are not
  * built yet.

@@ -25,6 +25,7 @@
 #include "pool.h"
 #include "queue.h"
 #include "engine.h"
+#include "qstore.h"
 #include "ratelimit.h"
 #include "sasl.h"
 #include "spool.h"
@@ -115,6 +116,9 @@ struct session {
 
 	/* the filter job, then the commit job */
 	struct verdict verdict;
+	char   *qmsg;               /* the message, kept for the quarantine */
+	size_t  qlen;
+	bool    quarantined;
 	char   *rcvhdr;             /* our Received header, held for the commit when
 	                             * filters run (it goes first, before theirs) */
 	char   *commit_err;
@@ -1115,7 +1119,82 @@ filter_work(void *arg)
 	}
 	msg[len] = '\0';
 	engine_run(W->engine, msg, (size_t)len, &s->verdict);
-	free(msg);
+	if (s->verdict.action == VA_QUARANTINE) {
+		s->qmsg = msg;          /* the quarantine job stores it */
+		s->qlen = (size_t)len;
+	} else
+		free(msg);
+}
+
+/* BLOCKING: the message goes to the quarantine store, never to the queue:
+ * our incoming file is dropped and the store writes its own copy (with our
+ * Received and the verdict headers in front) through spool/incoming and a
+ * rename into quarantine/, fsync'ed before the 250 */
+static void
+quarantine_work(void *arg)
+{
+	struct session *s = arg;
+	struct buf b = BUF_INIT, syms = BUF_INIT;
+	struct qstore_verdict qv;
+	struct qstore *qs;
+	char *err = NULL;
+
+	spool_abort(s->w);
+	if (s->rcvhdr)
+		buf_adds(&b, s->rcvhdr);
+	verdict_headers(&s->verdict, C(), &b);
+	buf_add(&b, s->qmsg, s->qlen);
+	verdict_symbols(&s->verdict, &syms);
+	qv.score = s->verdict.score;
+	qv.action = "quarantine";
+	qv.symbols = syms.data;
+	qs = qstore_open(C()->state_dir, &err);
+	if (qs == NULL || qstore_put_buf(qs, &s->env, b.data, b.len, &qv) < 0) {
+		free(s->commit_err);
+		s->commit_err = xstrdup(qs ? qstore_error(qs) : (err ? err : "cannot open the quarantine"));
+	} else
+		s->quarantined = true;
+	qstore_close(&qs);
+	free(err);
+	buf_free(&b);
+	buf_free(&syms);
+}
+
+static void
+quarantine_done(void *arg)
+{
+	struct session *s = arg;
+
+	s->refs--;
+	xfree(s->qmsg);
+	if (s->quarantined) {
+		log_info("sid=%s qid=%s event=quarantined ip=%s from=<%s> nrcpt=%zu score=%.2f",
+		    s->sid, s->env.qid, s->ip, esc(s->env.sender), s->env.nrcpts, s->verdict.score);
+		s->nmsgs++;
+		if (!s->dead)   /* the sender is not told: no probing for the quarantine */
+			reply(s, "250 2.0.0 Ok: queued as %s", s->env.qid);
+	} else {
+		log_crit("sid=%s qid=%s event=quarantine-error ip=%s error=\"%s\"", s->sid, s->env.qid,
+		    s->ip, esc(s->commit_err ? s->commit_err : "?"));
+		if (!s->dead)
+			reply(s, "451 4.3.0 Error: quarantine write error");
+	}
+	xfree(s->commit_err);
+	s->quarantined = false;
+	verdict_clear(&s->verdict);
+	spool_writer_free(s->w);
+	s->w = NULL;
+	if (s->dead) {
+		reset_transaction(s);
+		if (s->refs == 0)
+			session_free(s);
+		return;
+	}
+	reset_transaction(s);
+	s->state = S_HELO;
+	bufferevent_enable(s->bev, EV_READ);
+	set_timeout(s);
+	session_process(s);
 }
 
 static void commit_work(void *);
@@ -1150,6 +1229,7 @@ filter_done(void *arg)
 	buf_free(&syms);
 	if (s->dead) {
 		verdict_clear(v);
+		xfree(s->qmsg);
 		reset_transaction(s);
 		if (s->refs == 0)
 			session_free(s);
@@ -1168,11 +1248,9 @@ filter_done(void *arg)
 		    why[0] ? why : "filter failure", s->env.qid);
 		break;
 	case VA_QUARANTINE:
-		/* the quarantine store (#7) is not wired in yet: keep the mail
-		 * flowing, tagged, and say so */
-		log_warnx("sid=%s qid=%s event=quarantine-unavailable action=tag", s->sid, s->env.qid);
-		v->action = VA_TAG;
-		/* FALLTHROUGH */
+		s->refs++;
+		pool_submit(W->pool, quarantine_work, quarantine_done, s);
+		return;
 	default:
 		if (s->rcvhdr)
 			buf_adds(&hdr, s->rcvhdr);

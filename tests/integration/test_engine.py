@@ -94,6 +94,33 @@ with Sink() as sink:
         t.ok("X-Spam-Status: No" in body and body.index("Received: from") < body.index("X-Spam-Status"),
              "local delivery writes the verdict headers too, after Received", body[:400])
 
+    # over the quarantine threshold: 250, held in the quarantine, not delivered;
+    # a release delivers it once
+    with Moat(domains={"relay.test": "relay smtp://127.0.0.1:%d" % sink.port},
+              extra="rules %s\naction tag 1\naction quarantine 1.9\naction reject 20" % RULES) as m:
+        with sink.lock:
+            before = len(sink.messages)
+        t.eq(send(m, FEE)[0], 250, "quarantine verdict: the client gets 250")
+        t.ok(m.wait_log(r"event=quarantined .* score=") is not None, "quarantined, logged")
+        __import__("time").sleep(1)
+        with sink.lock:
+            t.eq(len(sink.messages), before, "a quarantined message is not delivered")
+        t.eq(m.queue_files(), [], "and not in the delivery queue")
+        r = m.cli("quarantine", "list")
+        t.ok(r.returncode == 0 and "x@relay.test" in r.stdout, "moat quarantine list shows it", r.stdout + r.stderr)
+        qid = re.search(r"\b([0-9A-F]{18})\b", r.stdout)
+        if qid:
+            r = m.cli("quarantine", "release", qid.group(1))
+            t.ok(r.returncode == 0, "moat quarantine release", r.stdout + r.stderr)
+            t.ok(sink.wait_messages(before + 1, 30), "the released message arrives")
+            __import__("time").sleep(1)
+            with sink.lock:
+                got = [x for x in sink.messages[before:] if b"As next of kin" in x["data"]]
+            t.eq(len(got), 1, "exactly once")
+            t.ok(got and b"X-Spam-Flag: YES" in got[0]["data"], "with the verdict headers")
+        else:
+            t.ok(False, "a queue id in the list", r.stdout)
+
     # the antivirus engine is down: tempfail, never a silent pass
     bad_db = os.path.join(m.tmp if os.path.isdir(m.tmp) else "/tmp", "empty-clamdb")
     os.makedirs(bad_db, exist_ok=True)
