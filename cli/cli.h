@@ -14,6 +14,7 @@ int cmd_bayes(struct moat_conf *, int argc, char **argv);  /* cli/cmd_bayes.c */
 int cmd_quarantine(struct moat_conf *, int argc, char **argv); /* cli/cmd_quarantine.c */
 int cmd_rules(struct moat_conf *, int argc, char **argv);  /* cli/cmd_rules.c */
 int cmd_av(struct moat_conf *, int argc, char **argv);     /* cli/cmd_av.c */
+int cmd_lists(struct moat_conf *, int argc, char **argv);  /* cli/cmd_lists.c */
 
 /* send one line to the daemon's control socket (<state-dir>/control.sock)
  * and return its reply in a malloc'ed string; NULL if the daemon is not

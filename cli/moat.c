@@ -55,6 +55,10 @@ static const struct cmd_group cmd_groups[] = {
 	{ "av", cmd_av,
 	  "av scan [--database DIR | --clamd ADDR] FILE...   scan files for viruses\n"
 	  "  av info [--database DIR]   signatures loaded, database age" },
+	{ "lists", cmd_lists,
+	  "lists add|del allow|block TYPE VALUE   edit the allow/block lists (TYPE: ip, helo,\n"
+	  "           sender, from, rcpt)\n"
+	  "  lists show" },
 	{ "rules", cmd_rules,
 	  "rules check [-v] PATH...  load rule files, report what was skipped and why\n"
 	  "  rules test [-t] -r PATH... FILE...   the rule hits of messages" },

@@ -11,6 +11,7 @@
 #include "bayes.h"
 #include "buf.h"
 #include "conf.h"
+#include "lists.h"
 #include "log.h"
 #include "mime.h"
 #include "rules.h"
@@ -135,11 +136,32 @@ engine_free(struct engine *e)
 bool
 engine_active(const struct engine *e)
 {
-	return e && (e->rules || e->av || e->bayes || e->attach);
+	return e && (e->rules || e->av || e->bayes || e->attach || e->conf->lists_dir);
+}
+
+/* the domain of the first address in a From header value */
+static bool
+from_domain(const char *from, char *out, size_t outsz)
+{
+	const char *lt = strchr(from, '<'), *at, *end;
+	const char *p = lt ? lt + 1 : from;
+
+	at = strchr(p, '@');
+	if (at == NULL)
+		return false;
+	end = at + 1;
+	while (*end && *end != '>' && *end != ' ' && *end != ',' && *end != ';' && *end != ')')
+		end++;
+	if (end == at + 1 || (size_t)(end - at - 1) >= outsz)
+		return false;
+	memcpy(out, at + 1, (size_t)(end - at - 1));
+	out[end - at - 1] = '\0';
+	return true;
 }
 
 void
-engine_run(struct engine *e, const char *msg, size_t len, struct verdict *v)
+engine_run(struct engine *e, const char *msg, size_t len, const struct engine_in *in,
+    struct verdict *v)
 {
 	const struct moat_conf *c = e->conf;
 	struct mime_limits lim = MIME_LIMITS_DEFAULT;
@@ -170,7 +192,25 @@ engine_run(struct engine *e, const char *msg, size_t len, struct verdict *v)
 		free(aerr);
 	}
 	m = mime_parse(msg, len, &lim, &err);
-	if (m == NULL) {
+	bool allow = in && in->allowlisted;
+	if (m && in && in->lists) {
+		const char *f = mime_header_get(m, "From");
+		char dom[256];
+		if (f && from_domain(f, dom, sizeof(dom))) {
+			if (lists_match(in->lists, LK_BLOCK, LT_FROM, dom)) {
+				snprintf(why, sizeof(why), "From domain %s is blocked", dom);
+				add_symbol(v, "FROM_BLOCKED", 0, why);
+				force(v, VA_REJECT, why);
+			} else if (lists_match(in->lists, LK_ALLOW, LT_FROM, dom))
+				allow = true;
+		}
+	}
+	if (allow && !v->forced) {
+		/* allow-listed: no spam scoring; viruses were still checked above */
+		add_symbol(v, "ALLOWLISTED", 0, "allow list");
+		force(v, VA_ACCEPT, "allow list");
+		mime_free(&m);
+	} else if (m == NULL) {
 		add_symbol(v, "MIME_UNPARSEABLE", 1.0, err);
 		free(err);
 	} else {

@@ -49,8 +49,15 @@ struct engine *engine_new(const struct moat_conf *, char **err);
 void engine_free(struct engine *);
 /* true if any data-stage filter is configured */
 bool engine_active(const struct engine *);
+struct lists;
+/* what the session already knows about the message */
+struct engine_in {
+	const struct lists *lists;  /* for the header From domain; may be NULL */
+	bool    allowlisted;        /* an allow-list hit (IP, HELO, sender, rcpt) */
+};
 /* BLOCKING (pool thread): run the data filters on the message bytes */
-void engine_run(struct engine *, const char *msg, size_t len, struct verdict *);
+void engine_run(struct engine *, const char *msg, size_t len, const struct engine_in *,
+    struct verdict *);
 /* the header fields to add for this verdict (CRLF lines), into out */
 void verdict_headers(const struct verdict *, const struct moat_conf *, struct buf *out);
 /* "RULE(2.50),BAYES_99(3.50)" for the log */

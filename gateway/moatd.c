@@ -20,6 +20,7 @@
 #include "log.h"
 #include "privs.h"
 #include "engine.h"
+#include "lists.h"
 #include "mime.h"
 #include "spool.h"
 #include "tls.h"
@@ -417,6 +418,17 @@ main(int argc, char **argv)
 			return 1;
 		}
 		engine_free(e);
+		if (conf->lists_dir) {
+			struct lists *l = lists_load(conf->lists_dir, &eerr);
+			if (l == NULL) {
+				fprintf(stderr, "%s\n", eerr);
+				free(eerr);
+				tls_server_free(tls);
+				conf_free(conf);
+				return 1;
+			}
+			lists_unref(l);
+		}
 		printf("%s: configuration OK\n", conf->path);
 		tls_server_free(tls);
 		conf_free(conf);

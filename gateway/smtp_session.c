@@ -25,6 +25,7 @@
 #include "pool.h"
 #include "queue.h"
 #include "engine.h"
+#include "lists.h"
 #include "qstore.h"
 #include "ratelimit.h"
 #include "sasl.h"
@@ -119,6 +120,9 @@ struct session {
 	char   *qmsg;               /* the message, kept for the quarantine */
 	size_t  qlen;
 	bool    quarantined;
+	bool    allowlisted;        /* client IP or HELO on the allow list */
+	bool    msg_allow;          /* sender or a recipient on the allow list */
+	struct lists *jlists;       /* the lists the filter job uses (a reference) */
 	char   *rcvhdr;             /* our Received header, held for the commit when
 	                             * filters run (it goes first, before theirs) */
 	char   *commit_err;
@@ -234,6 +238,7 @@ reset_transaction(struct session *s)
 	}
 	envelope_clear(&s->env);
 	xfree(s->rcvhdr);
+	s->msg_allow = false;
 	memset(&s->mp, 0, sizeof(s->mp));
 	s->used_bdat = s->used_data = false;
 	s->bdat_left = 0;
@@ -326,6 +331,17 @@ cmd_helo(struct session *s, const struct smtp_command *c)
 	reset_transaction(s);
 	free(s->helo);
 	s->helo = xstrndup(c->arg, c->arglen);
+	if (lists_match(worker_lists(), LK_BLOCK, LT_HELO, s->helo)) {
+		char rb[400];
+		snprintf(rb, sizeof(rb), "550 5.7.1 <%s>: Helo command rejected: blocked", esc(s->helo));
+		reply(s, "%s", rb);
+		log_reject(s, "helo", "", rb);
+		xfree(s->helo);
+		s->state = S_INIT;
+		return;
+	}
+	if (lists_match(worker_lists(), LK_ALLOW, LT_HELO, s->helo))
+		s->allowlisted = true;
 	s->esmtp = ehlo;
 	s->state = S_HELO;
 	if (!ehlo) {
@@ -388,6 +404,13 @@ cmd_mail(struct session *s, const struct smtp_command *c)
 		log_reject(s, "mail", "", rb);
 		return;
 	}
+	if (addr[0] && lists_match(worker_lists(), LK_BLOCK, LT_SENDER, addr)) {
+		char rb[SMTP_PATH_MAX + 128];
+		snprintf(rb, sizeof(rb), "550 5.7.1 <%s>: Sender address rejected: blocked", addr);
+		reply(s, "%s", rb);
+		log_reject(s, "mail", "", rb);
+		return;
+	}
 	/* messages are counted per MAIL command, as Postfix's anvil does */
 	if (!rate_ok(s, RATE_MESSAGES, 1))
 		return;
@@ -403,6 +426,7 @@ cmd_mail(struct session *s, const struct smtp_command *c)
 	s->env.smtputf8 = s->mp.smtputf8;
 	s->env.ret = s->mp.ret;
 	s->env.envid = s->mp.envid[0] ? xstrdup(s->mp.envid) : NULL;
+	s->msg_allow = addr[0] && lists_match(worker_lists(), LK_ALLOW, LT_SENDER, addr);
 	s->state = S_MAIL;
 	reply(s, "250 2.1.0 Ok");
 }
@@ -465,6 +489,14 @@ cmd_rcpt(struct session *s, const struct smtp_command *c)
 			return;
 		}
 	}
+	if (lists_match(worker_lists(), LK_BLOCK, LT_RCPT, addr)) {
+		snprintf(rbuf, sizeof(rbuf), "550 5.7.1 <%s>: Recipient address rejected: blocked", addr);
+		reply(s, "%s", rbuf);
+		log_reject(s, "rcpt", addr, rbuf);
+		return;
+	}
+	if (lists_match(worker_lists(), LK_ALLOW, LT_RCPT, addr))
+		s->msg_allow = true;
 	if (!rate_ok(s, RATE_RECIPIENTS, 1))
 		return;
 	/* the same recipient twice is delivered once */
@@ -1118,7 +1150,8 @@ filter_work(void *arg)
 		return;
 	}
 	msg[len] = '\0';
-	engine_run(W->engine, msg, (size_t)len, &s->verdict);
+	struct engine_in in = { s->jlists, s->allowlisted || s->msg_allow };
+	engine_run(W->engine, msg, (size_t)len, &in, &s->verdict);
 	if (s->verdict.action == VA_QUARANTINE) {
 		s->qmsg = msg;          /* the quarantine job stores it */
 		s->qlen = (size_t)len;
@@ -1219,6 +1252,8 @@ filter_done(void *arg)
 	char why[200], rcpt[SMTP_PATH_MAX + 1];
 
 	s->refs--;
+	lists_unref(s->jlists);
+	s->jlists = NULL;
 	verdict_symbols(v, &syms);
 	snprintf(rcpt, sizeof(rcpt), "%s", s->env.nrcpts ? s->env.rcpts[0].addr : "");
 	log_info("sid=%s qid=%s event=verdict ip=%s from=<%s> to=<%s> nrcpt=%zu score=%.2f action=%s%s%s%s symbols=%s time=%.0fms",
@@ -1306,8 +1341,12 @@ end_of_message(struct session *s)
 	s->state = S_COMMIT;
 	bufferevent_disable(s->bev, EV_READ);
 	s->refs++;
-	if (W->engine)
+	if (W->engine) {
+		s->jlists = worker_lists();
+		if (s->jlists)
+			lists_ref(s->jlists);
 		pool_submit(W->pool, filter_work, filter_done, s);
+	}
 	else
 		pool_submit(W->pool, commit_work, commit_done, s);
 }
@@ -1635,6 +1674,13 @@ on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, i
 		close_after(s);
 		return;
 	}
+	if (lists_match_ip(worker_lists(), LK_BLOCK, sa)) {
+		reply(s, "554 5.7.1 %s Error: your address %s is blocked (ref %s)", C()->hostname, s->ip, s->sid);
+		log_info("sid=%s event=reject-connection ip=%s reason=block-list", s->sid, s->ip);
+		close_after(s);
+		return;
+	}
+	s->allowlisted = lists_match_ip(worker_lists(), LK_ALLOW, sa);
 	s->state = S_INIT;
 	reply(s, "220 %s %s", C()->hostname, C()->smtp_banner);
 	bufferevent_enable(s->bev, EV_READ | EV_WRITE);

@@ -15,6 +15,7 @@
 #include "pop3.h"
 #include "queue.h"
 #include "engine.h"
+#include "lists.h"
 #include "mime.h"
 #include "ratelimit.h"
 #include "smtp_session.h"
@@ -58,6 +59,33 @@ worker_users(void)
 		users_retry_at = now_ms() + 1000;
 	}
 	return wk.users;
+}
+
+struct lists *
+worker_lists(void)
+{
+	static uint64_t checked;
+	uint64_t now = now_ms();
+	char *err = NULL;
+
+	if (wk.conf->lists_dir == NULL)
+		return NULL;
+	if (wk.lists && now - checked < 2000)
+		return wk.lists;
+	checked = now;
+	if (wk.lists && !lists_changed(wk.lists))
+		return wk.lists;
+	struct lists *l = lists_load(wk.conf->lists_dir, &err);
+	if (l == NULL) {
+		log_warnx("lists: %s (keeping the previous lists)", err);
+		free(err);
+		return wk.lists;
+	}
+	if (wk.lists)
+		log_info("lists event=reloaded dir=%s", wk.conf->lists_dir);
+	lists_unref(wk.lists);      /* jobs in flight hold their own reference */
+	wk.lists = l;
+	return wk.lists;
 }
 
 static void
@@ -169,6 +197,11 @@ worker_main(const struct moat_conf *c, struct tls_server *tls)
 		engine_free(wk.engine);
 		wk.engine = NULL;
 	}
+	if (c->lists_dir) {
+		wk.lists = lists_load(c->lists_dir, &err);
+		if (wk.lists == NULL)
+			fatalx("worker: %s", err);
+	}
 	wk.pool = pool_new(wk.base, c->threads);
 	wk.rates = ratelimit_new(RL_SLIDING, 65536);
 	struct rl_auth_conf ac;
@@ -208,6 +241,7 @@ worker_main(const struct moat_conf *c, struct tls_server *tls)
 	pool_free(wk.pool);
 	ratelimit_free(wk.rates);
 	engine_free(wk.engine);
+	lists_unref(wk.lists);
 	rl_auth_free(wk.auth_throttle);
 	if (wk.users)
 		users_close(wk.users);

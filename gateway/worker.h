@@ -28,6 +28,7 @@ struct worker {
 	struct ratelimit *rates;        /* "ratelimit" counters (keys c:/m:/r: + ip or user) */
 	struct rl_auth *auth_throttle;  /* failed logins per client IP: SMTP, IMAP, POP3 */
 	struct engine *engine;          /* the filters; NULL if none configured */
+	struct lists *lists;            /* allow/block lists, re-read when changed */
 	bool    draining;
 	long long started;              /* unix time */
 };
@@ -38,5 +39,7 @@ extern struct worker *W;
 int  worker_main(const struct moat_conf *, struct tls_server *);
 /* the loop-thread users handle (opened on first use, retried if absent) */
 struct users *worker_users(void);
+/* the current lists (checked for changes at most every 2 s); may be NULL */
+struct lists *worker_lists(void);
 
 #endif

@@ -81,6 +81,7 @@ static const struct setting settings[] = {
 	{ "auth-max-failures",      CT_INT,      OFF(auth_max_failures), "10", 1, 100000 },
 	{ "attachment-policy",      CT_BOOL,     OFF(attachment_policy), "yes", 0, 0 },
 	{ "bayes",                  CT_BOOL,     OFF(bayes), "yes", 0, 0 },
+	{ "lists",                  CT_STRING,   OFF(lists_dir), NULL, 0, 0 },
 	{ "auth-failure-window",    CT_DURATION, OFF(auth_failure_window), "15m", 1, 86400 },
 	{ "auth-block-time",        CT_DURATION, OFF(auth_block_time), "10m", 1, 86400 },
 };

@@ -129,6 +129,7 @@ struct moat_conf {
 	bool    av_accept_on_error;     /* on-error accept (default tempfail) */
 	bool    attachment_policy;      /* block dangerous attachments (default yes) */
 	bool    bayes;                  /* use <state-dir>/bayes.lmdb when trained (default yes) */
+	char   *lists_dir;              /* "lists DIR": DIR/allow and DIR/block */
 	long long auth_max_failures;    /* per client IP in auth-failure-window, then refused */
 	long long auth_failure_window;
 	long long auth_block_time;

@@ -48,8 +48,8 @@ tests_unit_test_imap_parse_LDADD = $(MOAT_LIBS)
 TESTS += tests/unit/test_mailbox tests/unit/test_imap_parse
 
 # ---- integration tests ----
-TESTS += tests/integration/test_daemon.py tests/integration/test_tls.py tests/integration/test_relay_tls.py tests/integration/test_auth.py tests/integration/test_testssl.py tests/integration/test_engine.py
-EXTRA_DIST += tests/integration/test_daemon.py tests/integration/test_tls.py tests/integration/test_relay_tls.py tests/integration/test_auth.py tests/integration/test_testssl.py tests/integration/test_engine.py
+TESTS += tests/integration/test_daemon.py tests/integration/test_tls.py tests/integration/test_relay_tls.py tests/integration/test_auth.py tests/integration/test_testssl.py tests/integration/test_engine.py tests/integration/test_lists.py
+EXTRA_DIST += tests/integration/test_daemon.py tests/integration/test_tls.py tests/integration/test_relay_tls.py tests/integration/test_auth.py tests/integration/test_testssl.py tests/integration/test_engine.py tests/integration/test_lists.py
 # users, Maildir store and local delivery, the moat CLI
 TESTS += tests/integration/test_store.py tests/integration/test_cli.py
 EXTRA_DIST += tests/integration/test_store.py tests/integration/test_cli.py
