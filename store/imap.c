@@ -24,6 +24,7 @@
 #include "buf.h"
 #include "conf.h"
 #include "log.h"
+#include "net.h"
 #include "mailbox.h"
 #include "pool.h"
 #include "tls.h"
@@ -118,7 +119,7 @@ enum { J_LOGIN, J_SELECT, J_POLL, J_FETCH, J_STORE, J_SEARCH, J_COPY, J_MOVE, J_
 	J_LIST, J_LSUB, J_STATUS, J_CREATE, J_DELETE, J_RENAME, J_SUB, J_UNSUB, J_APPEND };
 
 struct imap {
-	char    sid[17];
+	char    sid[NET_SID_SIZE];
 	struct bufferevent *bev;
 	const struct listen_conf *listen;
 	char    ip[INET6_ADDRSTRLEN];
@@ -3109,24 +3110,13 @@ on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, i
 {
 	const struct listen_conf *l = arg;
 	struct imap *s;
-	unsigned char rnd[8];
-	static const char hex[] = "0123456789abcdef";
-	int one = 1;
+	int one = 1, port;
 	bool implicit = l->kind == LISTEN_IMAPS || l->tls == TLS_IMPLICIT;
 
 	s = xcalloc(1, sizeof(*s));
-	random_bytes(rnd, sizeof(rnd));
-	for (int i = 0; i < 8; i++) {
-		s->sid[i * 2] = hex[rnd[i] >> 4];
-		s->sid[i * 2 + 1] = hex[rnd[i] & 15];
-	}
+	net_sid(s->sid);
 	s->listen = l;
-	if (sa->sa_family == AF_INET)
-		inet_ntop(AF_INET, &((struct sockaddr_in *)sa)->sin_addr, s->ip, sizeof(s->ip));
-	else if (sa->sa_family == AF_INET6)
-		inet_ntop(AF_INET6, &((struct sockaddr_in6 *)sa)->sin6_addr, s->ip, sizeof(s->ip));
-	else
-		moat_strlcpy(s->ip, "unknown", sizeof(s->ip));
+	net_peer(sa, s->ip, sizeof(s->ip), &port);
 	s->started_ms = now_ms();
 	imap_reader_init(&s->rd, IMAP_MAX_LINE, (size_t)W->conf->message_size_limit + IMAP_MAX_LINE);
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -3171,23 +3161,11 @@ on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, i
 	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
 }
 
-static void
-on_accept_error(struct evconnlistener *lis, void *arg)
-{
-	log_warn("imap: accept");
-}
-
 int
 imap_listen(const struct listen_conf *l)
 {
-	struct evconnlistener *lis;
-
-	lis = evconnlistener_new(W->base, on_accept, (void *)l,
-	    LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_REUSEABLE, -1, l->fd);
-	if (lis == NULL)
-		return -1;
-	evconnlistener_set_error_cb(lis, on_accept_error);
-	return 0;
+	/* lib/net: pauses on EMFILE instead of spinning */
+	return net_listen(W->base, l->fd, on_accept, (void *)l, "imap") ? 0 : -1;
 }
 
 size_t

@@ -20,6 +20,7 @@
 #include "buf.h"
 #include "conf.h"
 #include "log.h"
+#include "net.h"
 #include "mailbox.h"
 #include "pool.h"
 #include "tls.h"
@@ -47,7 +48,7 @@
 enum pstate { P_AUTH, P_AUTHCONT, P_TRANS, P_BUSY, P_STLS, P_CLOSING };
 
 struct pop3 {
-	char    sid[17];
+	char    sid[NET_SID_SIZE];
 	struct bufferevent *bev;
 	const struct listen_conf *listen;
 	char    ip[INET6_ADDRSTRLEN];
@@ -788,24 +789,13 @@ on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, i
 {
 	const struct listen_conf *l = arg;
 	struct pop3 *s;
-	unsigned char rnd[8];
-	static const char hex[] = "0123456789abcdef";
-	int one = 1;
+	int one = 1, port;
 	bool implicit = l->kind == LISTEN_POP3S || l->tls == TLS_IMPLICIT;
 
 	s = xcalloc(1, sizeof(*s));
-	random_bytes(rnd, sizeof(rnd));
-	for (int i = 0; i < 8; i++) {
-		s->sid[i * 2] = hex[rnd[i] >> 4];
-		s->sid[i * 2 + 1] = hex[rnd[i] & 15];
-	}
+	net_sid(s->sid);
 	s->listen = l;
-	if (sa->sa_family == AF_INET)
-		inet_ntop(AF_INET, &((struct sockaddr_in *)sa)->sin_addr, s->ip, sizeof(s->ip));
-	else if (sa->sa_family == AF_INET6)
-		inet_ntop(AF_INET6, &((struct sockaddr_in6 *)sa)->sin6_addr, s->ip, sizeof(s->ip));
-	else
-		moat_strlcpy(s->ip, "unknown", sizeof(s->ip));
+	net_peer(sa, s->ip, sizeof(s->ip), &port);
 	s->started_ms = now_ms();
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	if (implicit) {
@@ -845,23 +835,11 @@ on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, i
 	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
 }
 
-static void
-on_accept_error(struct evconnlistener *lis, void *arg)
-{
-	log_warn("pop3: accept");
-}
-
 int
 pop3_listen(const struct listen_conf *l)
 {
-	struct evconnlistener *lis;
-
-	lis = evconnlistener_new(W->base, on_accept, (void *)l,
-	    LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_REUSEABLE, -1, l->fd);
-	if (lis == NULL)
-		return -1;
-	evconnlistener_set_error_cb(lis, on_accept_error);
-	return 0;
+	/* lib/net: pauses on EMFILE instead of spinning */
+	return net_listen(W->base, l->fd, on_accept, (void *)l, "pop3") ? 0 : -1;
 }
 
 size_t
