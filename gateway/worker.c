@@ -14,8 +14,10 @@
 #include "imap.h"
 #include "pop3.h"
 #include "queue.h"
+#include "buf.h"
 #include "engine.h"
 #include "lists.h"
+#include "qstore.h"
 #include "mime.h"
 #include "ratelimit.h"
 #include "smtp_session.h"
@@ -25,6 +27,7 @@
 
 #include <limits.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -59,6 +62,146 @@ worker_users(void)
 		users_retry_at = now_ms() + 1000;
 	}
 	return wk.users;
+}
+
+/* ---- quarantine maintenance: retention and digests (a pool job per tick) ---- */
+
+static struct event *ev_maint;
+
+struct maint {
+	long    purged;
+	char  **qids;                   /* digests injected into the queue */
+	size_t  nqids;
+	size_t  nrcpts;
+	char   *err;
+};
+
+struct rcpt_set {
+	char  **v;
+	size_t  n;
+};
+
+static int
+collect_rcpts(const struct qstore_entry *e, void *arg)
+{
+	struct rcpt_set *rs = arg;
+	for (size_t i = 0; i < e->nrcpts && rs->n < 100000; i++) {
+		if (e->rcpt_states && strcmp(e->rcpt_states[i], "held") != 0)
+			continue;
+		size_t k;
+		for (k = 0; k < rs->n; k++)
+			if (!ascii_strcasecmp(rs->v[k], e->rcpts[i]))
+				break;
+		if (k == rs->n) {
+			rs->v = xreallocarray(rs->v, rs->n + 1, sizeof(char *));
+			rs->v[rs->n++] = xstrdup(e->rcpts[i]);
+		}
+	}
+	return 0;
+}
+
+static void
+maint_work(void *arg)
+{
+	struct maint *mt = arg;
+	const struct moat_conf *c = wk.conf;
+	char *err = NULL, stamp[PATH_MAX];
+	struct qstore *qs = qstore_open(c->state_dir, &err);
+
+	if (qs == NULL) {
+		mt->err = err ? err : xstrdup("cannot open the quarantine");
+		return;
+	}
+	mt->purged = qstore_purge(qs, c->quarantine_retention, c->quarantine_max_size);
+	if (c->quarantine_digest > 0) {
+		time_t now = time(NULL), last = 0;
+		conf_path(c, "quarantine/digest.stamp", stamp, sizeof(stamp));
+		FILE *f = fopen(stamp, "r");
+		if (f) {
+			long long v;
+			if (fscanf(f, "%lld", &v) == 1)
+				last = (time_t)v;
+			fclose(f);
+		}
+		if (last == 0)
+			last = now - (time_t)c->quarantine_digest;
+		if (now - last >= (time_t)c->quarantine_digest) {
+			struct rcpt_set rs = { NULL, 0 };
+			struct qfilter qf;
+			memset(&qf, 0, sizeof(qf));
+			qf.since = last;
+			qstore_list(qs, &qf, collect_rcpts, &rs);
+			for (size_t i = 0; i < rs.n; i++) {
+				struct buf msg = BUF_INIT;
+				if (qstore_digest_build(qs, rs.v[i], last, c->postmaster, &msg) > 0) {
+					struct envelope env;
+					char *ierr = NULL;
+					memset(&env, 0, sizeof(env));
+					env.sender = xstrdup("");       /* a notice: never bounced */
+					env.proto = xstrdup("local");
+					envelope_add_rcpt(&env, rs.v[i], NULL, 0);
+					if (spool_inject(&env, msg.data, msg.len, &ierr) == 0) {
+						mt->qids = xreallocarray(mt->qids, mt->nqids + 1, sizeof(char *));
+						mt->qids[mt->nqids++] = xstrdup(env.qid);
+					} else {
+						log_warnx("quarantine event=digest-error rcpt=<%s> error=\"%s\"",
+						    esc(rs.v[i]), esc(ierr));
+						free(ierr);
+					}
+					envelope_clear(&env);
+				}
+				buf_free(&msg);
+				free(rs.v[i]);
+			}
+			mt->nrcpts = rs.n;
+			free(rs.v);
+			if ((f = fopen(stamp, "w")) != NULL) {
+				fprintf(f, "%lld\n", (long long)now);
+				fclose(f);
+			}
+		}
+	}
+	qstore_close(&qs);
+}
+
+static void maint_arm(void);
+
+static void
+maint_done(void *arg)
+{
+	struct maint *mt = arg;
+
+	if (mt->err)
+		log_warnx("quarantine event=maintenance-error error=\"%s\"", esc(mt->err));
+	if (mt->purged > 0)
+		log_info("quarantine event=purged messages=%ld retention=%llds max-size=%lld",
+		    mt->purged, wk.conf->quarantine_retention, wk.conf->quarantine_max_size);
+	for (size_t i = 0; i < mt->nqids; i++) {
+		log_info("quarantine event=digest-sent qid=%s", mt->qids[i]);
+		if (wk.queue && !wk.draining)
+			queue_submit(wk.queue, mt->qids[i]);
+		free(mt->qids[i]);
+	}
+	free(mt->qids);
+	free(mt->err);
+	free(mt);
+	if (!wk.draining)
+		maint_arm();
+}
+
+static void
+on_maint(evutil_socket_t fd, short ev, void *arg)
+{
+	pool_submit(wk.pool, maint_work, maint_done, xcalloc(1, sizeof(struct maint)));
+}
+
+static void
+maint_arm(void)
+{
+	struct timeval tv = { (time_t)wk.conf->quarantine_maintenance, 0 };
+	if (ev_maint == NULL)
+		ev_maint = evtimer_new(wk.base, on_maint, NULL);
+	evtimer_add(ev_maint, &tv);
 }
 
 struct lists *
@@ -233,6 +376,7 @@ worker_main(const struct moat_conf *c, struct tls_server *tls)
 	event_add(ev_int, NULL);
 	event_add(ev_hup, NULL);
 	queue_start(wk.queue);
+	maint_arm();
 	log_info("worker event=started pid=%d threads=%d", (int)getpid(), c->threads);
 
 	event_base_dispatch(wk.base);
@@ -249,6 +393,8 @@ worker_main(const struct moat_conf *c, struct tls_server *tls)
 	event_free(ev_int);
 	event_free(ev_hup);
 	event_free(ev_usr2);
+	if (ev_maint)
+		event_free(ev_maint);
 	if (ev_drain_timer)
 		event_free(ev_drain_timer);
 	log_info("worker event=exit pid=%d", (int)getpid());

@@ -82,6 +82,10 @@ static const struct setting settings[] = {
 	{ "attachment-policy",      CT_BOOL,     OFF(attachment_policy), "yes", 0, 0 },
 	{ "bayes",                  CT_BOOL,     OFF(bayes), "yes", 0, 0 },
 	{ "lists",                  CT_STRING,   OFF(lists_dir), NULL, 0, 0 },
+	{ "quarantine-retention",   CT_DURATION, OFF(quarantine_retention), "30d", 0, 315360000 },
+	{ "quarantine-max-size",    CT_SIZE,     OFF(quarantine_max_size), "1G", 0, 1099511627776LL },
+	{ "quarantine-digest",      CT_DURATION, OFF(quarantine_digest), "0", 0, 31536000 },
+	{ "quarantine-maintenance-interval", CT_DURATION, OFF(quarantine_maintenance), "1h", 1, 86400 },
 	{ "auth-failure-window",    CT_DURATION, OFF(auth_failure_window), "15m", 1, 86400 },
 	{ "auth-block-time",        CT_DURATION, OFF(auth_block_time), "10m", 1, 86400 },
 };

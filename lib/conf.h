@@ -130,6 +130,10 @@ struct moat_conf {
 	bool    attachment_policy;      /* block dangerous attachments (default yes) */
 	bool    bayes;                  /* use <state-dir>/bayes.lmdb when trained (default yes) */
 	char   *lists_dir;              /* "lists DIR": DIR/allow and DIR/block */
+	long long quarantine_retention; /* seconds; 0 = keep */
+	long long quarantine_max_size;  /* bytes; 0 = no cap */
+	long long quarantine_digest;    /* seconds between digests to recipients; 0 = none */
+	long long quarantine_maintenance; /* seconds between purge/digest runs */
 	long long auth_max_failures;    /* per client IP in auth-failure-window, then refused */
 	long long auth_failure_window;
 	long long auth_block_time;

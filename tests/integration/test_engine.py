@@ -121,6 +121,29 @@ with Sink() as sink:
         else:
             t.ok(False, "a queue id in the list", r.stdout)
 
+    # retention and digests: a digest reaches the recipient through the normal
+    # delivery path, then the retention purges the quarantined message
+    with Moat(domains={"example.test": "store"},
+              extra="rules %s\naction tag 1\naction quarantine 1.9\naction reject 20\n"
+                    "quarantine-maintenance-interval 1s\nquarantine-digest 2s\nquarantine-retention 6s" % RULES) as m:
+        m.cli("user", "add", "u@example.test", input="pw\n", check=True)
+        t.eq(send(m, FEE, to="u@example.test")[0], 250, "quarantined for a local user")
+        t.ok(m.wait_log(r"event=quarantined") is not None, "held")
+        t.ok(m.wait_log(r"quarantine event=digest-sent qid=", 20) is not None, "a digest is sent")
+        T = __import__("time")
+        end = T.time() + 20
+        digest = ""
+        while T.time() < end and not digest:
+            for f in m.maildir_files("u@example.test"):
+                d = open(f, "rb").read().decode("utf-8", "replace")
+                if "Tuesday" in d:
+                    digest = d
+            T.sleep(0.2)
+        t.ok(digest != "", "the digest lands in the recipient's mailbox, listing the held message", digest[:300])
+        t.ok(m.wait_log(r"quarantine event=purged messages=1", 30) is not None, "after the retention time it is purged, logged")
+        r = m.cli("quarantine", "list")
+        t.ok("u@example.test" not in r.stdout, "and gone from the list", r.stdout)
+
     # the antivirus engine is down: tempfail, never a silent pass
     bad_db = os.path.join(m.tmp if os.path.isdir(m.tmp) else "/tmp", "empty-clamdb")
     os.makedirs(bad_db, exist_ok=True)
