@@ -199,8 +199,12 @@ static void
 maint_arm(void)
 {
 	struct timeval tv = { (time_t)wk.conf->quarantine_maintenance, 0 };
-	if (ev_maint == NULL)
+	if (ev_maint == NULL) {
+		/* the first run comes soon after start: opening the store also
+		 * repairs it after a crash (qstore_check) */
 		ev_maint = evtimer_new(wk.base, on_maint, NULL);
+		tv.tv_sec = MIN(tv.tv_sec, 60);
+	}
 	evtimer_add(ev_maint, &tv);
 }
 
