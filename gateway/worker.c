@@ -18,6 +18,7 @@
 #include "engine.h"
 #include "lists.h"
 #include "qstore.h"
+#include "mailbox.h"
 #include "mime.h"
 #include "ratelimit.h"
 #include "smtp_session.h"
@@ -357,6 +358,7 @@ worker_main(const struct moat_conf *c, struct tls_server *tls)
 	ac.refuse_after = (unsigned)c->auth_max_failures;
 	ac.refuse_for = (unsigned)c->auth_block_time;
 	wk.auth_throttle = rl_auth_new(&ac);
+	mbox_throttle_use(wk.auth_throttle);        /* POP3 and IMAP share it */
 	wk.queue = queue_new(wk.base, wk.pool, c);
 	for (size_t i = 0; i < c->nlistens; i++) {
 		const struct listen_conf *l = &c->listens[i];

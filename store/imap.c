@@ -2084,6 +2084,12 @@ cmd_starttls(struct imap *s, struct cmd *c)
 static void
 do_login(struct imap *s, const char *tag, const char *user, const char *pass)
 {
+	if (mbox_throttle_refused(s->ip)) {
+		log_notice("sid=%s event=login-refused proto=imap ip=%s user=\"%s\"", s->sid, s->ip,
+		    esc(user));
+		out(s, "%s NO [UNAVAILABLE] Too many failed logins from your address; try again later", tag);
+		return;
+	}
 	struct job *j = newjob(J_LOGIN, tag);
 	moat_strlcpy(s->user, user, sizeof(s->user));
 	j->a1 = xstrdup(user);

@@ -21,6 +21,7 @@
 #include "buf.h"
 #include "conf.h"
 #include "log.h"
+#include "ratelimit.h"
 #include "maildir.h"
 #include "users.h"
 #include "util.h"
@@ -1641,12 +1642,31 @@ thr_find(const char *ip, bool create)
 	return oldest;
 }
 
+static struct rl_auth *shared_throttle;
+static unsigned shared_last_delay_ms;    /* from the failure just recorded */
+
+void
+mbox_throttle_use(struct rl_auth *rl)
+{
+	shared_throttle = rl;
+}
+
+bool
+mbox_throttle_refused(const char *ip)
+{
+	unsigned retry;
+	return shared_throttle &&
+	    rl_auth_check(shared_throttle, ip, time(NULL), &retry) == RL_AUTH_REFUSE;
+}
+
 unsigned
 mbox_throttle_delay(const char *ip)
 {
 	struct thr *t = thr_find(ip, false);
 	unsigned d;
 
+	if (shared_throttle)
+		return shared_last_delay_ms;
 	if (t == NULL || t->fails == 0)
 		return 0;
 	d = t->fails >= 5 ? 15000 : 1000u << (t->fails - 1);
@@ -1656,6 +1676,10 @@ mbox_throttle_delay(const char *ip)
 void
 mbox_throttle_fail(const char *ip)
 {
+	if (shared_throttle) {
+		shared_last_delay_ms = rl_auth_failure(shared_throttle, ip, time(NULL)) * 1000u;
+		return;
+	}
 	struct thr *t = thr_find(ip, true);
 	if (t->fails < 100)
 		t->fails++;
@@ -1665,6 +1689,10 @@ mbox_throttle_fail(const char *ip)
 void
 mbox_throttle_ok(const char *ip)
 {
+	if (shared_throttle) {
+		rl_auth_success(shared_throttle, ip, time(NULL));
+		return;
+	}
 	struct thr *t = thr_find(ip, false);
 	if (t)
 		t->ip[0] = '\0';

@@ -157,6 +157,13 @@ bool mbox_b64_decode(const char *in, size_t len, unsigned char *out, size_t outs
  * client IP must wait before its next login answer (0 = none).
  */
 unsigned mbox_throttle_delay(const char *ip);
+/* share the worker's failed-login throttle (lib/ratelimit.h), the one SMTP
+ * AUTH uses: failures in any protocol count together, and after
+ * auth-max-failures the address is refused for auth-block-time */
+struct rl_auth;
+void mbox_throttle_use(struct rl_auth *);
+/* true when logins from ip are refused for now (only with a shared throttle) */
+bool mbox_throttle_refused(const char *ip);
 void mbox_throttle_fail(const char *ip);
 void mbox_throttle_ok(const char *ip);
 

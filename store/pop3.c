@@ -348,6 +348,13 @@ cmd_capa(struct pop3 *s, char *arg)
 static void
 login(struct pop3 *s, const char *user, const char *pass)
 {
+	if (mbox_throttle_refused(s->ip)) {
+		log_notice("sid=%s event=login-refused proto=pop3 ip=%s user=\"%s\"", s->sid, s->ip,
+		    esc(user));
+		reply(s, "-ERR [SYS/TEMP] Too many failed logins from your address; try again later");
+		close_after(s);
+		return;
+	}
 	s->juser = xstrdup(user);
 	s->jpass = xstrdup(pass);
 	submit(s, JOB_LOGIN);

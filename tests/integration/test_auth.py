@@ -246,6 +246,42 @@ with Sink() as smarthost:
         t.eq(s.noop()[0], 250, "the daemon stays responsive")
         s.quit()
 
+# one throttle for all protocols: SMTP AUTH failures make POP3 logins from the
+# same address refused too
+with Moat(domains={"example.test": "store"}, start=False) as m:
+    crt, key = make_cert(m.tmp)
+    psub, ppop = free_port(), free_port()
+    m.write_conf(extra="\n".join([
+        "tls certificate %s key %s" % (crt, key), "listen submission 127.0.0.1:%d" % psub,
+        "listen pop3 127.0.0.1:%d" % ppop, "auth-allow-plaintext yes", "smtp-limit-exempt none",
+        "auth-max-failures 3", "auth-block-time 60s"]))
+    m.cli("user", "add", USER, input=PW + "\n", check=True)
+    m.start()
+    for i in range(3):
+        s = sub(psub, src="127.0.0.30")
+        s.user, s.password = USER, "guess"
+        try:
+            s.auth("PLAIN", s.auth_plain)
+        except (smtplib.SMTPException, OSError):
+            pass
+        try:
+            s.quit()
+        except (smtplib.SMTPException, OSError):
+            pass
+    import poplib
+    p = poplib.POP3("127.0.0.1", ppop, timeout=30, source_address=("127.0.0.30", 0))
+    p.user(USER)
+    try:
+        p.pass_(PW)
+        refused = False
+    except poplib.error_proto as e:
+        refused = b"Too many failed logins" in e.args[0]
+    t.ok(refused, "after 3 SMTP AUTH failures, POP3 from the same address is refused (even the right password)")
+    p2 = poplib.POP3("127.0.0.1", ppop, timeout=30, source_address=("127.0.0.31", 0))
+    p2.user(USER)
+    t.ok(p2.pass_(PW).startswith(b"+OK"), "another address logs in to POP3")
+    p2.quit()
+
 # the admin's choices: plaintext AUTH allowed, client hidden, connection rate
 with Sink() as smarthost:
     psub = free_port()
