@@ -209,31 +209,54 @@ maint_arm(void)
 	evtimer_add(ev_maint, &tv);
 }
 
+/* a changed list file is parsed in the pool (lists may be large), then swapped in */
+struct lists_job {
+	struct lists *l;
+	char   *err;
+};
+
+static bool lists_loading;
+
+static void
+lists_work(void *arg)
+{
+	struct lists_job *j = arg;
+	j->l = lists_load(wk.conf->lists_dir, &j->err);
+}
+
+static void
+lists_done(void *arg)
+{
+	struct lists_job *j = arg;
+
+	lists_loading = false;
+	if (j->l == NULL) {
+		log_warnx("lists: %s (keeping the previous lists)", j->err);
+		free(j->err);
+	} else {
+		log_info("lists event=reloaded dir=%s", wk.conf->lists_dir);
+		lists_unref(wk.lists);  /* jobs in flight hold their own reference */
+		wk.lists = j->l;
+	}
+	free(j);
+}
+
 struct lists *
 worker_lists(void)
 {
-	static uint64_t checked;
-	uint64_t now = now_ms();
-	char *err = NULL;
-
-	if (wk.conf->lists_dir == NULL)
-		return NULL;
-	if (wk.lists && now - checked < 2000)
-		return wk.lists;
-	checked = now;
-	if (wk.lists && !lists_changed(wk.lists))
-		return wk.lists;
-	struct lists *l = lists_load(wk.conf->lists_dir, &err);
-	if (l == NULL) {
-		log_warnx("lists: %s (keeping the previous lists)", err);
-		free(err);
-		return wk.lists;
-	}
-	if (wk.lists)
-		log_info("lists event=reloaded dir=%s", wk.conf->lists_dir);
-	lists_unref(wk.lists);      /* jobs in flight hold their own reference */
-	wk.lists = l;
 	return wk.lists;
+}
+
+/* every 2 s: a changed list file is re-read in the background */
+static struct event *ev_lists;
+
+static void
+on_lists_timer(evutil_socket_t fd, short ev, void *arg)
+{
+	if (wk.lists == NULL || lists_loading || !lists_changed(wk.lists))
+		return;
+	lists_loading = true;
+	pool_submit(wk.pool, lists_work, lists_done, xcalloc(1, sizeof(struct lists_job)));
 }
 
 static void
@@ -351,6 +374,11 @@ worker_main(const struct moat_conf *c, struct tls_server *tls)
 			fatalx("worker: %s", err);
 	}
 	wk.pool = pool_new(wk.base, c->threads);
+	if (wk.lists) {
+		struct timeval ltv = { 2, 0 };
+		ev_lists = event_new(wk.base, -1, EV_PERSIST, on_lists_timer, NULL);
+		evtimer_add(ev_lists, &ltv);
+	}
 	wk.rates = ratelimit_new(RL_SLIDING, 65536);
 	struct rl_auth_conf ac;
 	rl_auth_conf_default(&ac);
@@ -401,6 +429,8 @@ worker_main(const struct moat_conf *c, struct tls_server *tls)
 	event_free(ev_usr2);
 	if (ev_maint)
 		event_free(ev_maint);
+	if (ev_lists)
+		event_free(ev_lists);
 	if (ev_drain_timer)
 		event_free(ev_drain_timer);
 	log_info("worker event=exit pid=%d", (int)getpid());

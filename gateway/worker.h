@@ -39,7 +39,7 @@ extern struct worker *W;
 int  worker_main(const struct moat_conf *, struct tls_server *);
 /* the loop-thread users handle (opened on first use, retried if absent) */
 struct users *worker_users(void);
-/* the current lists (checked for changes at most every 2 s); may be NULL */
+/* the current lists (a changed file is re-read in the pool within ~2 s); may be NULL */
 struct lists *worker_lists(void);
 
 #endif
