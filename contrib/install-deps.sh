@@ -19,12 +19,15 @@
 set -eu
 
 BUILD_PKGS="autoconf automake libtool pkg-config gcc make libc6-dev
-  libevent-dev libsqlite3-dev libcrypt-dev libssl-dev libgmime-3.0-dev liblmdb-dev libclamav-dev libpcre2-dev"
+  libevent-dev libsqlite3-dev libcrypt-dev libssl-dev libgmime-3.0-dev liblmdb-dev libclamav-dev libpcre2-dev
+  libunbound-dev libspf2-dev libopendkim-dev libopendmarc-dev libmaxminddb-dev libpsl-dev
+  libmilter-dev"
 RUN_PKGS="$BUILD_PKGS swaks"
 # the integration tests also drive real clients: openssl (test
 # certificates), fetchmail (POP3), mbsync from isync (IMAP)
 TEST_PKGS="$BUILD_PKGS python3 postfix swaks clang libclang-rt-14-dev
-  man-db groff-base procps iproute2 openssl ca-certificates fetchmail isync testssl.sh"
+  man-db groff-base procps iproute2 openssl ca-certificates fetchmail isync testssl.sh
+  python3-dnslib python3-dkim opendkim-tools miltertest"
 
 case "${1:-build}" in
 build) PKGS=$BUILD_PKGS ;;

@@ -14,7 +14,9 @@
 #include "lists.h"
 #include "log.h"
 #include "mime.h"
+#include "resolver.h"
 #include "rules.h"
+#include "filter.h"
 #include "util.h"
 
 #include <math.h>
@@ -23,17 +25,9 @@
 #include <string.h>
 #include <unistd.h>
 
-struct engine {
-	const struct moat_conf *conf;
-	struct rules *rules;
-	struct av *av;
-	struct av_conf avc;
-	struct bayes *bayes;
-	bool    attach;
-};
 
-static void
-add_symbol(struct verdict *v, const char *name, double score, const char *reason)
+void
+verdict_add(struct verdict *v, const char *name, double score, const char *reason)
 {
 	struct symbol *s;
 
@@ -47,8 +41,8 @@ add_symbol(struct verdict *v, const char *name, double score, const char *reason
 	v->score += score;
 }
 
-static void
-force(struct verdict *v, enum verdict_action a, const char *why)
+void
+verdict_force(struct verdict *v, enum verdict_action a, const char *why)
 {
 	/* the strongest forced action wins: reject > tempfail > quarantine */
 	static const int rank[] = { [VA_ACCEPT] = 0, [VA_TAG] = 1, [VA_QUARANTINE] = 2,
@@ -59,6 +53,60 @@ force(struct verdict *v, enum verdict_action a, const char *why)
 	v->force = a;
 	moat_strlcpy(v->force_why, why, sizeof(v->force_why));
 }
+
+void
+verdict_add_header(struct verdict *v, const char *field)
+{
+	size_t l = strlen(field);
+
+	if (v->hdrslen + l > 64 * 1024)
+		return;
+	v->hdrs = xrealloc(v->hdrs, v->hdrslen + l + 3);
+	memcpy(v->hdrs + v->hdrslen, field, l);
+	/* header-safe: a field never carries a bare CR or LF of its own except
+	 * folding, which callers write as CRLF + tab */
+	v->hdrslen += l;
+	memcpy(v->hdrs + v->hdrslen, "\r\n", 3);
+	v->hdrslen += 2;
+}
+
+double
+filter_score(const struct moat_conf *c, const char *symbol, double def)
+{
+	for (size_t i = c->nscores; i-- > 0;)
+		if (!strcmp(c->scores[i].symbol, symbol))
+			return c->scores[i].score;
+	return def;
+}
+
+const char *
+auth_res_name(enum auth_res r)
+{
+	static const char *n[] = { "unset", "pass", "fail", "softfail", "neutral", "none",
+	    "temperror", "permerror", "policy" };
+	return r <= AR_POLICY ? n[r] : "?";
+}
+
+
+/* the network and authentication filters, in the order they run: DMARC
+ * needs the SPF and DKIM results in msg_ctx.auth */
+extern const struct filter filter_helo, filter_dnsbl, filter_geoip, filter_spf, filter_dkim,
+    filter_dmarc;
+static const struct filter *const table[] = {
+	&filter_helo, &filter_dnsbl, &filter_geoip, &filter_spf, &filter_dkim, &filter_dmarc,
+};
+#define NFILTERS (sizeof(table) / sizeof(table[0]))
+
+struct engine {
+	const struct moat_conf *conf;
+	struct rules *rules;
+	struct av *av;
+	struct av_conf avc;
+	struct bayes *bayes;
+	bool    attach;
+	struct resolver *res;
+	void   *state[NFILTERS];        /* NULL: that filter is not configured */
+};
 
 struct engine *
 engine_new(const struct moat_conf *c, char **err)
@@ -119,6 +167,30 @@ engine_new(const struct moat_conf *c, char **err)
 			free(berr);
 		}
 	}
+	for (size_t i = 0; i < NFILTERS; i++) {
+		char *ferr = NULL;
+		if (table[i]->init == NULL)
+			continue;
+		if (table[i]->init(c, &e->state[i], &ferr) < 0) {
+			snprintf(msg, sizeof(msg), "%s: %s", table[i]->name, ferr ? ferr : "cannot start");
+			free(ferr);
+			engine_free(e);
+			*err = xstrdup(msg);
+			return NULL;
+		}
+		free(ferr);
+		if (e->state[i] && e->res == NULL) {
+			char *rerr = NULL;
+			e->res = resolver_new(c, &rerr);
+			if (e->res == NULL) {
+				snprintf(msg, sizeof(msg), "%s", rerr ? rerr : "resolver: cannot start");
+				free(rerr);
+				engine_free(e);
+				*err = xstrdup(msg);
+				return NULL;
+			}
+		}
+	}
 	return e;
 }
 
@@ -127,6 +199,10 @@ engine_free(struct engine *e)
 {
 	if (e == NULL)
 		return;
+	for (size_t i = 0; i < NFILTERS; i++)
+		if (e->state[i] && table[i]->fini)
+			table[i]->fini(e->state[i]);
+	resolver_free(e->res);
 	rules_free(&e->rules);
 	av_close(&e->av);
 	bayes_close(&e->bayes);
@@ -136,7 +212,12 @@ engine_free(struct engine *e)
 bool
 engine_active(const struct engine *e)
 {
-	return e && (e->rules || e->av || e->bayes || e->attach || e->conf->lists_dir);
+	if (e == NULL)
+		return false;
+	for (size_t i = 0; i < NFILTERS; i++)
+		if (e->state[i])
+			return true;
+	return e->rules || e->av || e->bayes || e->attach || e->conf->lists_dir;
 }
 
 /* the domain of the first address in a From header value */
@@ -159,6 +240,49 @@ from_domain(const char *from, char *out, size_t outsz)
 	return true;
 }
 
+/* RFC 8601: one Authentication-Results field for what SPF, DKIM and DMARC
+ * found (written first, above the X-Spam-* fields) */
+static void
+auth_results(const struct moat_conf *c, const struct msg_ctx *x, struct verdict *v)
+{
+	const struct auth_info *a = &x->auth;
+	struct buf b = BUF_INIT;
+	size_t n = 0;
+
+	if (a->spf == AR_UNSET && a->ndkim == 0 && a->dmarc == AR_UNSET)
+		return;
+	buf_printf(&b, "Authentication-Results: %s", c->authserv_id ? c->authserv_id : c->hostname);
+	if (a->spf != AR_UNSET) {
+		buf_printf(&b, ";\r\n\tspf=%s %s=%s", auth_res_name(a->spf),
+		    a->spf_helo ? "smtp.helo" : "smtp.mailfrom", a->spf_domain[0] ? a->spf_domain : "unknown");
+		n++;
+	}
+	for (size_t i = 0; i < a->ndkim && i < AUTH_MAX_DKIM; i++, n++) {
+		buf_printf(&b, ";\r\n\tdkim=%s", auth_res_name(a->dkim[i].res));
+		if (a->dkim[i].reason[0])
+			buf_printf(&b, " (%s)", a->dkim[i].reason);
+		buf_printf(&b, " header.d=%s", a->dkim[i].domain[0] ? a->dkim[i].domain : "unknown");
+		if (a->dkim[i].selector[0])
+			buf_printf(&b, " header.s=%s", a->dkim[i].selector);
+		if (a->dkim[i].b[0])
+			buf_printf(&b, " header.b=\"%s\"", a->dkim[i].b);
+	}
+	if (a->dkim_none) {
+		buf_adds(&b, ";\r\n\tdkim=none");
+		n++;
+	}
+	if (a->dmarc != AR_UNSET) {
+		buf_printf(&b, ";\r\n\tdmarc=%s", auth_res_name(a->dmarc));
+		if (a->dmarc_policy[0])
+			buf_printf(&b, " (p=%s)", a->dmarc_policy);
+		buf_printf(&b, " header.from=%s", a->dmarc_domain[0] ? a->dmarc_domain : "unknown");
+		n++;
+	}
+	if (n)
+		verdict_add_header(v, b.data);
+	buf_free(&b);
+}
+
 void
 engine_run(struct engine *e, const char *msg, size_t len, const struct engine_in *in,
     struct verdict *v)
@@ -178,13 +302,13 @@ engine_run(struct engine *e, const char *msg, size_t len, const struct engine_in
 		switch (av_scan(e->av, msg, len, vir, sizeof(vir), &aerr)) {
 		case AV_INFECTED:
 			snprintf(why, sizeof(why), "virus %s", vir);
-			add_symbol(v, "AV_VIRUS", 0, vir);
-			force(v, e->avc.action == AV_ACTION_QUARANTINE ? VA_QUARANTINE : VA_REJECT, why);
+			verdict_add(v, "AV_VIRUS", 0, vir);
+			verdict_force(v, e->avc.action == AV_ACTION_QUARANTINE ? VA_QUARANTINE : VA_REJECT, why);
 			break;
 		case AV_ERROR:
-			add_symbol(v, "AV_ERROR", 0, aerr ? aerr : "scan failed");
+			verdict_add(v, "AV_ERROR", 0, aerr ? aerr : "scan failed");
 			if (e->avc.on_error == AV_ONERROR_TEMPFAIL)
-				force(v, VA_TEMPFAIL, "virus scanner unavailable");
+				verdict_force(v, VA_TEMPFAIL, "virus scanner unavailable");
 			break;
 		default:
 			break;
@@ -193,35 +317,70 @@ engine_run(struct engine *e, const char *msg, size_t len, const struct engine_in
 	}
 	m = mime_parse(msg, len, &lim, &err);
 	bool allow = in && in->allowlisted;
-	if (m && in && in->lists) {
+	char dom[256];
+	bool have_from = false;
+	if (m) {
 		const char *f = mime_header_get(m, "From");
-		char dom[256];
 		if (f && from_domain(f, dom, sizeof(dom))) {
+			have_from = true;
+			for (char *q = dom; *q; q++)
+				if (*q >= 'A' && *q <= 'Z')
+					*q = (char)(*q - 'A' + 'a');
+		}
+	}
+	if (m && in && in->lists) {
+		if (have_from) {
 			if (lists_match(in->lists, LK_BLOCK, LT_FROM, dom)) {
 				snprintf(why, sizeof(why), "From domain %s is blocked", dom);
-				add_symbol(v, "FROM_BLOCKED", 0, why);
-				force(v, VA_REJECT, why);
+				verdict_add(v, "FROM_BLOCKED", 0, why);
+				verdict_force(v, VA_REJECT, why);
 			} else if (lists_match(in->lists, LK_ALLOW, LT_FROM, dom))
 				allow = true;
 		}
 	}
 	if (allow && !v->forced) {
 		/* allow-listed: no spam scoring; viruses were still checked above */
-		add_symbol(v, "ALLOWLISTED", 0, "allow list");
-		force(v, VA_ACCEPT, "allow list");
+		verdict_add(v, "ALLOWLISTED", 0, "allow list");
+		verdict_force(v, VA_ACCEPT, "allow list");
 		mime_free(&m);
 	} else if (m == NULL) {
-		add_symbol(v, "MIME_UNPARSEABLE", 1.0, err);
+		verdict_add(v, "MIME_UNPARSEABLE", 1.0, err);
 		free(err);
 	} else {
+		/* the network and authentication filters */
+		struct msg_ctx ctx;
+		memset(&ctx, 0, sizeof(ctx));
+		ctx.qid = in && in->qid ? in->qid : "-";
+		ctx.client = in ? in->client : NULL;
+		ctx.client_ip = in && in->client_ip ? in->client_ip : "";
+		ctx.helo = in && in->helo ? in->helo : "";
+		ctx.sender = in && in->sender ? in->sender : "";
+		ctx.rcpts = in ? in->rcpts : NULL;
+		ctx.nrcpts = in ? in->nrcpts : 0;
+		ctx.auth_user = in ? in->auth_user : NULL;
+		ctx.tls = in && in->tls;
+		ctx.msg = msg;
+		ctx.len = len;
+		ctx.mime = m;
+		ctx.from_domain = have_from ? dom : NULL;
+		ctx.lists = in ? in->lists : NULL;
+		ctx.res = e->res;
+		ctx.trusted = ctx.auth_user != NULL;
+		/* authenticated submissions are not checked against the sender's
+		 * DNS: the client is our user, not the sending domain's server */
+		if (!ctx.trusted)
+			for (size_t i = 0; i < NFILTERS; i++)
+				if (e->state[i])
+					table[i]->check(e->state[i], &ctx, v);
+		auth_results(c, &ctx, v);
 		if (e->attach) {
 			struct attach_result ar;
 			if (attach_check(NULL, m, &ar) != ATTACH_ACCEPT && ar.nfindings) {
 				const struct attach_finding *f = &ar.f[0];
 				snprintf(why, sizeof(why), "attachment %s%s%s not allowed (%s)", f->filename,
 				    f->member[0] ? " / " : "", f->member, f->detail);
-				add_symbol(v, "ATTACH_BLOCKED", 0, why);
-				force(v, ar.action == ATTACH_REJECT ? VA_REJECT : VA_QUARANTINE, why);
+				verdict_add(v, "ATTACH_BLOCKED", 0, why);
+				verdict_force(v, ar.action == ATTACH_REJECT ? VA_REJECT : VA_QUARANTINE, why);
 			}
 		}
 		if (e->rules) {
@@ -229,7 +388,7 @@ engine_run(struct engine *e, const char *msg, size_t len, const struct engine_in
 			memset(&h, 0, sizeof(h));
 			if (rules_eval(e->rules, m, msg, len, &h) == 0)
 				for (size_t i = 0; i < h.n; i++)
-					add_symbol(v, h.v[i].name, h.v[i].score, h.v[i].desc);
+					verdict_add(v, h.v[i].name, h.v[i].score, h.v[i].desc);
 			rules_hits_free(&h);
 		}
 		if (e->bayes) {
@@ -238,7 +397,7 @@ engine_run(struct engine *e, const char *msg, size_t len, const struct engine_in
 			if (bayes_classify(e->bayes, m, &br) == 0 && br.ready) {
 				char r[64];
 				snprintf(r, sizeof(r), "spam probability %.3f", br.prob);
-				add_symbol(v, br.symbol, br.score, r);
+				verdict_add(v, br.symbol, br.score, r);
 			}
 		}
 		mime_free(&m);
@@ -278,6 +437,8 @@ verdict_headers(const struct verdict *v, const struct moat_conf *c, struct buf *
 	double req = c->action_tag > 0 ? c->action_tag : c->action_reject;
 	struct buf tests = BUF_INIT;
 
+	if (v->hdrslen)
+		buf_add(out, v->hdrs, v->hdrslen);
 	for (size_t i = 0; i < v->nsym && tests.len < 900; i++)
 		buf_printf(&tests, "%s%s", i ? "," : "", v->sym[i].name);
 	buf_printf(out, "X-Spam-Flag: %s\r\n", spam ? "YES" : "NO");
@@ -304,5 +465,6 @@ void
 verdict_clear(struct verdict *v)
 {
 	free(v->sym);
+	free(v->hdrs);
 	memset(v, 0, sizeof(*v));
 }

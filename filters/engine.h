@@ -10,8 +10,8 @@
  * Quarantined messages go to the quarantine store (quarantine/qstore.c),
  * never to the queue.  The verdict's headers (X-Spam-*) are stored with the queue file
  * (spool_set_headers), so the message is never copied.
- * Early stages (connect .. RCPT: lists, DNSBL, SPF, greylisting) are not
- * built yet.
+ * The filters themselves implement filters/filter.h and are listed in the
+ * static table in engine.c.
  */
 #ifndef MOAT_ENGINE_H
 #define MOAT_ENGINE_H
@@ -21,6 +21,7 @@
 
 struct moat_conf;
 struct buf;
+struct sockaddr;
 
 enum verdict_action { VA_ACCEPT, VA_TAG, VA_QUARANTINE, VA_REJECT, VA_TEMPFAIL };
 
@@ -39,6 +40,8 @@ struct verdict {
 	char    force_why[200];     /* for the reply and the log ("virus Eicar-Test") */
 	enum verdict_action action; /* final */
 	double  elapsed_ms;
+	char   *hdrs;               /* header fields filters add (CRLF lines), or NULL */
+	size_t  hdrslen;
 };
 
 struct engine;
@@ -54,6 +57,16 @@ struct lists;
 struct engine_in {
 	const struct lists *lists;  /* for the header From domain; may be NULL */
 	bool    allowlisted;        /* an allow-list hit (IP, HELO, sender, rcpt) */
+	/* the connection and the envelope (any may be NULL/0 in tests) */
+	const char *qid;
+	const struct sockaddr *client;
+	const char *client_ip;
+	const char *helo;
+	const char *sender;         /* "" for <> */
+	const char *const *rcpts;
+	size_t  nrcpts;
+	const char *auth_user;
+	bool    tls;
 };
 /* BLOCKING (pool thread): run the data filters on the message bytes */
 void engine_run(struct engine *, const char *msg, size_t len, const struct engine_in *,

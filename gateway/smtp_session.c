@@ -1150,8 +1150,17 @@ filter_work(void *arg)
 		return;
 	}
 	msg[len] = '\0';
-	struct engine_in in = { s->jlists, s->allowlisted || s->msg_allow };
+	const char **rcpts = xcalloc(s->env.nrcpts + 1, sizeof(*rcpts));
+	for (size_t i = 0; i < s->env.nrcpts; i++)
+		rcpts[i] = s->env.rcpts[i].addr;
+	struct engine_in in = {
+		.lists = s->jlists, .allowlisted = s->allowlisted || s->msg_allow,
+		.qid = s->env.qid, .client = (const struct sockaddr *)&s->ss, .client_ip = s->ip,
+		.helo = s->helo ? s->helo : "", .sender = s->env.sender ? s->env.sender : "",
+		.rcpts = rcpts, .nrcpts = s->env.nrcpts, .auth_user = s->auth_user, .tls = s->tls,
+	};
 	engine_run(W->engine, msg, (size_t)len, &in, &s->verdict);
+	free(rcpts);
 	if (s->verdict.action == VA_QUARANTINE) {
 		s->qmsg = msg;          /* the quarantine job stores it */
 		s->qlen = (size_t)len;

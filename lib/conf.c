@@ -88,6 +88,21 @@ static const struct setting settings[] = {
 	{ "quarantine-maintenance-interval", CT_DURATION, OFF(quarantine_maintenance), "1h", 1, 86400 },
 	{ "auth-failure-window",    CT_DURATION, OFF(auth_failure_window), "15m", 1, 86400 },
 	{ "auth-block-time",        CT_DURATION, OFF(auth_block_time), "10m", 1, 86400 },
+	{ "resolver",               CT_STRING,   OFF(resolver), NULL, 0, 0 },
+	{ "resolver-timeout",       CT_DURATION, OFF(resolver_timeout), "5", 1, 60 },
+	{ "authserv-id",            CT_STRING,   OFF(authserv_id), NULL, 0, 0 },
+	/* -- dnsbl.c, helo.c -- */
+
+	/* -- spf.c -- */
+
+	/* -- dkim.c, dmarc.c -- */
+
+	/* -- geoip.c, greylist.c -- */
+
+	/* -- milter (#9) -- */
+
+	/* -- operations (#10) -- */
+
 };
 
 struct parser {
@@ -860,10 +875,65 @@ d_antivirus(struct parser *p, int n, char **w)
 	}
 }
 
+static void
+d_score(struct parser *p, int n, char **w)
+{
+	char *end;
+	double v;
+
+	if (n != 3) {
+		perr(p, "score: expected \"score SYMBOL N\" (e.g. score SPF_FAIL 3.5)");
+		return;
+	}
+	for (const char *q = w[1]; *q; q++)
+		if (!(*q >= 'A' && *q <= 'Z') && !(*q >= 'a' && *q <= 'z') && !(*q >= '0' && *q <= '9') &&
+		    *q != '_') {
+			perr(p, "score: \"%s\" is not a symbol name (letters, digits, _)", esc(w[1]));
+			return;
+		}
+	if (strlen(w[1]) > 63) {
+		perr(p, "score: symbol name longer than 63 characters");
+		return;
+	}
+	v = strtod(w[2], &end);
+	if (*end || end == w[2] || v < -1000 || v > 1000) {
+		perr(p, "score %s: \"%s\" is not a number from -1000 to 1000", w[1], esc(w[2]));
+		return;
+	}
+	p->c->scores = xreallocarray(p->c->scores, p->c->nscores + 1, sizeof(*p->c->scores));
+	p->c->scores[p->c->nscores].symbol = xstrdup(w[1]);
+	p->c->scores[p->c->nscores++].score = v;
+}
+
+/* -- directive parsers: dnsbl.c, helo.c -- */
+
+/* -- directive parsers: spf.c -- */
+
+/* -- directive parsers: dkim.c, dmarc.c -- */
+
+/* -- directive parsers: geoip.c, greylist.c -- */
+
+/* -- directive parsers: milter (#9) -- */
+
+/* -- directive parsers: operations (#10) -- */
+
 static const struct {
 	const char *name;
 	void (*fn)(struct parser *, int, char **);
 } directives[] = {
+	/* -- dnsbl.c, helo.c -- */
+
+	/* -- spf.c -- */
+
+	/* -- dkim.c, dmarc.c -- */
+
+	/* -- geoip.c, greylist.c -- */
+
+	/* -- milter (#9) -- */
+
+	/* -- operations (#10) -- */
+
+	{ "score", d_score },
 	{ "action", d_action },
 	{ "rules", d_rules },
 	{ "antivirus", d_antivirus },
@@ -1121,6 +1191,21 @@ conf_free(struct moat_conf *c)
 	free(c->rules_paths);
 	free(c->av_database);
 	free(c->av_clamd);
+	for (size_t i = 0; i < c->nscores; i++)
+		free(c->scores[i].symbol);
+	free(c->scores);
+	/* -- free: dnsbl.c, helo.c -- */
+
+	/* -- free: spf.c -- */
+
+	/* -- free: dkim.c, dmarc.c -- */
+
+	/* -- free: geoip.c, greylist.c -- */
+
+	/* -- free: milter (#9) -- */
+
+	/* -- free: operations (#10) -- */
+
 	for (size_t i = 0; i < c->ntls_certs; i++) {
 		free(c->tls_certs[i].cert);
 		free(c->tls_certs[i].key);

@@ -138,6 +138,22 @@ struct moat_conf {
 	long long auth_failure_window;
 	long long auth_block_time;
 
+	/* DNS for the filters (lib/resolver.c) */
+	char   *resolver;               /* "HOST:PORT" upstream; NULL = /etc/resolv.conf */
+	long long resolver_timeout;     /* seconds per query */
+	char   *authserv_id;            /* Authentication-Results authserv-id; NULL = hostname */
+	struct score_override {         /* "score SYMBOL N" */
+		char   *symbol;
+		double  score;
+	} *scores;
+	size_t  nscores;
+	/* network filters (#4) -- dnsbl.c, helo.c */
+	/* network filters (#4) -- spf.c */
+	/* network filters (#4) -- dkim.c, dmarc.c */
+	/* network filters (#4) -- geoip.c, greylist.c */
+	/* milter (#9) */
+	/* operations (#10) */
+
 	/* SMTP server limits */
 	char   *smtp_banner;            /* text after "220 hostname " */
 	long long smtp_max_line;        /* command line, bytes incl. CRLF */

@@ -1,0 +1,379 @@
+/*
+ * resolver.c - DNS for the filters through libunbound (see resolver.h).
+ *
+ * One ub_ctx per resolver, in threaded async mode: pool threads submit
+ * queries with ub_resolve_async() and wait on a condition variable with a
+ * deadline; one pump thread runs ub_process() whenever ub_fd() is readable
+ * and the callbacks wake the waiters.  A query past its deadline is
+ * cancelled (ub_cancel); if the answer raced the cancel, the waiter takes
+ * the answer and frees it.  libunbound caches answers (TTL-bounded) for
+ * every thread.  Runs in: the worker (pool threads call resolver_query).
+ */
+#include "config.h"
+#include "resolver.h"
+#include "conf.h"
+#include "log.h"
+#include "util.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <unbound.h>
+
+struct resolver {
+	struct ub_ctx *ctx;
+	pthread_t pump;
+	int     stop[2];                /* pipe: wakes the pump to exit */
+	long long timeout_ms;
+	atomic_ullong queries, failures, timeouts;
+};
+
+struct pending {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool    done;
+	int     err;
+	struct ub_result *res;
+};
+
+static void *
+pump(void *arg)
+{
+	struct resolver *r = arg;
+	struct pollfd p[2] = { { ub_fd(r->ctx), POLLIN, 0 }, { r->stop[0], POLLIN, 0 } };
+
+	for (;;) {
+		if (poll(p, 2, 1000) < 0 && errno != EINTR)
+			break;
+		if (p[1].revents)
+			break;
+		if (p[0].revents & POLLIN)
+			ub_process(r->ctx);
+	}
+	return NULL;
+}
+
+struct resolver *
+resolver_new(const struct moat_conf *c, char **err)
+{
+	struct resolver *r = xcalloc(1, sizeof(*r));
+	int e;
+
+	*err = NULL;
+	r->timeout_ms = c->resolver_timeout > 0 ? c->resolver_timeout * 1000 : 5000;
+	r->ctx = ub_ctx_create();
+	if (r->ctx == NULL) {
+		*err = xstrdup("resolver: cannot create the libunbound context");
+		free(r);
+		return NULL;
+	}
+	/* tests forward to 127.0.0.1; unbound refuses localhost by default */
+	ub_ctx_set_option(r->ctx, "do-not-query-localhost:", "no");
+	if (c->resolver) {
+		char fwd[300];
+		const char *colon = strrchr(c->resolver, ':');
+		/* HOST:PORT (IPv6 as [::1]:53) -> unbound's "HOST@PORT" */
+		if (c->resolver[0] == '[') {
+			const char *rb = strchr(c->resolver, ']');
+			if (rb && rb[1] == ':')
+				snprintf(fwd, sizeof(fwd), "%.*s@%s", (int)(rb - c->resolver - 1),
+				    c->resolver + 1, rb + 2);
+			else
+				snprintf(fwd, sizeof(fwd), "%.*s", rb ? (int)(rb - c->resolver - 1) : 0,
+				    c->resolver + 1);
+		} else if (colon && strchr(c->resolver, ':') == colon)
+			snprintf(fwd, sizeof(fwd), "%.*s@%s", (int)(colon - c->resolver), c->resolver,
+			    colon + 1);
+		else
+			snprintf(fwd, sizeof(fwd), "%s", c->resolver);
+		e = ub_ctx_set_fwd(r->ctx, fwd);
+	} else {
+		e = ub_ctx_resolvconf(r->ctx, NULL);
+		if (e == 0)
+			ub_ctx_hosts(r->ctx, NULL);
+	}
+	if (e == 0)
+		e = ub_ctx_async(r->ctx, 1);
+	if (e != 0) {
+		char m[300];
+		snprintf(m, sizeof(m), "resolver: %s", ub_strerror(e));
+		*err = xstrdup(m);
+		ub_ctx_delete(r->ctx);
+		free(r);
+		return NULL;
+	}
+	if (pipe(r->stop) < 0 || pthread_create(&r->pump, NULL, pump, r) != 0) {
+		*err = xstrdup("resolver: cannot start the resolver thread");
+		ub_ctx_delete(r->ctx);
+		free(r);
+		return NULL;
+	}
+	return r;
+}
+
+void
+resolver_free(struct resolver *r)
+{
+	if (r == NULL)
+		return;
+	(void)!write(r->stop[1], "x", 1);
+	pthread_join(r->pump, NULL);
+	close(r->stop[0]);
+	close(r->stop[1]);
+	ub_ctx_delete(r->ctx);
+	free(r);
+}
+
+static void
+callback(void *arg, int err, struct ub_result *res)
+{
+	struct pending *q = arg;
+
+	pthread_mutex_lock(&q->mu);
+	q->err = err;
+	q->res = res;
+	q->done = true;
+	pthread_cond_signal(&q->cv);
+	pthread_mutex_unlock(&q->mu);
+}
+
+/* a wire-format name at p (no compression in rdata from libunbound for the
+ * types we decode, except it may be compressed in the packet: libunbound
+ * hands rdata uncompressed) into dotted text */
+static bool
+wire_name(const unsigned char *p, size_t len, char *out, size_t outsz)
+{
+	size_t i = 0, o = 0;
+
+	while (i < len) {
+		size_t l = p[i++];
+		if (l == 0) {
+			if (o == 0 && outsz > 0)
+				out[o++] = '.';
+			out[o > 1 && out[o - 1] == '.' ? o - 1 : o] = '\0';
+			return true;
+		}
+		if (l > 63 || i + l > len || o + l + 2 > outsz)
+			return false;
+		for (size_t k = 0; k < l; k++) {
+			unsigned char ch = p[i + k];
+			out[o++] = (ch > 0x20 && ch < 0x7f) ? (char)ch : '?';
+		}
+		out[o++] = '.';
+		i += l;
+	}
+	return false;
+}
+
+static char *
+decode(int type, const unsigned char *p, size_t len)
+{
+	char b[1100];
+
+	b[0] = '\0';
+	switch (type) {
+	case DNS_T_A:
+		if (len != 4 || !inet_ntop(AF_INET, p, b, sizeof(b)))
+			return NULL;
+		break;
+	case DNS_T_AAAA:
+		if (len != 16 || !inet_ntop(AF_INET6, p, b, sizeof(b)))
+			return NULL;
+		break;
+	case DNS_T_PTR: case DNS_T_CNAME: case DNS_T_NS:
+		if (!wire_name(p, len, b, sizeof(b)))
+			return NULL;
+		break;
+	case DNS_T_MX: {
+		char n[1025];
+		if (len < 3 || !wire_name(p + 2, len - 2, n, sizeof(n)))
+			return NULL;
+		snprintf(b, sizeof(b), "%u %s", (unsigned)(p[0] << 8 | p[1]), n);
+		break;
+	}
+	case DNS_T_TXT: case DNS_T_SPF: {
+		/* character-strings concatenated (RFC 7208 3.3) */
+		char *t = xmalloc(len + 1);
+		size_t i = 0, o = 0;
+		while (i < len) {
+			size_t l = p[i++];
+			if (i + l > len) {
+				free(t);
+				return NULL;
+			}
+			memcpy(t + o, p + i, l);
+			o += l;
+			i += l;
+		}
+		t[o] = '\0';
+		return t;
+	}
+	default:
+		return xstrdup("");
+	}
+	return xstrdup(b);
+}
+
+enum dns_status
+resolver_query(struct resolver *r, const char *name, int type, struct dns_answer *a)
+{
+	struct pending q;
+	struct timespec dl;
+	int id = 0, e;
+
+	memset(a, 0, sizeof(*a));
+	a->type = type;
+	a->rcode = -1;
+	if (name == NULL || name[0] == '\0' || strlen(name) > 253) {
+		a->status = DNS_PERMFAIL;
+		snprintf(a->why, sizeof(a->why), "invalid name");
+		return a->status;
+	}
+	atomic_fetch_add(&r->queries, 1);
+	memset(&q, 0, sizeof(q));
+	pthread_mutex_init(&q.mu, NULL);
+	{
+		pthread_condattr_t ca;
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&q.cv, &ca);
+		pthread_condattr_destroy(&ca);
+	}
+	e = ub_resolve_async(r->ctx, name, type, 1 /* IN */, &q, callback, &id);
+	if (e != 0) {
+		a->status = DNS_TEMPFAIL;
+		snprintf(a->why, sizeof(a->why), "%s", ub_strerror(e));
+		atomic_fetch_add(&r->failures, 1);
+		goto out;
+	}
+	clock_gettime(CLOCK_MONOTONIC, &dl);
+	dl.tv_sec += r->timeout_ms / 1000;
+	dl.tv_nsec += (r->timeout_ms % 1000) * 1000000L;
+	if (dl.tv_nsec >= 1000000000L) {
+		dl.tv_sec++;
+		dl.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&q.mu);
+	while (!q.done) {
+		if (pthread_cond_timedwait(&q.cv, &q.mu, &dl) == ETIMEDOUT && !q.done) {
+			pthread_mutex_unlock(&q.mu);
+			if (ub_cancel(r->ctx, id) == 0) {
+				/* cancelled: the callback will never run */
+				a->status = DNS_TEMPFAIL;
+				snprintf(a->why, sizeof(a->why), "timeout after %lld ms", r->timeout_ms);
+				atomic_fetch_add(&r->timeouts, 1);
+				atomic_fetch_add(&r->failures, 1);
+				goto out;
+			}
+			/* the answer is on its way: wait for the callback */
+			pthread_mutex_lock(&q.mu);
+			while (!q.done)
+				pthread_cond_wait(&q.cv, &q.mu);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&q.mu);
+	if (q.err != 0 || q.res == NULL) {
+		a->status = DNS_TEMPFAIL;
+		snprintf(a->why, sizeof(a->why), "%s", q.err ? ub_strerror(q.err) : "no result");
+		atomic_fetch_add(&r->failures, 1);
+		goto out;
+	}
+	a->rcode = q.res->rcode;
+	a->secure = q.res->secure != 0;
+	a->ttl = q.res->ttl > 0 ? (unsigned)q.res->ttl : 0;
+	if (q.res->nxdomain)
+		a->status = DNS_NXDOMAIN;
+	else if (q.res->rcode == 2) {           /* SERVFAIL */
+		a->status = DNS_TEMPFAIL;
+		snprintf(a->why, sizeof(a->why), "SERVFAIL");
+		atomic_fetch_add(&r->failures, 1);
+	} else if (q.res->rcode != 0) {
+		a->status = DNS_PERMFAIL;
+		snprintf(a->why, sizeof(a->why), "rcode %d", q.res->rcode);
+	} else if (!q.res->havedata)
+		a->status = DNS_NODATA;
+	else {
+		size_t n = 0;
+		while (q.res->data[n])
+			n++;
+		a->data = xcalloc(n + 1, sizeof(*a->data));
+		a->len = xcalloc(n + 1, sizeof(*a->len));
+		a->text = xcalloc(n + 1, sizeof(*a->text));
+		for (size_t i = 0; i < n; i++) {
+			size_t l = (size_t)q.res->len[i];
+			char *t = decode(type, (const unsigned char *)q.res->data[i], l);
+			if (t == NULL)
+				continue;       /* malformed rdata: skipped */
+			a->data[a->n] = xmalloc(l + 1);
+			memcpy(a->data[a->n], q.res->data[i], l);
+			a->len[a->n] = l;
+			a->text[a->n] = t;
+			a->n++;
+		}
+		a->status = a->n ? DNS_OK : DNS_NODATA;
+	}
+	ub_resolve_free(q.res);
+out:
+	pthread_mutex_destroy(&q.mu);
+	pthread_cond_destroy(&q.cv);
+	return a->status;
+}
+
+void
+dns_answer_free(struct dns_answer *a)
+{
+	for (size_t i = 0; i < a->n; i++) {
+		free(a->data[i]);
+		free(a->text[i]);
+	}
+	free(a->data);
+	free(a->len);
+	free(a->text);
+	a->data = NULL;
+	a->len = NULL;
+	a->text = NULL;
+	a->n = 0;
+}
+
+void
+resolver_stats(const struct resolver *r, unsigned long long *queries,
+    unsigned long long *failures, unsigned long long *timeouts)
+{
+	*queries = atomic_load(&r->queries);
+	*failures = atomic_load(&r->failures);
+	*timeouts = atomic_load(&r->timeouts);
+}
+
+bool
+dns_reverse_name(const char *ip, const char *zone, char *out, size_t outsz)
+{
+	unsigned char a[16];
+	int n;
+
+	if (inet_pton(AF_INET, ip, a) == 1)
+		n = snprintf(out, outsz, "%u.%u.%u.%u%s%s", a[3], a[2], a[1], a[0],
+		    zone && *zone ? "." : "", zone ? zone : "");
+	else if (inet_pton(AF_INET6, ip, a) == 1) {
+		static const char hx[] = "0123456789abcdef";
+		char b[80];
+		size_t o = 0;
+		for (int i = 15; i >= 0; i--) {
+			b[o++] = hx[a[i] & 15];
+			b[o++] = '.';
+			b[o++] = hx[a[i] >> 4];
+			b[o++] = '.';
+		}
+		b[o - 1] = '\0';
+		n = snprintf(out, outsz, "%s%s%s", b, zone && *zone ? "." : "", zone ? zone : "");
+	} else
+		return false;
+	return n > 0 && (size_t)n < outsz;
+}
