@@ -21,6 +21,7 @@
 #include "privs.h"
 #include "engine.h"
 #include "lists.h"
+#include "milter.h"
 #include "mime.h"
 #include "spool.h"
 #include "tls.h"
@@ -104,6 +105,8 @@ bind_all(struct moat_conf *c, struct moat_conf *old)
 	for (size_t i = 0; i < c->nlistens; i++) {
 		struct listen_conf *l = &c->listens[i];
 		l->fd = -1;
+		if (l->kind == LISTEN_MILTER)
+			continue;       /* bound by the milter process (milter_start) */
 		for (size_t j = 0; old && j < old->nlistens; j++) {
 			struct listen_conf *o = &old->listens[j];
 			if (o->fd >= 0 && o->sslen == l->sslen && !memcmp(&o->ss, &l->ss, l->sslen)) {
@@ -262,10 +265,91 @@ add_old_worker(pid_t p)
 	kill(p, SIGKILL);       /* too many draining at once */
 }
 
+/* -- milter (#9): the libmilter front end runs in its own process, started,
+ * restarted when it dies (with the worker's backoff) and, on reload,
+ * stopped and started again with the new config -- */
+static pid_t milter_pid;
+static time_t milter_started, milter_restart_at;
+static int milter_backoff = 1;
+
+static void
+milter_start(void)
+{
+	const struct listen_conf *l = milter_listener(conf);
+	sigset_t none;
+	pid_t p;
+
+	if (l == NULL)
+		return;
+	if ((p = fork()) < 0) {
+		log_warn("master: fork");
+		milter_restart_at = time(NULL) + 5;
+		return;
+	}
+	if (p > 0) {
+		log_info("master event=milter-started pid=%d listen=%s", (int)p, l->spec);
+		milter_pid = p;
+		milter_started = time(NULL);
+		return;
+	}
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	signal(SIGCHLD, SIG_DFL);
+	prctl(PR_SET_PDEATHSIG, SIGTERM);
+	if (getppid() != master_pid)
+		_exit(0);
+	if (pid_fd >= 0)
+		close(pid_fd);
+	close_listeners(conf);          /* the worker's, not ours */
+	log_setident("moatd-milter");
+	exit(milter_main(conf, l));
+}
+
+/* true if p was the milter process */
+static bool
+milter_reaped(pid_t p, int st, bool stopping)
+{
+	if (p != milter_pid || p <= 0)
+		return false;
+	milter_pid = 0;
+	if (stopping)
+		return true;
+	if (milter_restart_at == -1) {  /* stopped for a reload */
+		milter_restart_at = time(NULL);
+		return true;
+	}
+	if (WIFSIGNALED(st))
+		log_crit("master event=milter-died pid=%d signal=%d", (int)p, WTERMSIG(st));
+	else
+		log_crit("master event=milter-exited pid=%d status=%d", (int)p, WEXITSTATUS(st));
+	milter_backoff = time(NULL) - milter_started < 10 ? MIN(milter_backoff * 2, 30) : 1;
+	milter_restart_at = time(NULL) + (milter_backoff > 2 ? milter_backoff : 0);
+	return true;
+}
+
+static void
+milter_tick(void)
+{
+	if (milter_pid == 0 && milter_restart_at >= 0 && time(NULL) >= milter_restart_at)
+		milter_start();
+}
+
+/* reload: the old process lets its sessions finish; the new config's starts
+ * when it has gone (they listen on the same socket) */
+static void
+milter_reload(void)
+{
+	if (milter_pid > 0) {
+		milter_restart_at = -1;
+		kill(milter_pid, SIGTERM);
+	} else
+		milter_restart_at = time(NULL);
+}
+
 static bool
 children_left(void)
 {
-	if (worker_pid > 0)
+	if (worker_pid > 0 || milter_pid > 0)
 		return true;
 	for (int i = 0; i < MAX_OLD; i++)
 		if (old_workers[i])
@@ -278,6 +362,8 @@ signal_children(int sig)
 {
 	if (worker_pid > 0)
 		kill(worker_pid, sig);
+	if (milter_pid > 0)
+		kill(milter_pid, sig);
 	for (int i = 0; i < MAX_OLD; i++)
 		if (old_workers[i])
 			kill(old_workers[i], sig);
@@ -355,6 +441,7 @@ reload(void)
 	conf = nc;
 	tls = nt;
 	log_setlevel(conf->log_level);
+	milter_reload();
 	log_info("master event=reloaded");
 }
 
@@ -477,6 +564,7 @@ main(int argc, char **argv)
 		worker_pid = 0;
 		restart_at = time(NULL) + 1;
 	}
+	milter_start();
 
 	for (;;) {
 		struct timespec ts = { 1, 0 };
@@ -485,6 +573,8 @@ main(int argc, char **argv)
 		int st;
 
 		while ((p = waitpid(-1, &st, WNOHANG)) > 0) {
+			if (milter_reaped(p, st, stopping))
+				continue;
 			if (p == worker_pid) {
 				worker_pid = 0;
 				if (stopping)
@@ -522,6 +612,7 @@ main(int argc, char **argv)
 			}
 			continue;
 		}
+		milter_tick();
 		if (worker_pid == 0 && time(NULL) >= restart_at) {
 			worker_pid = start_worker(conf, tls);
 			worker_started = time(NULL);

@@ -26,6 +26,7 @@
 #include <syslog.h>
 #include <unistd.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 
 const char conf_embedded_default[] =
 	"# moat embedded default: all-in-one, unprivileged ports, ./var\n"
@@ -100,7 +101,7 @@ static const struct setting settings[] = {
 	/* -- geoip.c, greylist.c -- */
 
 	/* -- milter (#9) -- */
-
+	{ "milter-subject-prefix",  CT_STRING,   OFF(milter_subject_prefix), NULL, 0, 0 },
 	/* -- operations (#10) -- */
 
 };
@@ -284,6 +285,8 @@ valid_port(const char *s)
 	return parse_ll(s, 1, 65535, &v);
 }
 
+static bool milter_listen_parse(struct parser *, int, char **, struct listen_conf *);
+
 static void
 d_listen(struct parser *p, int n, char **w)
 {
@@ -352,9 +355,15 @@ d_listen(struct parser *p, int n, char **w)
 		} else
 			perr(p, "listen: unknown option \"%s\" (tls=, auth=, allow=, deny=)", esc(w[a]));
 	}
-	if (l.kind == LISTEN_MILTER || l.kind == LISTEN_HTTP) {
+	if (l.kind == LISTEN_HTTP) {
 		perr(p, "listen %s: not supported by this version of moat yet", w[1]);
 		goto out;
+	}
+	if (l.kind == LISTEN_MILTER) {
+		/* -- milter (#9): listen milter ADDR:PORT | unix:PATH -- */
+		if (!milter_listen_parse(p, n, w, &l))
+			goto out;
+		goto add;
 	}
 	if (!parse_hostport(w[2], NULL, &host, &port) || !valid_port(port)) {
 		perr(p, "listen: \"%s\" is not ADDRESS:PORT (IPv6 as [::1]:25)", esc(w[2]));
@@ -382,6 +391,7 @@ d_listen(struct parser *p, int n, char **w)
 		}
 	}
 	l.spec = xstrdup(w[2]);
+add:
 	p->c->listens = xreallocarray(p->c->listens, p->c->nlistens + 1, sizeof(l));
 	p->c->listens[p->c->nlistens++] = l;
 	l.allow = l.deny = NULL;        /* now owned by the config */
@@ -915,6 +925,102 @@ d_score(struct parser *p, int n, char **w)
 
 /* -- directive parsers: milter (#9) -- */
 
+/* listen milter ADDR:PORT | unix:PATH (no options): the milter process
+ * (milter/milter.c) has libmilter bind it, so the master never does */
+static bool
+milter_listen_parse(struct parser *p, int n, char **w, struct listen_conf *l)
+{
+	char *host = NULL, *port = NULL;
+	bool ok = false;
+
+	if (n > 3) {
+		perr(p, "listen milter: options are not supported here (\"%s\")", esc(w[3]));
+		return false;
+	}
+	l->tls_set = l->auth_set = true;
+	l->tls = TLS_NONE;
+	l->auth = AUTH_NONE;
+	if (!strncmp(w[2], "unix:", 5)) {
+		struct sockaddr_un *sun = (struct sockaddr_un *)&l->ss;
+		const char *path = w[2] + 5;
+		size_t len = strlen(path);
+		if (path[0] != '/' || len >= sizeof(sun->sun_path)) {
+			perr(p, "listen milter: \"%s\" is not an absolute socket path of at most %zu bytes",
+			    esc(path), sizeof(sun->sun_path) - 1);
+			return false;
+		}
+		sun->sun_family = AF_UNIX;
+		memcpy(sun->sun_path, path, len + 1);
+		l->sslen = sizeof(*sun);
+	} else {
+		struct addrinfo hints, *res = NULL;
+		if (!parse_hostport(w[2], NULL, &host, &port) || !valid_port(port)) {
+			perr(p, "listen milter: \"%s\" is not ADDRESS:PORT or unix:/PATH", esc(w[2]));
+			goto out;
+		}
+		if (!strcmp(host, "*"))
+			host[0] = '\0';
+		memset(&hints, 0, sizeof(hints));
+		hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | AI_PASSIVE;
+		hints.ai_socktype = SOCK_STREAM;
+		if (getaddrinfo(host[0] ? host : NULL, port, &hints, &res) != 0 || res == NULL) {
+			perr(p, "listen milter: \"%s\" is not a numeric IP address", esc(host));
+			goto out;
+		}
+		memcpy(&l->ss, res->ai_addr, res->ai_addrlen);
+		l->sslen = res->ai_addrlen;
+		freeaddrinfo(res);
+	}
+	for (size_t i = 0; i < p->c->nlistens; i++) {
+		struct listen_conf *o = &p->c->listens[i];
+		if (o->sslen == l->sslen && !memcmp(&o->ss, &l->ss, l->sslen)) {
+			perr(p, "listen: %s is already used by the listener at line %d", w[2], o->line);
+			goto out;
+		}
+		if (o->kind == LISTEN_MILTER) {
+			perr(p, "listen milter: only one milter listener (the first is at line %d)", o->line);
+			goto out;
+		}
+	}
+	l->spec = xstrdup(w[2]);
+	ok = true;
+out:
+	free(host);
+	free(port);
+	return ok;
+}
+
+/* milter-reject-action reject|discard */
+static void
+d_milter_reject_action(struct parser *p, int n, char **w)
+{
+	if (n != 2 || (strcmp(w[1], "reject") && strcmp(w[1], "discard"))) {
+		perr(p, "milter-reject-action: expected reject or discard");
+		return;
+	}
+	p->c->milter_discard = !strcmp(w[1], "discard");
+}
+
+/* milter-socket-mode 0660 (octal): permissions of a unix: milter socket */
+static void
+d_milter_socket_mode(struct parser *p, int n, char **w)
+{
+	char *end;
+	long v;
+
+	if (n != 2) {
+		perr(p, "milter-socket-mode: expected one octal mode such as 0660");
+		return;
+	}
+	errno = 0;
+	v = strtol(w[1], &end, 8);
+	if (errno || *end || end == w[1] || v < 0 || v > 0777) {
+		perr(p, "milter-socket-mode: \"%s\" is not an octal mode from 0 to 0777", esc(w[1]));
+		return;
+	}
+	p->c->milter_socket_mode = (int)v | MILTER_SOCKET_MODE_SET;
+}
+
 /* -- directive parsers: operations (#10) -- */
 
 static const struct {
@@ -930,7 +1036,8 @@ static const struct {
 	/* -- geoip.c, greylist.c -- */
 
 	/* -- milter (#9) -- */
-
+	{ "milter-reject-action", d_milter_reject_action },
+	{ "milter-socket-mode", d_milter_socket_mode },
 	/* -- operations (#10) -- */
 
 	{ "score", d_score },

@@ -152,6 +152,10 @@ struct moat_conf {
 	/* network filters (#4) -- dkim.c, dmarc.c */
 	/* network filters (#4) -- geoip.c, greylist.c */
 	/* milter (#9) */
+	char   *milter_subject_prefix;  /* tag: prepended to Subject; NULL = none */
+	bool    milter_discard;         /* milter-reject-action discard */
+	int     milter_socket_mode;     /* unix socket mode | MILTER_SOCKET_MODE_SET; 0 = 0660 */
+#define MILTER_SOCKET_MODE_SET 0x10000
 	/* operations (#10) */
 
 	/* SMTP server limits */
