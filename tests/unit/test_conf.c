@@ -56,7 +56,7 @@ main(void)
 	c = load("listen smtp 127.0.0.1:25\nbogus 1\nmessage-size-limit 12x\n"
 	    "domain a.test deliver store\ndomain A.test deliver store\n"
 	    "domain b.test deliver relay ftp://x\nlisten smtp 127.0.0.1:25\n"
-	    "smtp-banner \"unterminated\nthreads 0\nlisten milter 127.0.0.1:8890\n", &e);
+	    "smtp-banner \"unterminated\nthreads 0\nlisten milter unix:relative.sock\n", &e);
 	ok(c == NULL, "broken config refused");
 	ok(strstr(e.data, "t.conf:2: unknown directive \"bogus\"") != NULL, "unknown directive at line 2");
 	ok(strstr(e.data, "t.conf:3: message-size-limit") != NULL, "bad size at line 3");
@@ -65,8 +65,22 @@ main(void)
 	ok(strstr(e.data, "t.conf:7: listen: 127.0.0.1:25 is already used") != NULL, "duplicate listener at line 7");
 	ok(strstr(e.data, "t.conf:8: unterminated quoted string") != NULL, "unterminated quote at line 8");
 	ok(strstr(e.data, "t.conf:9: threads") != NULL, "out of range at line 9");
-	ok(strstr(e.data, "t.conf:10: listen milter") != NULL, "unsupported listener reported");
+	ok(strstr(e.data, "t.conf:10: listen milter") != NULL, "bad milter listener reported");
 	printf("# errors:\n# %s\n", e.data);
+
+	/* -- milter (#9) -- */
+	c = load("listen milter unix:/run/moat/milter.sock\nmilter-socket-mode 0666\n"
+	    "milter-reject-action discard\nmilter-subject-prefix \"[SPAM]\"\n", &e);
+	ok(c != NULL && c->nlistens == 1 && c->listens[0].kind == LISTEN_MILTER &&
+	    c->listens[0].ss.ss_family == AF_UNIX, "listen milter unix:PATH");
+	ok(c && (c->milter_socket_mode & 0777) == 0666 && c->milter_discard &&
+	    !strcmp(c->milter_subject_prefix, "[SPAM]"), "milter directives");
+	conf_free(c);
+	c = load("listen milter 127.0.0.1:8891\nlisten milter unix:/x.sock\nmilter-socket-mode 0999\n"
+	    "milter-reject-action drop\nlisten milter 127.0.0.1:8892 tls=none\n", &e);
+	ok(c == NULL && strstr(e.data, "t.conf:2: listen milter: only one milter listener") &&
+	    strstr(e.data, "t.conf:3: milter-socket-mode") && strstr(e.data, "t.conf:4: milter-reject-action") &&
+	    strstr(e.data, "t.conf:5: listen milter: options"), "milter config errors");
 
 	c = load("threads 4\nthreads 5\n", &e);
 	ok(c == NULL && strstr(e.data, "t.conf:2: threads: set twice (first at line 1)"), "setting twice");
