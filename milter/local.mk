@@ -7,4 +7,5 @@ AM_CPPFLAGS += -I$(top_srcdir)/milter
 TESTS += tests/integration/test_milter.py
 EXTRA_DIST += tests/integration/test_milter.py tests/integration/milter/abort.lua \
 	tests/integration/milter/large_body.lua tests/integration/milter/many_recipients.lua \
-	tests/integration/milter/missing_macros.lua tests/integration/milter/several_messages.lua
+	tests/integration/milter/missing_macros.lua tests/integration/milter/several_messages.lua \
+	tests/integration/milter/throughput.lua
