@@ -17,12 +17,13 @@
  *               reference; or discard (milter-reject-action discard)
  *   tempfail    451 4.7.1
  *
- * Only the protocol steps we use are negotiated, and the ones we never
- * answer otherwise than "continue" are negotiated as no-reply (SMFIP_NR_*)
- * so the MTA does not wait for a round trip per header.  The listening TCP
- * socket gets TCP_NODELAY (inherited by the accepted sockets on Linux):
- * libmilter writes each modification and the final reply separately, and
- * with Nagle on, the last small write waits for the MTA's delayed ACK.
+ * Only the protocol steps we use are negotiated; headers and end-of-header
+ * are negotiated as no-reply (SMFIP_NR_HDR/EOH) so the MTA does not wait
+ * for a round trip per header (see mf_negotiate for why the others are
+ * answered).  The listening TCP socket gets TCP_NODELAY
+ * (inherited by the accepted sockets on Linux): libmilter writes each
+ * modification and the final reply separately, and with Nagle on, the
+ * second small write waits for the MTA's delayed ACK (40 ms).
  */
 #include "config.h"
 #include "buf.h"
@@ -225,16 +226,23 @@ mf_negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1, unsigned long f2,
     unsigned long *pf3)
 {
 	struct mctx *m = xcalloc(1, sizeof(*m));
-	unsigned long want = SMFIP_NOUNKNOWN | SMFIP_NODATA | SMFIP_HDR_LEADSPC |
-	    SMFIP_NR_HDR | SMFIP_NR_EOH | SMFIP_SKIP;
+	unsigned long want = SMFIP_NOUNKNOWN | SMFIP_HDR_LEADSPC | SMFIP_NR_HDR |
+	    SMFIP_NR_EOH | SMFIP_SKIP;
 
 	(void)f2; (void)f3;
 	m->msg = (struct buf)BUF_INIT;
 	if (E == NULL)          /* nothing to run: we only need the connection */
 		want |= SMFIP_NOHELO | SMFIP_NOMAIL | SMFIP_NORCPT | SMFIP_NOHDRS |
 		    SMFIP_NOEOH | SMFIP_NOBODY;
-	if (C->lists_dir == NULL)       /* nothing to refuse before the end */
-		want |= SMFIP_NR_HELO | SMFIP_NR_MAIL | SMFIP_NR_RCPT;
+	/*
+	 * Over TCP the MTA must never write twice without reading our reply in
+	 * between: its second write waits (Nagle) until we ACK the first, and
+	 * we delay that ACK by 40 ms.  So no SMFIP_NR_HELO/MAIL/RCPT even when
+	 * we never refuse there, and no SMFIP_NODATA: Postfix sends the DATA
+	 * macros anyway, alone, before its cleanup server writes the headers.
+	 * Headers and end-of-header need no reply: Postfix writes them
+	 * together with the first body chunk, which gets one.
+	 */
 	m->steps = want & f1;
 	smfi_setpriv(ctx, m);
 	*pf0 = (SMFIF_ADDHDRS | SMFIF_CHGHDRS | SMFIF_QUARANTINE) & f0;
@@ -364,6 +372,13 @@ mf_envrcpt(SMFICTX *ctx, char **argv)
 	}
 	m->rcpts[m->nrcpts++] = addr;
 	return cont(m, SMFIP_NR_RCPT);
+}
+
+/* DATA: answered only so that the MTA's next write follows a reply */
+static sfsistat
+mf_data(SMFICTX *ctx)
+{
+	return smfi_getpriv(ctx) ? SMFIS_CONTINUE : SMFIS_TEMPFAIL;
 }
 
 static sfsistat
@@ -514,6 +529,29 @@ store_quarantine(struct mctx *m, const char *mta_qid, const struct verdict *v,
 	return ok;
 }
 
+/* tag: milter-subject-prefix in front of the Subject, once */
+static void
+subject_prefix(SMFICTX *ctx, const struct mctx *m)
+{
+	const char *pfx = C->milter_subject_prefix;
+	const char *old = m->subject ? m->subject : "";
+	struct buf s = BUF_INIT;
+
+	while (*old == ' ')
+		old++;
+	/* not twice (a message filtered at two hops, or sent again) */
+	if (pfx == NULL || *pfx == '\0' || strncmp(old, pfx, strlen(pfx)) == 0)
+		return;
+	buf_printf(&s, "%s%s%s%s", (m->steps & SMFIP_HDR_LEADSPC) ? " " : "", pfx,
+	    *old ? " " : "", old);
+	/* a folded Subject keeps its LF continuation lines */
+	if (m->subject)
+		smfi_chgheader(ctx, "Subject", 1, s.data);
+	else
+		smfi_addheader(ctx, "Subject", s.data);
+	buf_free(&s);
+}
+
 static sfsistat
 mf_eom(SMFICTX *ctx)
 {
@@ -582,20 +620,7 @@ mf_eom(SMFICTX *ctx)
 		break;
 	case VA_TAG:
 		add_headers(ctx, m, &hdrs);
-		if (C->milter_subject_prefix && *C->milter_subject_prefix) {
-			struct buf s = BUF_INIT;
-			const char *old = m->subject ? m->subject : "";
-			while (*old == ' ')
-				old++;
-			buf_printf(&s, "%s%s%s%s", (m->steps & SMFIP_HDR_LEADSPC) ? " " : "",
-			    C->milter_subject_prefix, *old ? " " : "", old);
-			/* a folded Subject keeps its LF continuation lines */
-			if (m->subject)
-				smfi_chgheader(ctx, "Subject", 1, s.data);
-			else
-				smfi_addheader(ctx, "Subject", s.data);
-			buf_free(&s);
-		}
+		subject_prefix(ctx, m);
 		break;
 	default:
 		add_headers(ctx, m, &hdrs);
@@ -654,6 +679,7 @@ static struct smfiDesc desc = {
 	.xxfi_abort = mf_abort,
 	.xxfi_close = mf_close,
 	.xxfi_negotiate = mf_negotiate,
+	.xxfi_data = mf_data,
 };
 
 const struct listen_conf *

@@ -243,7 +243,8 @@ def postfix_part():
             Postfix(sink.port, "inet:127.0.0.1:%d" % mport) as pf, \
             Moat(domains={"relay.test": "relay smtp://127.0.0.1:%d" % sink.port},
                  extra="\n".join(extra), tmpdir=subdir(tmp, "a")) as m:
-        t.ok(wait_port(mport, timeout=10), "moatd's milter listens on 127.0.0.1:%d" % mport, m.log()[-2000:])
+        t.ok(wait_port(mport, timeout=10) and m.wait_log(r"milter event=started", 15) is not None,
+             "moatd's milter listens on 127.0.0.1:%d" % mport, m.log()[-2000:])
         try:
             pf.start()
         except RuntimeError as e:
@@ -354,12 +355,15 @@ def postfix_part():
         with Moat(domains={"relay.test": "relay smtp://127.0.0.1:%d" % sink.port},
                   extra="\n".join(base + ["antivirus database %s" % bad_db]),
                   tmpdir=subdir(tmp, "b")) as m2:
-            t.ok(wait_port(mport, timeout=10), "moatd started again (Postfix not restarted)")
+            t.ok(wait_port(mport, timeout=10) and m2.wait_log(r"milter event=started", 15) is not None,
+                 "moatd started again (Postfix not restarted)", m2.log()[-1500:])
             code, text = send(pf.port, msg("lunch again"))
             t.ok(code == 451 and "4.7.1" in text and "Message deferred:" in text and "(ref " in text,
-                 "filtering resumed: a tempfail verdict gives our 451 4.7.1 text", "%s %s" % (code, text))
+                 "filtering resumed: a tempfail verdict gives our 451 4.7.1 text",
+                 "%s %s\n%s\n%s" % (code, text, m2.log()[-1500:], pf.log()[-1500:]))
         pf.stop()
-    shutil.rmtree(tmp, ignore_errors=True)
+    if not os.environ.get("MOAT_KEEP_TMP"):
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def miltertest_part():
@@ -397,7 +401,61 @@ def miltertest_part():
                          "(TCP_NODELAY)" % elapsed)
             t.ok(re.search(r"(?i)asan|runtime error|event=milter-died", m.log()) is None,
                  "no sanitizer report, no crash", m.log()[-2000:])
-    shutil.rmtree(tmp, ignore_errors=True)
+
+    # milter-reject-action discard, and the block/allow lists at their stage
+    lists = os.path.join(tmp, "lists")
+    os.makedirs(lists)
+    with open(os.path.join(lists, "block"), "w") as f:
+        f.write("ip 192.0.2.66\nsender spammer@example.org\n")
+    with open(os.path.join(lists, "allow"), "w") as f:
+        f.write("sender friend@example.org\n")
+    os.chmod(lists, 0o755)
+    lua = os.path.join(tmp, "discard.lua")
+    with open(lua, "w") as f:
+        f.write("""
+conn = mt.connect(os.getenv("MILTER_SOCKET"), 40, 0.25)
+if conn == nil then error("cannot connect") end
+if mt.conninfo(conn, "client.example", "192.0.2.20") ~= nil then error("conninfo failed") end
+if mt.helo(conn, "client.example") ~= nil then error("helo failed") end
+local function message(from, subject)
+	mt.macro(conn, SMFIC_MAIL, "i", "DISC1")
+	if mt.mailfrom(conn, from) ~= nil then error("mailfrom failed") end
+	if mt.getreply(conn) ~= SMFIR_CONTINUE then return false end
+	if mt.rcptto(conn, "<x@example.test>") ~= nil then error("rcptto failed") end
+	if mt.header(conn, "Subject", subject) ~= nil then error("header failed") end
+	if mt.eoh(conn) ~= nil then error("eoh failed") end
+	if mt.bodystring(conn, "body\\r\\n") ~= nil then error("body failed") end
+	if mt.eom(conn) ~= nil then error("eom failed") end
+	return true
+end
+if not message("<a@example.org>", "rejectme") then error("mail refused") end
+if mt.getreply(conn) ~= SMFIR_DISCARD then error("reject verdict: not discarded") end
+if message("<spammer@example.org>", "hello") then error("blocked sender not refused at MAIL") end
+if mt.getreply(conn) ~= SMFIR_REPLYCODE then error("blocked sender: no reply code") end
+if not message("<friend@example.org>", "rejectme") then error("allowed sender refused") end
+local r = mt.getreply(conn)
+if r ~= SMFIR_CONTINUE and r ~= SMFIR_ACCEPT then error("allow-listed sender: not accepted") end
+mt.disconnect(conn)
+conn = mt.connect(os.getenv("MILTER_SOCKET"), 40, 0.25)
+if mt.conninfo(conn, "bad.example", "192.0.2.66") ~= nil then error("conninfo 2 failed") end
+if mt.getreply(conn) ~= SMFIR_REPLYCODE then error("blocked IP: not refused at connect") end
+mt.disconnect(conn)
+""")
+    dport = free_port()
+    extra = "\n".join(["listen milter 127.0.0.1:%d" % dport, "rules %s" % rules, "action tag 5",
+                       "action reject 20", "milter-reject-action discard", "lists %s" % lists])
+    with Moat(extra=extra, tmpdir=subdir(tmp, "d")) as m:
+        if not m.wait_log(r"milter event=started", 10):
+            t.ok(False, "the milter starts with lists", m.log()[-1500:])
+        else:
+            r = subprocess.run([mt, "-s", lua], capture_output=True, text=True, timeout=120,
+                               env=dict(os.environ, MILTER_SOCKET="inet:%d@127.0.0.1" % dport))
+            t.ok(r.returncode == 0, "milter-reject-action discard; block list refuses at connect and MAIL; "
+                 "an allow-listed sender passes", (r.stdout + r.stderr)[-2000:] + "\n" + m.log()[-1500:])
+            t.ok(m.wait_log(r"milter qid=DISC1 event=verdict .* action=discard ") is not None,
+                 "the discard is logged")
+    if not os.environ.get("MOAT_KEEP_TMP"):
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 postfix_part()

@@ -1,6 +1,7 @@
 -- several_messages.lua: one MTA connection carrying several messages, each
 -- with its own verdict: tag (headers + subject prefix), reject (our 5.7.1
--- text, reference = the queue id macro), quarantine, then a clean one.
+-- text, reference = the queue id macro), quarantine, a clean one, and a
+-- tagged one that already has the subject prefix (not added twice).
 conn = mt.connect(os.getenv("MILTER_SOCKET"), 40, 0.25)
 if conn == nil then error("cannot connect") end
 if mt.conninfo(conn, "client.example", "192.0.2.13") ~= nil then error("conninfo failed") end
@@ -37,4 +38,8 @@ local r = mt.getreply(conn)
 if r ~= SMFIR_CONTINUE and r ~= SMFIR_ACCEPT then error("MSG4: not accepted") end
 if not mt.eom_check(conn, MT_HDRINSERT, "X-Spam-Flag", " NO") then error("MSG4: no X-Spam-Flag: NO") end
 if mt.eom_check(conn, MT_HDRCHANGE, "Subject") then error("MSG4: subject changed") end
+
+message("MSG5", "[SPAM] tagme again")
+if not mt.eom_check(conn, MT_HDRINSERT, "X-Spam-Flag", " YES") then error("MSG5: no X-Spam-Flag: YES") end
+if mt.eom_check(conn, MT_HDRCHANGE, "Subject") then error("MSG5: the prefix was added twice") end
 mt.disconnect(conn)
