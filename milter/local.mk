@@ -9,3 +9,4 @@ EXTRA_DIST += tests/integration/test_milter.py tests/integration/milter/abort.lu
 	tests/integration/milter/large_body.lua tests/integration/milter/many_recipients.lua \
 	tests/integration/milter/missing_macros.lua tests/integration/milter/several_messages.lua \
 	tests/integration/milter/throughput.lua
+EXTRA_DIST += docs/milter.md bench/milter-bench.sh
