@@ -81,7 +81,6 @@ struct mctx {
 	bool    in_body;
 	bool    too_big;
 	struct buf msg;                 /* header + body, CRLF */
-	unsigned nmsgs;
 };
 
 static const struct moat_conf *C;
@@ -566,7 +565,6 @@ mf_eom(SMFICTX *ctx)
 	if (m == NULL)
 		return SMFIS_TEMPFAIL;
 	qid = qid_of(ctx);
-	m->nmsgs++;
 	if (m->too_big) {
 		log_info("milter qid=%s event=reject ip=%s reason=size limit=%lld", esc(qid), m->ip,
 		    C->message_size_limit);
