@@ -99,3 +99,5 @@ TESTS += tests/unit/test_rules tests/integration/test_rules_cli.py
 EXTRA_DIST += tests/integration/test_rules_cli.py rules
 TESTS += tests/integration/test_quarantine_cli.py
 EXTRA_DIST += tests/integration/test_quarantine_cli.py
+TESTS += tests/integration/test_authres.py
+EXTRA_DIST += tests/integration/test_authres.py
