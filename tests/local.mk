@@ -103,3 +103,5 @@ TESTS += tests/integration/test_authres.py
 EXTRA_DIST += tests/integration/test_authres.py
 TESTS += tests/integration/test_domain_action.py
 EXTRA_DIST += tests/integration/test_domain_action.py
+TESTS += tests/integration/test_imap_junk.py
+EXTRA_DIST += tests/integration/test_imap_junk.py
