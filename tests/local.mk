@@ -105,3 +105,5 @@ TESTS += tests/integration/test_domain_action.py
 EXTRA_DIST += tests/integration/test_domain_action.py
 TESTS += tests/integration/test_imap_junk.py
 EXTRA_DIST += tests/integration/test_imap_junk.py
+TESTS += tests/integration/test_imap_keywords.py
+EXTRA_DIST += tests/integration/test_imap_keywords.py
