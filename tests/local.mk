@@ -107,3 +107,5 @@ TESTS += tests/integration/test_imap_junk.py
 EXTRA_DIST += tests/integration/test_imap_junk.py
 TESTS += tests/integration/test_imap_keywords.py
 EXTRA_DIST += tests/integration/test_imap_keywords.py
+TESTS += tests/integration/test_imap_dovecot.py
+EXTRA_DIST += tests/integration/test_imap_dovecot.py tests/integration/imapdiff.py
