@@ -67,6 +67,10 @@ struct engine_in {
 	size_t  nrcpts;
 	const char *auth_user;
 	bool    tls;
+	/* symbols the session found before the message (PREGREET), scored
+	 * with the rest */
+	const struct symbol *early;
+	size_t  nearly;
 };
 /* BLOCKING (pool thread): run the data filters on the message bytes */
 void engine_run(struct engine *, const char *msg, size_t len, const struct engine_in *,
