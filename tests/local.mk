@@ -99,3 +99,11 @@ TESTS += tests/unit/test_rules tests/integration/test_rules_cli.py
 EXTRA_DIST += tests/integration/test_rules_cli.py rules
 TESTS += tests/integration/test_quarantine_cli.py
 EXTRA_DIST += tests/integration/test_quarantine_cli.py
+
+# ---- GeoIP, greylisting, early talkers (issue #4) ----
+check_PROGRAMS += tests/unit/test_geoip tests/unit/test_greylist
+tests_unit_test_geoip_LDADD = $(MOAT_LIBS)
+tests_unit_test_greylist_LDADD = $(MOAT_LIBS)
+TESTS += tests/unit/test_geoip tests/unit/test_greylist
+TESTS += tests/integration/test_geoip.py tests/integration/test_greylist.py tests/integration/test_pregreet.py
+EXTRA_DIST += tests/integration/test_geoip.py tests/integration/test_greylist.py tests/integration/test_pregreet.py
