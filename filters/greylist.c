@@ -14,9 +14,9 @@
  * seconds of the first attempt, passes and confirms the triplet; a
  * confirmed triplet passes at once for `allow_time` after its last use.
  * A network whose retries confirmed `auto_clients` triplets passes at once
- * for any triplet (postgrey's --auto-whitelist-clients).  The
- * database is purged of expired rows at most once an hour, by whichever
- * check comes first (it already runs in a pool thread).
+ * for any triplet (postgrey's --auto-whitelist-clients).  Expired rows
+ * are purged by a separate pool job, at most once an hour
+ * (greylist_purge_due), so no client waits for it.
  */
 #include "config.h"
 #include "greylist.h"
@@ -390,7 +390,6 @@ greylist_check(const char *dbpath, const struct greylist_params *p, const char *
     const char *sender, const char *rcpt, time_t now, struct greylist_result *res, char **err)
 {
 	struct gl_db *g;
-	long long last;
 
 	memset(res, 0, sizeof(*res));
 	res->action = GL_ERROR;
@@ -410,17 +409,14 @@ greylist_check(const char *dbpath, const struct greylist_params *p, const char *
 		res->action = GL_ERROR;
 		return -1;
 	}
-	/* the hourly purge: the first thread to claim it does it */
-	last = atomic_load(&gl_last_purge);
-	if ((long long)now - last >= GL_PURGE_INTERVAL &&
-	    atomic_compare_exchange_strong(&gl_last_purge, &last, (long long)now)) {
-		char *perr = NULL;
-		res->purged = gl_purge(g, p, now, &perr);
-		if (res->purged < 0) {
-			log_warnx("event=greylist-purge error=\"%s\"", esc(perr));
-			free(perr);
-			res->purged = 0;
-		}
-	}
 	return 0;
+}
+
+bool
+greylist_purge_due(time_t now)
+{
+	long long last = atomic_load(&gl_last_purge);
+
+	return (long long)now - last >= GL_PURGE_INTERVAL &&
+	    atomic_compare_exchange_strong(&gl_last_purge, &last, (long long)now);
 }

@@ -33,7 +33,6 @@ struct greylist_result {
 	enum greylist_action action;
 	long long retry;        /* GL_DEFER: seconds until a retry passes */
 	bool    client;         /* GL_ALLOW: because the network is auto-allowed */
-	long long purged;       /* rows purged by this call (a purge runs at most hourly) */
 };
 
 /* the greylisting network of a client: "192.0.2.0/24", "2001:db8:1:2::/64"
@@ -48,6 +47,9 @@ void greylist_sender(const char *sender, const char *delim, char *out, size_t ou
  * (malloc'ed) and res->action GL_ERROR */
 int  greylist_check(const char *dbpath, const struct greylist_params *, const char *net,
     const char *sender, const char *rcpt, time_t now, struct greylist_result *res, char **err);
+/* true once an hour (the first caller claims the slot; any thread): time
+ * to submit a greylist_purge() job */
+bool greylist_purge_due(time_t now);
 /* BLOCKING: delete expired triplets and networks now; returns the number
  * of rows deleted, or -1 with *err */
 long long greylist_purge(const char *dbpath, const struct greylist_params *, time_t now,

@@ -1093,6 +1093,34 @@ struct gl_job {
 	char   *err;
 };
 
+/* the hourly purge of expired triplets: its own job, nobody waits for it */
+struct gl_purge {
+	char    dbpath[PATH_MAX];
+	struct greylist_params p;
+	long long deleted;
+	char   *err;
+};
+
+static void
+greylist_purge_work(void *arg)
+{
+	struct gl_purge *g = arg;
+	g->deleted = greylist_purge(g->dbpath, &g->p, time(NULL), &g->err);
+}
+
+static void
+greylist_purge_done(void *arg)
+{
+	struct gl_purge *g = arg;
+
+	if (g->deleted < 0)
+		log_warnx("event=greylist-purge error=\"%s\"", esc(g->err ? g->err : "?"));
+	else
+		log_info("event=greylist-purge deleted=%lld", g->deleted);
+	free(g->err);
+	free(g);
+}
+
 /* authenticated and allow-listed clients and messages are not greylisted */
 static bool
 greylist_wanted(const struct session *s)
@@ -1119,11 +1147,15 @@ greylist_done(void *arg)
 	if (j->res.action == GL_ERROR)
 		log_warnx("sid=%s event=greylist-error ip=%s error=\"%s\"", s->sid, s->ip,
 		    esc(j->err ? j->err : "?"));
-	if (j->res.purged > 0)
-		log_info("event=greylist-purge deleted=%lld", j->res.purged);
 	log_info("sid=%s qid=NOQUEUE event=greylist ip=%s net=%s from=<%s> to=<%s> action=%s%s",
 	    s->sid, s->ip, j->net, esc(s->env.sender), esc(j->addr), names[j->res.action],
 	    j->res.client ? " client=auto-allowed" : "");
+	if (greylist_purge_due(time(NULL))) {
+		struct gl_purge *g = xcalloc(1, sizeof(*g));
+		moat_strlcpy(g->dbpath, j->dbpath, sizeof(g->dbpath));
+		g->p = j->p;
+		pool_submit(W->pool, greylist_purge_work, greylist_purge_done, g);
+	}
 	if (s->dead) {
 		free(j->err);
 		free(j);

@@ -69,6 +69,7 @@ with Sink() as sink:
         t.ok(m.wait_log(r"event=greylist ip=127\.0\.0\.1 net=127\.0\.0\.0/24 from=<a@sender\.test> "
                         r"to=<x@relay\.test> action=defer") is not None, "deferral logged with ip, net, from, to")
         t.ok(os.path.exists(os.path.join(m.state, "greylist.db")), "state-dir/greylist.db created")
+        t.ok(m.wait_log(r"event=greylist-purge deleted=0") is not None, "the hourly purge ran once at start")
 
         # after the delay
         time.sleep(max(0, 2.3 - (time.time() - t0)))
