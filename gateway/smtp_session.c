@@ -1254,11 +1254,12 @@ static void
 pregreet_talker(struct session *s, struct evbuffer *in)
 {
 	char buf[64], l[200];
+	ev_ssize_t got;
 	size_t n;
 
 	if (s->pregreet)
 		return;                 /* already seen; the rest waits for the 220 */
-	ev_ssize_t got = evbuffer_copyout(in, buf, sizeof(buf));
+	got = evbuffer_copyout(in, buf, sizeof(buf));
 	n = got > 0 ? (size_t)got : 0;
 	log_info("sid=%s event=pregreet ip=%s after=%.3fs bytes=%zu action=%s data=\"%s\"", s->sid,
 	    s->ip, (now_ms() - s->started_ms) / 1000.0, evbuffer_get_length(in),
@@ -1916,7 +1917,8 @@ on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, i
 		reply(s, "220 %s %s", C()->hostname, C()->smtp_banner);
 	}
 	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
-	set_timeout(s);
+	if (s->state != S_PREGREET)     /* else the greeting timer bounds the wait */
+		set_timeout(s);
 }
 
 int

@@ -122,6 +122,11 @@ with Sink() as sink:
             d = sink.messages[1]["data"].decode("utf-8", "replace")
         t.ok("PREGREET" not in d.split("\r\n\r\n")[0], "has no PREGREET")
 
+# the wait is not cut short by a shorter smtp-timeout
+with Moat(extra="smtp-pregreet-wait 2s\nsmtp-timeout 1") as m:
+    waited, code = greet_time(m.port)
+    t.ok(code == 220 and waited >= 1.8, "a 2 s wait with smtp-timeout 1: still greeted (%.2fs, %s)" % (waited, code))
+
 # off by default: greeted at once, talking first is not checked
 with Moat() as m:
     waited, code = greet_time(m.port)
