@@ -6,11 +6,10 @@ verdicts; a polite client gets a normal session after the wait; loopback
 is not exempt, submission listeners and allow-listed clients are greeted
 at once; the wait is off by default."""
 import os
-import re
 import socket
 import time
 
-from moattest import TAP, Moat, Sink, SMTPConn, enhanced, free_port, wait_port
+from moattest import TAP, Moat, Sink, SMTPConn, enhanced, free_port
 
 t = TAP()
 MSG = b"From: a@sender.test\r\nTo: x@relay.test\r\nSubject: early\r\n\r\nhello\r\n"
