@@ -134,6 +134,20 @@ with Sink() as sink:
         t.eq(rcpt(m, "a@sender.test", "x@relay.test")[0], 250, "after a restart the triplet still passes")
         t.ok("event=greylist-error" not in m.log(), "no greylist database errors", m.log()[-2000:])
 
+# a database that cannot be opened: the recipient is accepted, the error logged
+with Sink() as sink:
+    m = Moat(domains={"relay.test": "relay smtp://127.0.0.1:%d" % sink.port}, extra="greylist yes",
+             start=False)
+    os.makedirs(os.path.join(m.state, "greylist.db"))      # a directory: never a database
+    with m:
+        m.start()
+        t.eq(rcpt(m, "a@sender.test", "x@relay.test")[0], 250,
+             "greylist database unusable: the recipient is accepted (greylisting fails open)")
+        t.ok(m.wait_log(r"event=greylist-error ip=127\.0\.0\.1 error=\"greylist: \S+greylist\.db") is not None,
+             "and the error is logged")
+        t.ok(m.wait_log(r"event=greylist .*action=error") is not None, "event=greylist action=error")
+        t.ok(m.proc.poll() is None, "moatd keeps running")
+
 # greylist off (the default): nothing is greylisted, no database
 with Sink() as sink, Moat(domains={"relay.test": "relay smtp://127.0.0.1:%d" % sink.port}) as m:
     t.eq(rcpt(m, "a@sender.test", "x@relay.test")[0], 250, "greylist no (default): accepted at once")
