@@ -2100,7 +2100,7 @@ smtp_drain(bool kick, void (*cb)(void *), void *arg)
 	for (s = kick ? sessions : NULL; s; s = next) {
 		next = s->next;
 		/* idle between transactions: tell it now; others finish first */
-		if ((s->state == S_INIT || s->state == S_HELO) &&
+		if ((s->state == S_INIT || s->state == S_HELO || s->state == S_PREGREET) &&
 		    evbuffer_get_length(bufferevent_get_input(s->bev)) == 0) {
 			reply(s, "421 4.3.2 %s Service shutting down", C()->hostname);
 			close_after(s);

@@ -6,6 +6,7 @@ verdicts; a polite client gets a normal session after the wait; loopback
 is not exempt, submission listeners and allow-listed clients are greeted
 at once; the wait is off by default."""
 import os
+import signal
 import socket
 import time
 
@@ -92,6 +93,16 @@ with Sink() as sink:
         time.sleep(2.5)
         t.ok(m.wait_log(r"event=disconnect ip=127\.0\.0\.11 ") is not None, "a client leaving during the wait is cleaned up")
         t.ok(m.proc.poll() is None, "moatd is still running")
+
+        # shutdown during the wait: told at once, not after the wait
+        with SMTPConn(m.port, timeout=10, greet=False, source="127.0.0.12") as c:
+            time.sleep(0.3)
+            t0 = time.time()
+            m.proc.send_signal(signal.SIGTERM)
+            code, text, _ = c.reply()
+            took = time.time() - t0
+            t.ok(code == 421 and took < 1.5, "shutdown during the wait: 421 at once (%.2fs)" % took, text)
+        t.eq(m.stop(), 0, "moatd stops cleanly")
 
 # smtp-pregreet-action score: served after the wait, PREGREET in the verdict
 with Sink() as sink:
