@@ -237,6 +237,12 @@ v4:
 	return (size_t)snprintf(out, outsz, "%s/24", a) < outsz;
 }
 
+static bool
+gl_wordch(char c)
+{
+	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+}
+
 void
 greylist_sender(const char *sender, const char *delim, char *out, size_t outsz)
 {
@@ -263,11 +269,26 @@ greylist_sender(const char *sender, const char *delim, char *out, size_t outsz)
 		if (d && d > lp)
 			end = d;
 	}
+	/* SRS0=HASH=TT=domain=local: the hash and the timestamp change daily */
+	if (end - lp > 5 && !ascii_strncasecmp(lp, "SRS0=", 5)) {
+		const char *h = memchr(lp + 5, '=', (size_t)(end - lp - 5));
+		const char *ts = h ? memchr(h + 1, '=', (size_t)(end - h - 1)) : NULL;
+		if (ts && outsz > 10) {
+			memcpy(out, "srs0=#=#", 8);
+			o = 8;
+			lp = ts;
+		}
+	}
+	/* postgrey's s/\b\d+\b/#/: a run of digits that stands alone (VERP
+	 * bounce addresses number every message); "john1990" stays */
 	for (const char *p = lp; p < end && o + 1 < outsz; p++) {
-		if (*p >= '0' && *p <= '9') {
-			while (p + 1 < end && p[1] >= '0' && p[1] <= '9')
-				p++;
+		bool word_before = p > lp && gl_wordch(p[-1]);
+		const char *q = p;
+		while (q < end && *q >= '0' && *q <= '9')
+			q++;
+		if (q > p && !word_before && (q == end || !gl_wordch(*q))) {
 			out[o++] = '#';
+			p = q - 1;
 		} else
 			out[o++] = *p;
 	}

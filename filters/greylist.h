@@ -39,8 +39,9 @@ struct greylist_result {
  * (v4-mapped v6 counts as v4); false if sa is neither v4 nor v6 */
 bool greylist_net(const struct sockaddr *sa, char *out, size_t outsz);
 /* the sender as stored: lowercase, "+ext" removed with the recipient
- * delimiter, BATV (prvs=TAG=) removed, digit runs of the local part made
- * "#" (VERP and SRS bounce addresses change on every message) */
+ * delimiter, BATV (prvs=TAG=) removed, SRS0 hash and timestamp folded,
+ * digit runs that stand alone in the local part made "#" (postgrey's
+ * s/\b\d+\b/#/: VERP bounce addresses change with every message) */
 void greylist_sender(const char *sender, const char *delim, char *out, size_t outsz);
 
 /* BLOCKING: decide for one triplet at time now; 0, or -1 with *err

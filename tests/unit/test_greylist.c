@@ -74,6 +74,12 @@ main(void)
 	is_str(snd("Alice@Example.NET"), "alice@example.net", "sender lowercased");
 	is_str(snd("alice+news@example.net"), "alice@example.net", "sender +extension removed");
 	is_str(snd("bounce-12345-678@list.example"), "bounce-#-#@list.example", "VERP digits folded");
+	is_str(snd("owner-list=5517@list.example"), "owner-list=#@list.example", "digits after = folded");
+	is_str(snd("john1990@example.org"), "john1990@example.org", "digits inside a word stay");
+	is_str(snd("12345@example.org"), "#@example.org", "an all-digit local part is folded");
+	is_str(snd("SRS0=HHH7=T2=example.com=bob@fwd.example"), "srs0=#=#=example.com=bob@fwd.example",
+	    "SRS0 hash and timestamp folded");
+	is_str(snd("SRS0=broken@fwd.example"), "srs0=broken@fwd.example", "a malformed SRS0 stays");
 	is_str(snd("prvs=1234abcd=bob@example.org"), "bob@example.org", "BATV tag removed");
 	is_str(snd(""), "", "null sender stays empty");
 	is_str(snd("+x@example.org"), "+x@example.org", "a local part that is only an extension stays");
