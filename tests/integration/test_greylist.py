@@ -43,10 +43,11 @@ with Sink() as sink:
         f.write("sender friend@trusted.test\nip 127.0.9.9\n")
     with open(os.path.join(ldir, "block"), "w") as f:
         f.write("")
-    psub = free_port()
+    psub, p6 = free_port(), free_port()
     m.write_conf(extra="\n".join([
         "greylist yes", "greylist-delay 2s", "lists %s" % ldir,
         "listen submission 127.0.0.1:%d" % psub, "auth-allow-plaintext yes",
+        "listen smtp [::1]:%d" % p6,
     ]))
     with m:
         m.cli("user", "add", USER, input=PW + "\n", check=True)
@@ -96,6 +97,15 @@ with Sink() as sink:
              "from another /24 the triplet is new: 450")
         t.eq(rcpt(m, "a@sender.test", "x@relay.test", src="127.0.0.77")[0], 250,
              "from the same /24 it passes")
+
+        # IPv6: the network is the /64
+        with SMTPConn(p6, host="::1", timeout=15) as c:
+            c.cmd("EHLO client.test")
+            c.cmd("MAIL FROM:<a@sender.test>")
+            code, text, _ = c.cmd("RCPT TO:<x@relay.test>")
+            t.ok(code == 450 and enhanced(text) == "4.7.1", "an IPv6 client is greylisted too", text)
+        t.ok(m.wait_log(r"event=greylist ip=::1 net=::/64 from=<a@sender\.test> to=<x@relay\.test> action=defer")
+             is not None, "keyed by its /64")
 
         # pipelining: the session stops reading during the decision and
         # answers every command in order
