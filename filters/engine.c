@@ -300,6 +300,8 @@ engine_run(struct engine *e, const char *msg, size_t len, const struct engine_in
 	uint64_t t0 = now_ms();
 
 	memset(v, 0, sizeof(*v));
+	for (size_t i = 0; in && i < in->nearly; i++)
+		verdict_add(v, in->early[i].name, in->early[i].score, in->early[i].reason);
 	if (e->av) {
 		char vir[128];
 		char *aerr = NULL;

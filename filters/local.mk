@@ -6,3 +6,4 @@ libmoat_a_SOURCES += filters/rules.c filters/rules.h
 libmoat_a_SOURCES += filters/engine.c filters/engine.h
 libmoat_a_SOURCES += filters/filter.h filters/dnsbl.c filters/helo.c filters/spf.c \
 	filters/dkim.c filters/dmarc.c filters/geoip.c
+libmoat_a_SOURCES += filters/greylist.c filters/greylist.h

@@ -99,6 +99,12 @@ static const struct setting settings[] = {
 	/* -- dkim.c, dmarc.c -- */
 
 	/* -- geoip.c, greylist.c -- */
+	{ "greylist",               CT_BOOL,     OFF(greylist), "no", 0, 0 },
+	{ "greylist-delay",         CT_DURATION, OFF(greylist_delay), "5m", 1, 21600 },
+	{ "greylist-expire",        CT_DURATION, OFF(greylist_expire), "2d", 43200, 2592000 },
+	{ "greylist-allow-time",    CT_DURATION, OFF(greylist_allow_time), "35d", 86400, 31536000 },
+	{ "greylist-auto-allow-clients", CT_INT, OFF(greylist_auto_clients), "5", 0, 1000000 },
+	{ "smtp-pregreet-wait",     CT_DURATION, OFF(smtp_pregreet_wait), "0", 0, 60 },
 
 	/* -- milter (#9) -- */
 
@@ -934,6 +940,39 @@ d_score(struct parser *p, int n, char **w)
 
 /* -- directive parsers: geoip.c, greylist.c -- */
 
+/* geoip PATH, geoip-asn PATH: the file must be readable now; its format
+ * is checked when the engine opens it (moatd -n does) */
+static void
+d_geoip(struct parser *p, int n, char **w)
+{
+	char **dst = !strcmp(w[0], "geoip") ? &p->c->geoip_path : &p->c->geoip_asn_path;
+
+	if (n != 2) {
+		perr(p, "%s: expected one path (a MaxMind DB file, .mmdb)", w[0]);
+		return;
+	}
+	if (*dst) {
+		perr(p, "%s: set twice", w[0]);
+		return;
+	}
+	if (access(w[1], R_OK) < 0) {
+		perr(p, "%s: cannot read %s: %s", w[0], esc(w[1]), strerror(errno));
+		return;
+	}
+	*dst = xstrdup(w[1]);
+}
+
+static void
+d_pregreet_action(struct parser *p, int n, char **w)
+{
+	if (n == 2 && !strcmp(w[1], "reject"))
+		p->c->smtp_pregreet_score = false;
+	else if (n == 2 && !strcmp(w[1], "score"))
+		p->c->smtp_pregreet_score = true;
+	else
+		perr(p, "smtp-pregreet-action: expected reject or score");
+}
+
 /* -- directive parsers: milter (#9) -- */
 
 /* -- directive parsers: operations (#10) -- */
@@ -949,6 +988,9 @@ static const struct {
 	/* -- dkim.c, dmarc.c -- */
 
 	/* -- geoip.c, greylist.c -- */
+	{ "geoip", d_geoip },
+	{ "geoip-asn", d_geoip },
+	{ "smtp-pregreet-action", d_pregreet_action },
 
 	/* -- milter (#9) -- */
 
@@ -1253,6 +1295,8 @@ conf_free(struct moat_conf *c)
 	/* -- free: dkim.c, dmarc.c -- */
 
 	/* -- free: geoip.c, greylist.c -- */
+	free(c->geoip_path);
+	free(c->geoip_asn_path);
 
 	/* -- free: milter (#9) -- */
 

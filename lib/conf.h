@@ -154,6 +154,15 @@ struct moat_conf {
 	/* network filters (#4) -- spf.c */
 	/* network filters (#4) -- dkim.c, dmarc.c */
 	/* network filters (#4) -- geoip.c, greylist.c */
+	char   *geoip_path;             /* "geoip PATH": Country or City mmdb; NULL = off */
+	char   *geoip_asn_path;         /* "geoip-asn PATH": ASN mmdb; NULL = off */
+	bool    greylist;               /* greylist at RCPT (default no) */
+	long long greylist_delay;       /* seconds before a retry passes */
+	long long greylist_expire;      /* an unconfirmed triplet waits this long for its retry */
+	long long greylist_allow_time;  /* a confirmed triplet passes this long after its last use */
+	long long greylist_auto_clients;/* networks passing this many triplets skip greylisting; 0 = off */
+	long long smtp_pregreet_wait;   /* seconds the 220 waits on smtp listeners; 0 = off */
+	bool    smtp_pregreet_score;    /* early talker: PREGREET symbol (else refused) */
 	/* milter (#9) */
 	/* operations (#10) */
 
