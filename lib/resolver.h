@@ -35,6 +35,8 @@ enum dns_status {
 #define DNS_T_AAAA  28
 #define DNS_T_SPF   99
 
+#define DNS_MAX_RR 64    /* records kept per answer */
+
 struct dns_answer {
 	enum dns_status status;
 	int     rcode;          /* DNS rcode as received, -1 on timeout/network */
@@ -56,6 +58,14 @@ void resolver_free(struct resolver *);
 /* BLOCKING: one lookup, bounded by the configured timeout.  Fills *a
  * (always: status says what happened); returns a->status. */
 enum dns_status resolver_query(struct resolver *, const char *name, int type, struct dns_answer *a);
+/* BLOCKING: n lookups at once (names[i] of type types[i] into out[i]),
+ * all bounded by ONE deadline, resolver-timeout from now: a batch costs
+ * one timeout at worst, however many queries are slow.  Every out[i] is
+ * filled (free each with dns_answer_free); a query still out at the
+ * deadline is DNS_TEMPFAIL "timeout".  Returns how many got an answer
+ * (OK, NXDOMAIN or NODATA). */
+size_t resolver_query_many(struct resolver *, const char *const *names, const int *types,
+    size_t n, struct dns_answer *out);
 void dns_answer_free(struct dns_answer *);
 /* counters for metrics: queries, failures (TEMPFAIL), timeouts */
 void resolver_stats(const struct resolver *, unsigned long long *queries,

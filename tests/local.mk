@@ -99,3 +99,10 @@ TESTS += tests/unit/test_rules tests/integration/test_rules_cli.py
 EXTRA_DIST += tests/integration/test_rules_cli.py rules
 TESTS += tests/integration/test_quarantine_cli.py
 EXTRA_DIST += tests/integration/test_quarantine_cli.py
+
+# ---- DNS: resolver, DNSBL/DNSWL/URIBL, HELO and FCrDNS (issue #4) ----
+check_PROGRAMS += tests/unit/test_resolver
+tests_unit_test_resolver_LDADD = $(MOAT_LIBS)
+TESTS += tests/unit/test_resolver
+TESTS += tests/integration/test_dnsbl.py tests/integration/test_helo.py
+EXTRA_DIST += tests/integration/test_dnsbl.py tests/integration/test_helo.py
