@@ -24,6 +24,14 @@ V6 = "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0"
 seq = [0]
 
 
+def stopped_clean(m):
+    """stop moatd; its log (workers' stderr) has no sanitizer report"""
+    rc = m.stop()
+    log = m.log()
+    t.ok(rc == 0 and "Sanitizer" not in log and "runtime error" not in log,
+         "moatd stops cleanly, no sanitizer report (rc %s)" % rc, log[-3000:])
+
+
 def msg(body="See you at noon.", subject="lunch"):
     return ("From: a@b.example\r\nTo: x@relay.test\r\nSubject: %s\r\nMessage-ID: <%d@b.example>\r\n"
             "Date: Mon, 23 Nov 2026 10:00:00 +0000\r\n\r\n%s\r\n" % (subject, time.time_ns(), body)).encode()
@@ -185,6 +193,7 @@ with DNSServer({}) as dns, Sink() as sink:
              "an answer outside 127.0.0.0/8 is ignored: DNSBL_WIDE_TEST_ERROR", syms)
         t.ok("DNSBL_SF_TEST_TEMPFAIL(0.00)" in syms, "SERVFAIL: DNSBL_SF_TEST_TEMPFAIL, score 0", syms)
         t.ok(m.wait_log(r"dnsbl event=list-error qid=\S+ zone=wide\.test") is not None, "a broken list is logged")
+        stopped_clean(m)
 
     # IPv6 client from ::1: the nibble name; `score` overrides a list's symbol
     p6 = free_port()
@@ -207,6 +216,7 @@ with DNSServer({}) as dns, Sink() as sink:
         code, text, snd = send(m, msg(), src=ip)
         act, score, syms = verdict(m, snd)
         t.ok("DNSBL_BL2_TEST(1.25)" in syms, "score DNSBL_BL2_TEST 1.25 overrides the list's score", syms)
+        stopped_clean(m)
 
     # URIBL: registered domains via the Public Suffix List, bare IP URLs
     with Moat(domains={"relay.test": "relay smtp://127.0.0.1:%d" % sink.port}, dns=dns,
@@ -243,6 +253,7 @@ with DNSServer({}) as dns, Sink() as sink:
         rep = arrived(sink, b"http://www.d30.test/").split("\r\n\r\n")[0]
         t.ok("URIBL_URIBL_TEST(7.00)" in syms and "d3.test=127.0.0.2" in rep and "d25.test" not in rep,
              "30 domains: the first 20 are looked up (d3 hits), d25 (listed too) is not", syms + rep[:900])
+        stopped_clean(m)
 
 # ---------------------------------------------------------------- a resolver that never answers
 with DNSServer({"*.to1.test": [["TIMEOUT"]], "*.to2.test": [["TIMEOUT"]], "*.to3.test": [["TIMEOUT"]],
@@ -263,6 +274,7 @@ with DNSServer({"*.to1.test": [["TIMEOUT"]], "*.to2.test": [["TIMEOUT"]], "*.to3
                  "*_TEMPFAIL symbols for the 5 DNSBLs and the URIBL, score 0", syms)
             t.ok(el < 4.0, "5 DNSBL zones + 2 URIBL lookups took %.2fs: one resolver-timeout (1s), not 7" % el)
         t.ok(sink.wait_messages(2, 20), "both delivered")
+        stopped_clean(m)
 
 # ---------------------------------------------------------------- config errors
 m = Moat(domains={}, start=False)
