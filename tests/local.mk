@@ -101,6 +101,10 @@ TESTS += tests/integration/test_quarantine_cli.py
 EXTRA_DIST += tests/integration/test_quarantine_cli.py
 TESTS += tests/integration/test_authres.py
 EXTRA_DIST += tests/integration/test_authres.py
+TESTS += tests/integration/test_domain_action.py
+EXTRA_DIST += tests/integration/test_domain_action.py
+TESTS += tests/integration/test_imap_junk.py
+EXTRA_DIST += tests/integration/test_imap_junk.py
 
 # ---- DNS: resolver, DNSBL/DNSWL/URIBL, HELO and FCrDNS (issue #4) ----
 check_PROGRAMS += tests/unit/test_resolver
