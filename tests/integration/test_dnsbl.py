@@ -247,6 +247,13 @@ with DNSServer({}) as dns, Sink() as sink:
         t.ok(code == 550 and "URIBL_MULTI_TEST(16.00)" in syms and "URIBL_URIBL_TEST" not in syms,
              "returns map on a URIBL (127.0.0.8=16); two hosts of one domain count once: rejected",
              "%s %s" % (code, syms))
+        hostile = ("http://%s.test/ http://exämple.com/ http://a..b.test/ http://.test/ http://co.uk/ "
+                   "http://[::1]/ http://999.1.1.1/ http://%s/" % ("a." * 120, "x" * 300))
+        code, text, snd = send(m, msg(hostile))
+        act, score, syms = verdict(m, snd)
+        t.ok(code == 250 and act == "accept" and "URIBL" not in syms,
+             "hostile URL hosts (long, 8-bit, empty labels, a bare public suffix): no lookup, no crash",
+             "%s %s" % (code, syms))
         urls = " ".join("http://www.d%d.test/" % i for i in range(1, 31))
         code, text, snd = send(m, msg(urls))
         act, score, syms = verdict(m, snd)
