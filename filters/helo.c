@@ -3,7 +3,7 @@
  *
  * Runs in: a pool thread at end of DATA (check() BLOCKS on DNS: one PTR
  * lookup, then one batch of at most HELO_RDNS_MAX_NAMES forward lookups,
- * each round bounded by resolver-timeout).  Input: the HELO argument
+ * both rounds together bounded by one resolver-timeout).  Input: the HELO argument
  * (untrusted, checked as bytes) and the PTR names (untrusted).
  *
  * Symbols (default scores, small as in rspamd's hfilter and SpamAssassin;
@@ -118,6 +118,8 @@ helo_fcrdns(struct resolver *r, const char *ip, char *name, size_t namesz, char 
 	size_t n = 0, alen;
 	int fam, type;
 	enum helo_rdns res;
+	/* PTR and forward lookups together: one resolver-timeout at worst */
+	uint64_t deadline = now_ms() + (uint64_t)resolver_timeout_ms(r);
 
 	if (namesz)
 		name[0] = '\0';
@@ -139,7 +141,12 @@ helo_fcrdns(struct resolver *r, const char *ip, char *name, size_t namesz, char 
 		snprintf(why, whysz, "no reverse name");
 		return HELO_RDNS_TEMPFAIL;
 	}
-	switch (resolver_query(r, rev, DNS_T_PTR, &ptr)) {
+	{
+		const char *pn[1] = { rev };
+		int pt[1] = { DNS_T_PTR };
+		resolver_query_many_by(r, pn, pt, 1, &ptr, deadline);
+	}
+	switch (ptr.status) {
 	case DNS_OK:
 		break;
 	case DNS_NXDOMAIN:
@@ -164,7 +171,7 @@ helo_fcrdns(struct resolver *r, const char *ip, char *name, size_t namesz, char 
 		dns_answer_free(&ptr);
 		return HELO_RDNS_NONE;
 	}
-	resolver_query_many(r, names, types, n, fwd);
+	resolver_query_many_by(r, names, types, n, fwd, deadline);
 	res = HELO_RDNS_MISMATCH;
 	for (size_t i = 0; i < n && res != HELO_RDNS_OK; i++) {
 		if (fwd[i].status == DNS_TEMPFAIL || fwd[i].status == DNS_PERMFAIL) {

@@ -19,7 +19,8 @@ enum helo_rdns { HELO_RDNS_OK, HELO_RDNS_NONE, HELO_RDNS_MISMATCH, HELO_RDNS_TEM
 #define HELO_RDNS_MAX_NAMES 5   /* PTR names checked forward */
 
 /* BLOCKING: FCrDNS for ip: its PTR names (at most HELO_RDNS_MAX_NAMES),
- * then A or AAAA of each in one batch; OK when one of them has ip, and
+ * then A or AAAA of each in one batch, all within one resolver-timeout;
+ * OK when one of them has ip, and
  * name gets that name.  why gets a detail for the other results. */
 enum helo_rdns helo_fcrdns(struct resolver *, const char *ip, char *name, size_t namesz,
     char *why, size_t whysz);

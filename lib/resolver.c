@@ -322,8 +322,8 @@ resolver_query(struct resolver *r, const char *name, int type, struct dns_answer
 }
 
 /*
- * All queries are submitted at once and share one deadline, now +
- * resolver-timeout.  At the deadline every query still out is cancelled;
+ * All queries are submitted at once and share one deadline (now +
+ * resolver-timeout, or the caller's).  At the deadline every query still out is cancelled;
  * one whose answer is already being delivered (ub_cancel fails) is waited
  * for, since its callback still refers to our slot.
  */
@@ -331,13 +331,33 @@ size_t
 resolver_query_many(struct resolver *r, const char *const *names, const int *types, size_t n,
     struct dns_answer *out)
 {
+	return resolver_query_many_by(r, names, types, n, out, now_ms() + (uint64_t)r->timeout_ms);
+}
+
+size_t
+resolver_query_many_by(struct resolver *r, const char *const *names, const int *types, size_t n,
+    struct dns_answer *out, uint64_t deadline_ms)
+{
 	struct batch b;
 	struct slot *q;
 	struct timespec dl;
 	size_t ok = 0;
+	uint64_t now = now_ms();
+	long long budget = deadline_ms > now ? (long long)(deadline_ms - now) : 0;
 
 	if (n == 0)
 		return 0;
+	if (budget <= 0) {
+		for (size_t i = 0; i < n; i++) {
+			memset(&out[i], 0, sizeof(out[i]));
+			out[i].type = types[i];
+			out[i].rcode = -1;
+			out[i].status = DNS_TEMPFAIL;
+			snprintf(out[i].why, sizeof(out[i].why), "no time left for the lookup");
+		}
+		atomic_fetch_add(&r->failures, n);
+		return 0;
+	}
 	q = xcalloc(n, sizeof(*q));
 	memset(&b, 0, sizeof(b));
 	pthread_mutex_init(&b.mu, NULL);
@@ -349,8 +369,8 @@ resolver_query_many(struct resolver *r, const char *const *names, const int *typ
 		pthread_condattr_destroy(&ca);
 	}
 	clock_gettime(CLOCK_MONOTONIC, &dl);
-	dl.tv_sec += r->timeout_ms / 1000;
-	dl.tv_nsec += (r->timeout_ms % 1000) * 1000000L;
+	dl.tv_sec += budget / 1000;
+	dl.tv_nsec += (budget % 1000) * 1000000L;
 	if (dl.tv_nsec >= 1000000000L) {
 		dl.tv_sec++;
 		dl.tv_nsec -= 1000000000L;
@@ -420,7 +440,7 @@ resolver_query_many(struct resolver *r, const char *const *names, const int *typ
 			continue;
 		if (q[i].err == -1 && q[i].res == NULL) {
 			out[i].status = DNS_TEMPFAIL;
-			snprintf(out[i].why, sizeof(out[i].why), "timeout after %lld ms", r->timeout_ms);
+			snprintf(out[i].why, sizeof(out[i].why), "timeout after %lld ms", budget);
 			atomic_fetch_add(&r->timeouts, 1);
 			atomic_fetch_add(&r->failures, 1);
 		} else
@@ -451,6 +471,12 @@ dns_answer_free(struct dns_answer *a)
 	a->len = NULL;
 	a->text = NULL;
 	a->n = 0;
+}
+
+long long
+resolver_timeout_ms(const struct resolver *r)
+{
+	return r->timeout_ms;
 }
 
 void

@@ -12,6 +12,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct moat_conf;
 struct resolver;
@@ -66,6 +67,14 @@ enum dns_status resolver_query(struct resolver *, const char *name, int type, st
  * (OK, NXDOMAIN or NODATA). */
 size_t resolver_query_many(struct resolver *, const char *const *names, const int *types,
     size_t n, struct dns_answer *out);
+/* the same with the caller's deadline (now_ms() clock, CLOCK_MONOTONIC):
+ * for a filter whose lookups depend on each other (PTR, then A) and that
+ * must still cost one resolver-timeout at worst.  With the deadline
+ * passed nothing is asked: every out[i] is DNS_TEMPFAIL. */
+size_t resolver_query_many_by(struct resolver *, const char *const *names, const int *types,
+    size_t n, struct dns_answer *out, uint64_t deadline_ms);
+/* resolver-timeout in milliseconds */
+long long resolver_timeout_ms(const struct resolver *);
 void dns_answer_free(struct dns_answer *);
 /* counters for metrics: queries, failures (TEMPFAIL), timeouts */
 void resolver_stats(const struct resolver *, unsigned long long *queries,

@@ -105,6 +105,7 @@ ZONE = {
     "other.good.test": [["A", "192.0.2.99"]],
     "0.1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa": [["PTR", "mail6.good.test"]],
     "mail6.good.test": [["AAAA", "2001:db8::10"]],
+    "13.2.0.192.in-addr.arpa": [["TIMEOUT"]],
 }
 for n in ["to"] + ["to%d" % i for i in range(1, 7)]:
     ZONE["%s.res.test" % n] = [["TIMEOUT"]]

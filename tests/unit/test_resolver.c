@@ -14,6 +14,7 @@
 #include "helo.h"
 #include "t.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -24,6 +25,14 @@ now(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static uint64_t
+mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
 static void
@@ -125,6 +134,15 @@ dns(const char *server)
 	    "FCrDNS over IPv6 (ip6.arpa, AAAA) %s", why);
 	is_str(name, "mail6.good.test", "verified v6 name");
 
+	{
+		/* a deadline already passed: nothing is asked */
+		const char *nm[1] = { "a.res.test" };
+		int ty[1] = { DNS_T_A };
+		is_int(resolver_query_many_by(r, nm, ty, 1, &a, mono_ms() - 1), 0, "deadline passed: nothing asked");
+		ok(a.status == DNS_TEMPFAIL && a.n == 0, "and the slot is TEMPFAIL (%s)", a.why);
+		dns_answer_free(&a);
+	}
+
 	/* the batch: answers and failures mixed, each slot filled */
 	{
 		const char *names[] = { "a.res.test", "nope.res.test", "a.res.test", "sf.res.test", "", "aaaa.res.test" };
@@ -163,6 +181,24 @@ dns(const char *server)
 		}
 		is_int(tf, 6, "all TEMPFAIL");
 	}
+	{
+		/* the caller's deadline, shorter than resolver-timeout */
+		const char *nm[2] = { "to1.res.test", "a.res.test" };
+		int ty[2] = { DNS_T_A, DNS_T_TXT };
+		t0 = now();
+		size_t got = resolver_query_many_by(r, nm, ty, 2, m, mono_ms() + 300);
+		dt = now() - t0;
+		ok(got == 1 && m[0].status == DNS_TEMPFAIL && m[1].status == DNS_OK,
+		    "resolver_query_many_by: the answer and a timeout at the caller's deadline");
+		ok(dt > 0.25 && dt < 0.8, "the caller's deadline (300 ms) applies, not resolver-timeout (%.2fs)", dt);
+		dns_answer_free(&m[0]);
+		dns_answer_free(&m[1]);
+	}
+	t0 = now();
+	is_int(helo_fcrdns(r, "192.0.2.13", name, sizeof(name), why, sizeof(why)), HELO_RDNS_TEMPFAIL,
+	    "FCrDNS: PTR lookup times out: TEMPFAIL (%s)", why);
+	dt = now() - t0;
+	ok(dt < 1.5, "within resolver-timeout (%.2fs)", dt);
 	{
 		unsigned long long q, f, to;
 		resolver_stats(r, &q, &f, &to);
