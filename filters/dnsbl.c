@@ -252,25 +252,22 @@ dnsbl_check(void *state, struct msg_ctx *x, struct verdict *v)
 		const struct dnsbl_list *l = &c->dnsbls[i];
 		char nm[300];
 		if (l->kind != DNSL_URI) {
-			if (!have_ip)
-				continue;
-			if ((size_t)snprintf(nm, sizeof(nm), "%s.%s", rev, l->zone) >= 254)
+			if (!have_ip || (size_t)snprintf(nm, sizeof(nm), "%s.%s", rev, l->zone) >= 254)
 				continue;
 			names[nq] = xstrdup(nm);
-			qdom[nq] = SIZE_MAX;
-		} else {
-			for (size_t d = 0; d < ndoms; d++) {
-				if ((size_t)snprintf(nm, sizeof(nm), "%s.%s", doms[d], l->zone) >= 254)
-					continue;
-				names[nq] = xstrdup(nm);
-				types[nq] = DNS_T_A;
-				qlist[nq] = i;
-				qdom[nq++] = d;
-			}
+			types[nq] = DNS_T_A;
+			qlist[nq] = i;
+			qdom[nq++] = SIZE_MAX;
 			continue;
 		}
-		types[nq] = DNS_T_A;
-		qlist[nq++] = i;
+		for (size_t d = 0; d < ndoms; d++) {
+			if ((size_t)snprintf(nm, sizeof(nm), "%s.%s", doms[d], l->zone) >= 254)
+				continue;       /* too long a name for DNS */
+			names[nq] = xstrdup(nm);
+			types[nq] = DNS_T_A;
+			qlist[nq] = i;
+			qdom[nq++] = d;
+		}
 	}
 	if (nq == 0)
 		goto out;
