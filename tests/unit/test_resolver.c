@@ -9,6 +9,7 @@
  * checked against it.
  */
 #include "config.h"
+#include "buf.h"
 #include "conf.h"
 #include "resolver.h"
 #include "helo.h"
@@ -82,6 +83,46 @@ helpers(void)
 	    helo_is_loopback("::ffff:127.0.0.1"), "loopback: 127/8, ::1, v4-mapped 127/8");
 	ok(!helo_is_loopback("192.0.2.1") && !helo_is_loopback("::2") && !helo_is_loopback("") &&
 	    !helo_is_loopback("x"), "not loopback");
+}
+
+/* the directives of the DNS filters as parsed */
+static void
+conf_checks(void)
+{
+	struct buf e = BUF_INIT;
+	struct moat_conf *c;
+	static const char base[] = "state-dir ./var\nlisten smtp 127.0.0.1:2525\n";
+	char text[1024];
+
+	snprintf(text, sizeof(text), "%sdnsbl Zen.Test. score 3 returns 127.0.0.2=4,127.0.0.3=-1 "
+	    "127.0.0.4=2.5\ndnswl wl.test score -2\nuribl u.test score 1.5\nhelo-checks no\n", base);
+	c = conf_load_string("t.conf", text, &e);
+	ok(c != NULL, "dnsbl, dnswl, uribl, helo-checks load %s", e.data ? e.data : "");
+	if (c) {
+		is_int(c->ndnsbls, 3, "three lists");
+		is_str(c->dnsbls[0].zone, "zen.test", "zone lowercased, trailing dot dropped");
+		ok(c->dnsbls[0].kind == DNSL_BL && c->dnsbls[1].kind == DNSL_WL &&
+		    c->dnsbls[2].kind == DNSL_URI, "kinds in order");
+		is_int(c->dnsbls[0].nrets, 3, "returns: comma and blank separated entries");
+		ok(c->dnsbls[0].nrets == 3 && c->dnsbls[0].rets[1].addr[3] == 3 &&
+		    c->dnsbls[0].rets[1].score == -1 && c->dnsbls[0].rets[2].score == 2.5,
+		    "returns: addresses and scores");
+		ok(c->dnsbls[0].score == 3 && c->dnsbls[1].score == -2 && c->dnsbls[2].score == 1.5,
+		    "list scores");
+		ok(!c->helo_checks, "helo-checks no");
+		conf_free(c);
+	}
+	buf_reset(&e);
+	c = conf_load_string("t.conf", base, &e);
+	ok(c && c->helo_checks && c->ndnsbls == 0, "defaults: helo-checks yes, no lists");
+	conf_free(c);
+	buf_reset(&e);
+	snprintf(text, sizeof(text), "%sdnsbl %0170d.test score 1\n", base, 0);
+	c = conf_load_string("t.conf", text, &e);
+	ok(c == NULL && e.data && strstr(e.data, "t.conf:3: dnsbl:") != NULL,
+	    "a zone too long for a v6 nibble name is refused with FILE:LINE (%s)", e.data ? e.data : "");
+	conf_free(c);
+	buf_free(&e);
 }
 
 static void
@@ -213,6 +254,7 @@ main(void)
 	const char *server = getenv("MOAT_TEST_DNS");
 
 	helpers();
+	conf_checks();
 	if (server && *server)
 		dns(server);
 	else
