@@ -93,6 +93,7 @@ static const struct setting settings[] = {
 	{ "resolver-timeout",       CT_DURATION, OFF(resolver_timeout), "5", 1, 60 },
 	{ "authserv-id",            CT_STRING,   OFF(authserv_id), NULL, 0, 0 },
 	/* -- dnsbl.c, helo.c -- */
+	{ "helo-checks",            CT_BOOL,     OFF(helo_checks), "yes", 0, 0 },
 
 	/* -- spf.c -- */
 
@@ -933,6 +934,122 @@ d_score(struct parser *p, int n, char **w)
 }
 
 /* -- directive parsers: dnsbl.c, helo.c -- */
+#define DNSL_MAX        64      /* dnsbl + dnswl + uribl lines */
+#define DNSL_MAX_RETS   32      /* returns entries per line */
+#define DNSL_MAX_ZONE   160     /* a v6 nibble name (72) + zone fits 253 */
+
+/* a DNS zone: letters, digits, '-', '_', dot-separated non-empty labels of
+ * at most 63; lowercased in place */
+static bool
+dnsl_zone_ok(char *z)
+{
+	size_t len = strlen(z), lab = 0;
+
+	if (len == 0 || len > DNSL_MAX_ZONE || z[0] == '.')
+		return false;
+	if (z[len - 1] == '.')
+		z[--len] = '\0';
+	for (char *q = z; *q; q++) {
+		if (*q >= 'A' && *q <= 'Z')
+			*q = (char)(*q - 'A' + 'a');
+		if (*q == '.') {
+			if (lab == 0)
+				return false;
+			lab = 0;
+			continue;
+		}
+		if (!((*q >= 'a' && *q <= 'z') || (*q >= '0' && *q <= '9') || *q == '-' || *q == '_'))
+			return false;
+		if (++lab > 63)
+			return false;
+	}
+	return lab > 0;
+}
+
+/* "dnsbl ZONE score N [returns 127.0.0.2=N,127.0.0.3=N ...]", same for
+ * dnswl and uribl; repeatable, one line per zone and kind */
+static void
+d_dnsl(struct parser *p, int n, char **w)
+{
+	struct moat_conf *c = p->c;
+	struct dnsbl_list l;
+	const char *kw = w[0];
+	char *end;
+	int a;
+
+	memset(&l, 0, sizeof(l));
+	l.kind = !strcmp(kw, "dnsbl") ? DNSL_BL : !strcmp(kw, "dnswl") ? DNSL_WL : DNSL_URI;
+	if (n < 4 || strcmp(w[2], "score")) {
+		perr(p, "%s: expected \"%s ZONE score N [returns 127.0.0.2=N,...]\"", kw, kw);
+		return;
+	}
+	if (!dnsl_zone_ok(w[1])) {
+		perr(p, "%s: \"%s\" is not a DNS zone (at most %d characters)", kw, esc(w[1]),
+		    DNSL_MAX_ZONE);
+		return;
+	}
+	l.score = strtod(w[3], &end);
+	if (*end || end == w[3] || l.score < -1000 || l.score > 1000) {
+		perr(p, "%s %s: score \"%s\" is not a number from -1000 to 1000", kw, w[1], esc(w[3]));
+		return;
+	}
+	for (size_t i = 0; i < c->ndnsbls; i++)
+		if (c->dnsbls[i].kind == l.kind && !strcmp(c->dnsbls[i].zone, w[1])) {
+			perr(p, "%s: %s is configured twice", kw, w[1]);
+			return;
+		}
+	if (c->ndnsbls >= DNSL_MAX) {
+		perr(p, "%s: too many lists (at most %d dnsbl, dnswl and uribl lines)", kw, DNSL_MAX);
+		return;
+	}
+	a = 4;
+	if (a < n && strcmp(w[a], "returns")) {
+		perr(p, "%s %s: unknown option \"%s\" (returns 127.0.0.2=N,...)", kw, w[1], esc(w[a]));
+		return;
+	}
+	if (a < n && a + 1 >= n) {
+		perr(p, "%s %s: returns needs ADDRESS=SCORE[,ADDRESS=SCORE...]", kw, w[1]);
+		return;
+	}
+	/* the words after "returns": comma and/or blank separated A=N */
+	for (a = 5; a < n; a++) {
+		char *tok, *save = NULL;
+		for (tok = strtok_r(w[a], ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+			char *eq = strchr(tok, '=');
+			struct in_addr in;
+			double v;
+			if (eq == NULL) {
+				perr(p, "%s %s: \"%s\" is not ADDRESS=SCORE", kw, w[1], esc(tok));
+				goto bad;
+			}
+			*eq = '\0';
+			if (inet_pton(AF_INET, tok, &in) != 1 || ((unsigned char *)&in)[0] != 127) {
+				perr(p, "%s %s: returns: \"%s\" is not an address in 127.0.0.0/8", kw, w[1],
+				    esc(tok));
+				goto bad;
+			}
+			v = strtod(eq + 1, &end);
+			if (*end || end == eq + 1 || v < -1000 || v > 1000) {
+				perr(p, "%s %s: returns %s: \"%s\" is not a number from -1000 to 1000", kw,
+				    w[1], tok, esc(eq + 1));
+				goto bad;
+			}
+			if (l.nrets >= DNSL_MAX_RETS) {
+				perr(p, "%s %s: returns: at most %d addresses", kw, w[1], DNSL_MAX_RETS);
+				goto bad;
+			}
+			l.rets = xreallocarray(l.rets, l.nrets + 1, sizeof(*l.rets));
+			memcpy(l.rets[l.nrets].addr, &in, 4);
+			l.rets[l.nrets++].score = v;
+		}
+	}
+	l.zone = xstrdup(w[1]);
+	c->dnsbls = xreallocarray(c->dnsbls, c->ndnsbls + 1, sizeof(*c->dnsbls));
+	c->dnsbls[c->ndnsbls++] = l;
+	return;
+bad:
+	free(l.rets);
+}
 
 /* -- directive parsers: spf.c -- */
 
@@ -982,6 +1099,9 @@ static const struct {
 	void (*fn)(struct parser *, int, char **);
 } directives[] = {
 	/* -- dnsbl.c, helo.c -- */
+	{ "dnsbl", d_dnsl },
+	{ "dnswl", d_dnsl },
+	{ "uribl", d_dnsl },
 
 	/* -- spf.c -- */
 
@@ -1289,6 +1409,11 @@ conf_free(struct moat_conf *c)
 		free(c->scores[i].symbol);
 	free(c->scores);
 	/* -- free: dnsbl.c, helo.c -- */
+	for (size_t i = 0; i < c->ndnsbls; i++) {
+		free(c->dnsbls[i].zone);
+		free(c->dnsbls[i].rets);
+	}
+	free(c->dnsbls);
 
 	/* -- free: spf.c -- */
 

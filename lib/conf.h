@@ -151,6 +151,18 @@ struct moat_conf {
 	} *scores;
 	size_t  nscores;
 	/* network filters (#4) -- dnsbl.c, helo.c */
+	struct dnsbl_list {             /* "dnsbl|dnswl|uribl ZONE score N [returns A=N,...]" */
+		enum { DNSL_BL, DNSL_WL, DNSL_URI } kind;
+		char   *zone;           /* lowercase, no trailing dot */
+		double  score;          /* any 127.0.0.x answer without a mapping */
+		struct dnsbl_ret {      /* returns 127.0.0.2=N */
+			unsigned char addr[4];
+			double  score;
+		} *rets;
+		size_t  nrets;
+	} *dnsbls;
+	size_t  ndnsbls;
+	bool    helo_checks;            /* HELO syntax and FCrDNS symbols (default yes) */
 	/* network filters (#4) -- spf.c */
 	/* network filters (#4) -- dkim.c, dmarc.c */
 	/* network filters (#4) -- geoip.c, greylist.c */

@@ -117,3 +117,10 @@ tests_unit_test_greylist_LDADD = $(MOAT_LIBS)
 TESTS += tests/unit/test_geoip tests/unit/test_greylist
 TESTS += tests/integration/test_geoip.py tests/integration/test_greylist.py tests/integration/test_pregreet.py
 EXTRA_DIST += tests/integration/test_geoip.py tests/integration/test_greylist.py tests/integration/test_pregreet.py
+
+# ---- DNS: resolver, DNSBL/DNSWL/URIBL, HELO and FCrDNS (issue #4) ----
+check_PROGRAMS += tests/unit/test_resolver
+tests_unit_test_resolver_LDADD = $(MOAT_LIBS)
+TESTS += tests/unit/test_resolver
+TESTS += tests/integration/test_dnsbl.py tests/integration/test_helo.py
+EXTRA_DIST += tests/integration/test_dnsbl.py tests/integration/test_helo.py
