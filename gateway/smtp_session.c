@@ -25,6 +25,8 @@
 #include "pool.h"
 #include "queue.h"
 #include "engine.h"
+#include "filter.h"
+#include "greylist.h"
 #include "lists.h"
 #include "qstore.h"
 #include "ratelimit.h"
@@ -62,6 +64,8 @@ enum sstate {
 	S_AUTH,         /* reading a SASL response line */
 	S_AUTH_WAIT,    /* a SASL step is in the pool (or the failure delay runs) */
 	S_CLOSING,      /* flushing the last reply */
+	S_GREYLIST,     /* a greylisting decision is in the pool (RCPT) */
+	S_PREGREET,     /* the 220 waits for smtp-pregreet-wait */
 };
 
 #define ST(s) (1u << (s))
@@ -93,7 +97,8 @@ struct session {
 	enum sasl_status sasl_st;
 	char   *auth_user;          /* authenticated identity */
 	int     auth_failures;
-	struct event *delay;        /* failure delay before 535 */
+	struct event *delay;        /* failure delay before 535; the delayed 220 */
+	bool    pregreet;           /* talked before the 220 (smtp-pregreet-action score) */
 
 	/* the transaction */
 	struct envelope env;
@@ -112,6 +117,10 @@ struct session {
 	size_t  header_bytes;
 	char    linehead[10];
 	size_t  lineheadlen;
+	struct buf hold;            /* the header field being received (see emit) */
+	const struct domain_conf *th_domain; /* the first recipient's: its thresholds apply */
+	enum { HOLD_PASS, HOLD_FIELD, HOLD_DROP } hold_mode;
+	bool    at_line_start;
 	int     nreceived;
 	bool    header_too_big;
 
@@ -237,6 +246,7 @@ reset_transaction(struct session *s)
 		s->w = NULL;
 	}
 	envelope_clear(&s->env);
+	s->th_domain = NULL;
 	xfree(s->rcvhdr);
 	s->msg_allow = false;
 	memset(&s->mp, 0, sizeof(s->mp));
@@ -368,6 +378,11 @@ cmd_helo(struct session *s, const struct smtp_command *c)
 }
 
 static bool sender_owned(struct session *, const char *);
+static bool greylist_wanted(const struct session *);
+static void greylist_submit(struct session *, const char *, const struct smtp_rcpt_params *,
+    const struct domain_conf *);
+static void rcpt_accept(struct session *, const char *, const struct smtp_rcpt_params *,
+    const struct domain_conf *);
 
 static void
 cmd_mail(struct session *s, const struct smtp_command *c)
@@ -469,6 +484,19 @@ cmd_rcpt(struct session *s, const struct smtp_command *c)
 		log_reject(s, "rcpt", addr, rbuf);
 		return;
 	}
+	/* one verdict per message: recipients whose domains have different
+	 * thresholds go in separate transactions (the client retries a 452
+	 * recipient at once, in its next transaction: RFC 5321 4.5.3.1.10) */
+	if (s->env.nrcpts > 0 && s->th_domain &&
+	    (s->th_domain->th_tag != d->th_tag || s->th_domain->th_quarantine != d->th_quarantine ||
+	    s->th_domain->th_reject != d->th_reject)) {
+		snprintf(rbuf, sizeof(rbuf),
+		    "452 4.5.3 <%s>: Recipient of another filter policy: send it in a separate transaction",
+		    addr);
+		reply(s, "%s", rbuf);
+		log_reject(s, "rcpt", addr, rbuf);
+		return;
+	}
 	if (d->deliver == DELIVER_STORE && d != C()->smarthost) {
 		struct users *u = worker_users();
 		int r = u ? users_exists(u, addr, C()->recipient_delimiter) : -1;
@@ -505,9 +533,103 @@ cmd_rcpt(struct session *s, const struct smtp_command *c)
 			reply(s, "250 2.1.5 Ok");
 			return;
 		}
-	envelope_add_rcpt(&s->env, addr, rp.orcpt, rp.notify);
+	if (greylist_wanted(s)) {
+		greylist_submit(s, addr, &rp, d);       /* it accepts or defers it */
+		return;
+	}
+	rcpt_accept(s, addr, &rp, d);
+}
+
+/* the recipient passed every check (the greylist too, if any) */
+static void
+rcpt_accept(struct session *s, const char *addr, const struct smtp_rcpt_params *rp,
+    const struct domain_conf *d)
+{
+	envelope_add_rcpt(&s->env, addr, rp->orcpt, rp->notify);
+	if (s->env.nrcpts == 1)
+		s->th_domain = d;
 	s->state = S_RCPT;
 	reply(s, "250 2.1.5 Ok");
+}
+
+/*
+ * Header fields dropped while receiving (docs/filter-engine.md): an
+ * Authentication-Results field that claims our authserv-id (RFC 8601 5:
+ * only we may write those) and, when the filters run, the X-Spam-* fields
+ * we write ourselves, so a sender cannot pre-label its own message.  The
+ * decision needs the field name and the start of its value: a field is held
+ * until it ends or HDR_HOLD_MAX bytes arrived, then written or dropped
+ * (the rest of a long field follows the same decision).
+ */
+#define HDR_HOLD_MAX 4096
+
+static bool
+drop_field(struct session *s, const char *f, size_t len)
+{
+	static const char *const ours[] = { "X-Spam-Flag", "X-Spam-Status", "X-Spam-Score",
+	    "X-Spam-Report", "X-Spam-Level" };
+	const char *colon = memchr(f, ':', len);
+	size_t nl;
+
+	if (colon == NULL)
+		return false;
+	nl = (size_t)(colon - f);
+	while (nl > 0 && (f[nl - 1] == ' ' || f[nl - 1] == '\t'))
+		nl--;
+	if (nl == 22 && !ascii_strncasecmp(f, "Authentication-Results", 22)) {
+		const char *id = C()->authserv_id ? C()->authserv_id : C()->hostname;
+		const char *p = colon + 1, *e = f + len;
+		int depth = 0;
+		/* skip CFWS: blanks, line folding, (comments) */
+		while (p < e) {
+			if (*p == '(')
+				depth++;
+			else if (*p == ')' && depth > 0)
+				depth--;
+			else if (depth == 0 && *p != ' ' && *p != '\t' && *p != '\r' && *p != '\n')
+				break;
+			p++;
+		}
+		const char *q = p;
+		while (q < e && *q != ';' && *q != ' ' && *q != '\t' && *q != '\r' && *q != '\n' && *q != '(')
+			q++;
+		return (size_t)(q - p) == strlen(id) && !ascii_strncasecmp(p, id, (size_t)(q - p));
+	}
+	if (W->engine && engine_active(W->engine))
+		for (size_t i = 0; i < ARRAY_SIZE(ours); i++)
+			if (nl == strlen(ours[i]) && !ascii_strncasecmp(f, ours[i], nl))
+				return true;
+	return false;
+}
+
+/* decide on the held field: write it (and what follows) or drop it */
+static void
+field_decide(struct session *s)
+{
+	if (drop_field(s, s->hold.data ? s->hold.data : "", s->hold.len)) {
+		char name[40];
+		size_t n = 0;
+		while (n < s->hold.len && n + 1 < sizeof(name) && s->hold.data[n] != ':')
+			name[n] = s->hold.data[n], n++;
+		name[n] = '\0';
+		log_info("sid=%s qid=%s event=header-removed ip=%s field=\"%s\"", s->sid, s->env.qid,
+		    s->ip, esc(name));
+		s->hold_mode = HOLD_DROP;
+	} else {
+		spool_write(s->w, s->hold.data, s->hold.len);
+		s->hold_mode = HOLD_PASS;
+	}
+	s->hold.len = 0;
+}
+
+/* the end of the header section, or of the message: settle the last field */
+static void
+field_flush(struct session *s)
+{
+	if (s->hold_mode == HOLD_FIELD && s->hold.len)
+		field_decide(s);
+	s->hold.len = 0;
+	s->hold_mode = HOLD_PASS;
 }
 
 /* message bytes from the DATA/BDAT reader: to the spool, and the header scan */
@@ -515,12 +637,31 @@ static void
 emit(void *arg, const char *p, size_t len)
 {
 	struct session *s = arg;
+	size_t i, from = 0;     /* p[from..i) not yet written, in HOLD_PASS */
 
-	spool_write(s->w, p, len);
-	if (!s->in_headers)
+	if (!s->in_headers) {
+		spool_write(s->w, p, len);
 		return;
-	for (size_t i = 0; i < len && s->in_headers; i++) {
+	}
+	for (i = 0; i < len && s->in_headers; i++) {
 		char ch = p[i];
+		if (s->at_line_start && ch != ' ' && ch != '\t') {
+			/* the previous field is complete */
+			if (s->hold_mode == HOLD_PASS && i > from)
+				spool_write(s->w, p + from, i - from);
+			field_flush(s);
+			from = i;
+			/* a new field (or the empty line: then pass-through) */
+			s->hold_mode = (ch == '\r' || ch == '\n') ? HOLD_PASS : HOLD_FIELD;
+		}
+		s->at_line_start = ch == '\n';
+		if (s->hold_mode == HOLD_FIELD) {
+			buf_add(&s->hold, &ch, 1);
+			if (s->hold.len >= HDR_HOLD_MAX)
+				field_decide(s);
+			from = i + 1;
+		} else if (s->hold_mode == HOLD_DROP)
+			from = i + 1;
 		if (++s->header_bytes > (size_t)C()->smtp_max_header_size)
 			s->header_too_big = true;
 		if (ch == '\n') {
@@ -533,6 +674,11 @@ emit(void *arg, const char *p, size_t len)
 		} else if (s->lineheadlen < sizeof(s->linehead))
 			s->linehead[s->lineheadlen++] = ch;
 	}
+	/* the rest of this chunk: written unless held or dropped */
+	if (s->hold_mode == HOLD_PASS && len > from)
+		spool_write(s->w, p + from, len - from);
+	else if (!s->in_headers && len > i)
+		spool_write(s->w, p + i, len - i);
 }
 
 static void
@@ -595,6 +741,9 @@ begin_message(struct session *s)
 	s->in_headers = true;
 	s->header_bytes = 0;
 	s->lineheadlen = 0;
+	s->hold.len = 0;
+	s->hold_mode = HOLD_PASS;
+	s->at_line_start = true;
 	s->nreceived = 0;
 	s->header_too_big = false;
 	return true;
@@ -1066,6 +1215,207 @@ dispatch(struct session *s, const char *line, size_t len)
 	}
 }
 
+/* ---- greylisting (RCPT): the decision is a pool job ---- */
+
+struct gl_job {
+	struct session *s;
+	enum sstate prev;           /* S_MAIL or S_RCPT, restored after */
+	char    addr[SMTP_PATH_MAX + 1];    /* the recipient as accepted */
+	struct smtp_rcpt_params rp;
+	const struct domain_conf *dom;      /* its domain (the worker's config) */
+	char    net[64];            /* the triplet */
+	char    sender[SMTP_PATH_MAX + 1];
+	char    rcpt[SMTP_PATH_MAX + 1];
+	struct greylist_params p;
+	char    dbpath[PATH_MAX];
+	struct greylist_result res;
+	char   *err;
+};
+
+/* the hourly purge of expired triplets: its own job, nobody waits for it */
+struct gl_purge {
+	char    dbpath[PATH_MAX];
+	struct greylist_params p;
+	long long deleted;
+	char   *err;
+};
+
+static void
+greylist_purge_work(void *arg)
+{
+	struct gl_purge *g = arg;
+	g->deleted = greylist_purge(g->dbpath, &g->p, time(NULL), &g->err);
+}
+
+static void
+greylist_purge_done(void *arg)
+{
+	struct gl_purge *g = arg;
+
+	if (g->deleted < 0)
+		log_warnx("event=greylist-purge error=\"%s\"", esc(g->err ? g->err : "?"));
+	else
+		log_info("event=greylist-purge deleted=%lld", g->deleted);
+	free(g->err);
+	free(g);
+}
+
+/* authenticated and allow-listed clients and messages are not greylisted */
+static bool
+greylist_wanted(const struct session *s)
+{
+	return C()->greylist && s->auth_user == NULL && !s->allowlisted && !s->msg_allow;
+}
+
+/* BLOCKING: SQLite */
+static void
+greylist_work(void *arg)
+{
+	struct gl_job *j = arg;
+	greylist_check(j->dbpath, &j->p, j->net, j->sender, j->rcpt, time(NULL), &j->res, &j->err);
+}
+
+static void
+greylist_done(void *arg)
+{
+	static const char *names[] = { "defer", "pass", "allow", "error" };
+	struct gl_job *j = arg;
+	struct session *s = j->s;
+
+	s->refs--;
+	if (j->res.action == GL_ERROR)
+		log_warnx("sid=%s event=greylist-error ip=%s error=\"%s\"", s->sid, s->ip,
+		    esc(j->err ? j->err : "?"));
+	log_info("sid=%s qid=NOQUEUE event=greylist ip=%s net=%s from=<%s> to=<%s> action=%s%s",
+	    s->sid, s->ip, j->net, esc(s->env.sender), esc(j->addr), names[j->res.action],
+	    j->res.client ? " client=auto-allowed" : "");
+	if (greylist_purge_due(time(NULL))) {
+		struct gl_purge *g = xcalloc(1, sizeof(*g));
+		moat_strlcpy(g->dbpath, j->dbpath, sizeof(g->dbpath));
+		g->p = j->p;
+		pool_submit(W->pool, greylist_purge_work, greylist_purge_done, g);
+	}
+	if (s->dead) {
+		free(j->err);
+		free(j);
+		if (s->refs == 0)
+			session_free(s);
+		return;
+	}
+	if (j->res.action == GL_DEFER) {
+		/* postgrey's code and wording; the delay counts from the first try */
+		reply(s, "450 4.7.1 <%s>: Recipient address rejected: Greylisted, try again in %lld seconds",
+		    j->addr, j->res.retry);
+		s->state = j->prev;
+	} else {
+		/* a database failure lets the mail in: greylisting is not worth a tempfail */
+		rcpt_accept(s, j->addr, &j->rp, j->dom);
+	}
+	free(j->err);
+	free(j);
+	bufferevent_enable(s->bev, EV_READ);
+	set_timeout(s);
+	session_process(s);         /* pipelined commands already buffered */
+}
+
+/* the recipient passed every other check: ask the greylist, reading
+ * nothing more until the answer (as at the end of data) */
+static void
+greylist_submit(struct session *s, const char *addr, const struct smtp_rcpt_params *rp,
+    const struct domain_conf *d)
+{
+	struct gl_job *j = xcalloc(1, sizeof(*j));
+
+	j->s = s;
+	j->prev = s->state;
+	moat_strlcpy(j->addr, addr, sizeof(j->addr));
+	j->rp = *rp;
+	j->dom = d;
+	if (!greylist_net((const struct sockaddr *)&s->ss, j->net, sizeof(j->net)))
+		moat_strlcpy(j->net, s->ip, sizeof(j->net));
+	greylist_sender(s->env.sender ? s->env.sender : "", C()->recipient_delimiter, j->sender,
+	    sizeof(j->sender));
+	moat_strlcpy(j->rcpt, addr, sizeof(j->rcpt));
+	ascii_lower(j->rcpt);
+	j->p.delay = C()->greylist_delay;
+	j->p.expire = C()->greylist_expire;
+	j->p.allow_time = C()->greylist_allow_time;
+	j->p.auto_clients = C()->greylist_auto_clients;
+	conf_path(C(), "greylist.db", j->dbpath, sizeof(j->dbpath));
+	s->state = S_GREYLIST;
+	bufferevent_disable(s->bev, EV_READ);
+	s->refs++;
+	pool_submit(W->pool, greylist_work, greylist_done, j);
+}
+
+/* ---- early talkers: the 220 waits smtp-pregreet-wait on smtp listeners ---- */
+
+static void
+pregreet_greet(evutil_socket_t fd, short ev, void *arg)
+{
+	struct session *s = arg;
+
+	event_free(s->delay);
+	s->delay = NULL;
+	if (W->draining) {
+		reply(s, "421 4.3.2 %s Service shutting down", C()->hostname);
+		close_after(s);
+		return;
+	}
+	s->state = S_INIT;
+	reply(s, "220 %s %s", C()->hostname, C()->smtp_banner);
+	bufferevent_enable(s->bev, EV_READ);
+	set_timeout(s);
+	session_process(s);         /* an early talker's commands (action score) */
+}
+
+/* true if the 220 is delayed (and the timer runs) */
+static bool
+pregreet_start(struct session *s)
+{
+	long long w = C()->smtp_pregreet_wait;
+	struct timeval tv = { (time_t)w, 0 };
+
+	/* MTAs on port 25 only: submission clients are users' programs, and
+	 * with implicit TLS the client speaks first by design */
+	if (w <= 0 || s->listen->kind != LISTEN_SMTP || s->listen->tls == TLS_IMPLICIT ||
+	    s->allowlisted)
+		return false;
+	if ((s->delay = evtimer_new(W->base, pregreet_greet, s)) == NULL)
+		return false;
+	evtimer_add(s->delay, &tv);
+	s->state = S_PREGREET;
+	return true;
+}
+
+/* input before the 220 */
+static void
+pregreet_talker(struct session *s, struct evbuffer *in)
+{
+	char buf[64], l[200];
+	ev_ssize_t got;
+	size_t n;
+
+	if (s->pregreet)
+		return;                 /* already seen; the rest waits for the 220 */
+	got = evbuffer_copyout(in, buf, sizeof(buf));
+	n = got > 0 ? (size_t)got : 0;
+	log_info("sid=%s event=pregreet ip=%s after=%.3fs bytes=%zu action=%s data=\"%s\"", s->sid,
+	    s->ip, (now_ms() - s->started_ms) / 1000.0, evbuffer_get_length(in),
+	    C()->smtp_pregreet_score ? "score" : "reject", log_esc(buf, n, l, sizeof(l)));
+	if (C()->smtp_pregreet_score) {
+		s->pregreet = true;
+		bufferevent_disable(s->bev, EV_READ);
+		return;
+	}
+	event_free(s->delay);
+	s->delay = NULL;
+	evbuffer_drain(in, evbuffer_get_length(in));
+	reply(s, "554 5.5.1 %s Error: SMTP protocol violation: talked before the greeting",
+	    C()->hostname);
+	close_after(s);
+}
+
 /* ---- end of message ---- */
 
 static void
@@ -1159,6 +1509,18 @@ filter_work(void *arg)
 		.helo = s->helo ? s->helo : "", .sender = s->env.sender ? s->env.sender : "",
 		.rcpts = rcpts, .nrcpts = s->env.nrcpts, .auth_user = s->auth_user, .tls = s->tls,
 	};
+	if (s->th_domain) {
+		in.th_set = true;
+		in.th_tag = s->th_domain->th_tag;
+		in.th_quarantine = s->th_domain->th_quarantine;
+		in.th_reject = s->th_domain->th_reject;
+	}
+	struct symbol pregreet = { "PREGREET", 0, "talked before the SMTP greeting" };
+	if (s->pregreet) {
+		pregreet.score = filter_score(C(), "PREGREET", 3.0);
+		in.early = &pregreet;
+		in.nearly = 1;
+	}
 	engine_run(W->engine, msg, (size_t)len, &in, &s->verdict);
 	free(rcpts);
 	if (s->verdict.action == VA_QUARANTINE) {
@@ -1321,6 +1683,9 @@ end_of_message(struct session *s)
 	const char *err = NULL;
 	unsigned f = s->dr.flags;
 	char why[128];
+
+	if (s->w)
+		field_flush(s);         /* a message that is all header */
 
 	if (f & SMTP_DATA_TOO_BIG)
 		err = "552 5.3.4 Error: message file too big";
@@ -1505,6 +1870,10 @@ session_process(struct session *s)
 		case S_COMMIT:
 		case S_CLOSING:
 		case S_AUTH_WAIT:
+		case S_GREYLIST:
+			return;
+		case S_PREGREET:
+			pregreet_talker(s, in);
 			return;
 		default:
 			progress = read_command(s, in);
@@ -1539,7 +1908,8 @@ session_write(struct bufferevent *bev, void *arg)
 		do_starttls(s);
 		return;
 	}
-	if (s->state != S_COMMIT && !(bufferevent_get_enabled(bev) & EV_READ)) {
+	if (s->state != S_COMMIT && s->state != S_GREYLIST && s->state != S_PREGREET &&
+	    !(bufferevent_get_enabled(bev) & EV_READ)) {
 		bufferevent_enable(bev, EV_READ);
 		session_process(s);
 	}
@@ -1567,14 +1937,14 @@ session_event(struct bufferevent *bev, short what, void *arg)
 	}
 	if (what & BEV_EVENT_TIMEOUT) {
 		log_info("sid=%s event=timeout ip=%s state=%d", s->sid, s->ip, (int)s->state);
-		if (s->state == S_COMMIT)
+		if (s->state == S_COMMIT || s->state == S_GREYLIST)
 			return;
 		reply(s, "421 4.4.2 %s Error: timeout exceeded", C()->hostname);
 		close_after(s);
 		return;
 	}
 	/* EOF or error: the client is gone */
-	if (s->state == S_COMMIT) {
+	if (s->state == S_COMMIT || s->state == S_GREYLIST) {
 		s->dead = true;
 		bufferevent_disable(bev, EV_READ | EV_WRITE);
 		return;
@@ -1612,6 +1982,7 @@ session_free(struct session *s)
 	free(s->sasl_in);
 	free(s->sasl_out);
 	free(s->auth_user);
+	buf_free(&s->hold);
 	free(s);
 	if (drain_cb && nsessions == 0) {
 		void (*cb)(void *) = drain_cb;
@@ -1690,10 +2061,13 @@ on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, i
 		return;
 	}
 	s->allowlisted = lists_match_ip(worker_lists(), LK_ALLOW, sa);
-	s->state = S_INIT;
-	reply(s, "220 %s %s", C()->hostname, C()->smtp_banner);
+	if (!pregreet_start(s)) {
+		s->state = S_INIT;
+		reply(s, "220 %s %s", C()->hostname, C()->smtp_banner);
+	}
 	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
-	set_timeout(s);
+	if (s->state != S_PREGREET)     /* else the greeting timer bounds the wait */
+		set_timeout(s);
 }
 
 int
@@ -1726,7 +2100,7 @@ smtp_drain(bool kick, void (*cb)(void *), void *arg)
 	for (s = kick ? sessions : NULL; s; s = next) {
 		next = s->next;
 		/* idle between transactions: tell it now; others finish first */
-		if ((s->state == S_INIT || s->state == S_HELO) &&
+		if ((s->state == S_INIT || s->state == S_HELO || s->state == S_PREGREET) &&
 		    evbuffer_get_length(bufferevent_get_input(s->bev)) == 0) {
 			reply(s, "421 4.3.2 %s Service shutting down", C()->hostname);
 			close_after(s);

@@ -82,6 +82,7 @@ static const struct setting settings[] = {
 	{ "auth-max-failures",      CT_INT,      OFF(auth_max_failures), "10", 1, 100000 },
 	{ "attachment-policy",      CT_BOOL,     OFF(attachment_policy), "yes", 0, 0 },
 	{ "bayes",                  CT_BOOL,     OFF(bayes), "yes", 0, 0 },
+	{ "store-spam-to-junk",     CT_BOOL,     OFF(store_junk), "yes", 0, 0 },
 	{ "lists",                  CT_STRING,   OFF(lists_dir), NULL, 0, 0 },
 	{ "quarantine-retention",   CT_DURATION, OFF(quarantine_retention), "30d", 0, 315360000 },
 	{ "quarantine-max-size",    CT_SIZE,     OFF(quarantine_max_size), "1G", 0, 1099511627776LL },
@@ -93,12 +94,19 @@ static const struct setting settings[] = {
 	{ "resolver-timeout",       CT_DURATION, OFF(resolver_timeout), "5", 1, 60 },
 	{ "authserv-id",            CT_STRING,   OFF(authserv_id), NULL, 0, 0 },
 	/* -- dnsbl.c, helo.c -- */
+	{ "helo-checks",            CT_BOOL,     OFF(helo_checks), "yes", 0, 0 },
 
 	/* -- spf.c -- */
 
 	/* -- dkim.c, dmarc.c -- */
 
 	/* -- geoip.c, greylist.c -- */
+	{ "greylist",               CT_BOOL,     OFF(greylist), "no", 0, 0 },
+	{ "greylist-delay",         CT_DURATION, OFF(greylist_delay), "5m", 1, 21600 },
+	{ "greylist-expire",        CT_DURATION, OFF(greylist_expire), "2d", 43200, 2592000 },
+	{ "greylist-allow-time",    CT_DURATION, OFF(greylist_allow_time), "35d", 86400, 31536000 },
+	{ "greylist-auto-allow-clients", CT_INT, OFF(greylist_auto_clients), "5", 0, 1000000 },
+	{ "smtp-pregreet-wait",     CT_DURATION, OFF(smtp_pregreet_wait), "0", 0, 60 },
 
 	/* -- milter (#9) -- */
 	{ "milter-subject-prefix",  CT_STRING,   OFF(milter_subject_prefix), NULL, 0, 0 },
@@ -106,9 +114,19 @@ static const struct setting settings[] = {
 
 };
 
+struct pending_action {                 /* "action X N domain D": resolved in finish() */
+	char   *domain;
+	int     which;                  /* 0 tag, 1 quarantine, 2 reject */
+	double  v;
+	const char *file;
+	int     line;
+};
+
 struct parser {
 	const char *file;
 	int         line;
+	struct pending_action *pa;
+	size_t      npa;
 	struct buf *errs;
 	int         nerr;
 	struct moat_conf *c;
@@ -827,9 +845,11 @@ d_action(struct parser *p, int n, char **w)
 {
 	char *end;
 	double v;
+	int which;
 
-	if (n != 3 || (strcmp(w[1], "tag") && strcmp(w[1], "quarantine") && strcmp(w[1], "reject"))) {
-		perr(p, "action: expected \"action tag|quarantine|reject SCORE\" (0 turns it off)");
+	if ((n != 3 && !(n >= 5 && !strcmp(w[3], "domain"))) ||
+	    (strcmp(w[1], "tag") && strcmp(w[1], "quarantine") && strcmp(w[1], "reject"))) {
+		perr(p, "action: expected \"action tag|quarantine|reject SCORE [domain NAME ...]\" (0 turns it off)");
 		return;
 	}
 	v = strtod(w[2], &end);
@@ -837,9 +857,17 @@ d_action(struct parser *p, int n, char **w)
 		perr(p, "action %s: \"%s\" is not a score from 0 to 1000", w[1], esc(w[2]));
 		return;
 	}
-	if (!strcmp(w[1], "tag")) p->c->action_tag = v;
-	else if (!strcmp(w[1], "quarantine")) p->c->action_quarantine = v;
-	else p->c->action_reject = v;
+	which = !strcmp(w[1], "tag") ? 0 : !strcmp(w[1], "quarantine") ? 1 : 2;
+	if (n == 3) {
+		if (which == 0) p->c->action_tag = v;
+		else if (which == 1) p->c->action_quarantine = v;
+		else p->c->action_reject = v;
+		return;
+	}
+	for (int i = 4; i < n; i++) {
+		p->pa = xreallocarray(p->pa, p->npa + 1, sizeof(*p->pa));
+		p->pa[p->npa++] = (struct pending_action){ xstrdup(w[i]), which, v, p->file, p->line };
+	}
 }
 
 static void
@@ -916,12 +944,161 @@ d_score(struct parser *p, int n, char **w)
 }
 
 /* -- directive parsers: dnsbl.c, helo.c -- */
+#define DNSL_MAX        64      /* dnsbl + dnswl + uribl lines */
+#define DNSL_MAX_RETS   32      /* returns entries per line */
+#define DNSL_MAX_ZONE   160     /* a v6 nibble name (72) + zone fits 253 */
+
+/* a DNS zone: letters, digits, '-', '_', dot-separated non-empty labels of
+ * at most 63; lowercased in place */
+static bool
+dnsl_zone_ok(char *z)
+{
+	size_t len = strlen(z), lab = 0;
+
+	if (len == 0 || len > DNSL_MAX_ZONE || z[0] == '.')
+		return false;
+	if (z[len - 1] == '.')
+		z[--len] = '\0';
+	for (char *q = z; *q; q++) {
+		if (*q >= 'A' && *q <= 'Z')
+			*q = (char)(*q - 'A' + 'a');
+		if (*q == '.') {
+			if (lab == 0)
+				return false;
+			lab = 0;
+			continue;
+		}
+		if (!((*q >= 'a' && *q <= 'z') || (*q >= '0' && *q <= '9') || *q == '-' || *q == '_'))
+			return false;
+		if (++lab > 63)
+			return false;
+	}
+	return lab > 0;
+}
+
+/* "dnsbl ZONE score N [returns 127.0.0.2=N,127.0.0.3=N ...]", same for
+ * dnswl and uribl; repeatable, one line per zone and kind */
+static void
+d_dnsl(struct parser *p, int n, char **w)
+{
+	struct moat_conf *c = p->c;
+	struct dnsbl_list l;
+	const char *kw = w[0];
+	char *end;
+	int a;
+
+	memset(&l, 0, sizeof(l));
+	l.kind = !strcmp(kw, "dnsbl") ? DNSL_BL : !strcmp(kw, "dnswl") ? DNSL_WL : DNSL_URI;
+	if (n < 4 || strcmp(w[2], "score")) {
+		perr(p, "%s: expected \"%s ZONE score N [returns 127.0.0.2=N,...]\"", kw, kw);
+		return;
+	}
+	if (!dnsl_zone_ok(w[1])) {
+		perr(p, "%s: \"%s\" is not a DNS zone (at most %d characters)", kw, esc(w[1]),
+		    DNSL_MAX_ZONE);
+		return;
+	}
+	l.score = strtod(w[3], &end);
+	if (*end || end == w[3] || l.score < -1000 || l.score > 1000) {
+		perr(p, "%s %s: score \"%s\" is not a number from -1000 to 1000", kw, w[1], esc(w[3]));
+		return;
+	}
+	for (size_t i = 0; i < c->ndnsbls; i++)
+		if (c->dnsbls[i].kind == l.kind && !strcmp(c->dnsbls[i].zone, w[1])) {
+			perr(p, "%s: %s is configured twice", kw, w[1]);
+			return;
+		}
+	if (c->ndnsbls >= DNSL_MAX) {
+		perr(p, "%s: too many lists (at most %d dnsbl, dnswl and uribl lines)", kw, DNSL_MAX);
+		return;
+	}
+	a = 4;
+	if (a < n && strcmp(w[a], "returns")) {
+		perr(p, "%s %s: unknown option \"%s\" (returns 127.0.0.2=N,...)", kw, w[1], esc(w[a]));
+		return;
+	}
+	if (a < n && a + 1 >= n) {
+		perr(p, "%s %s: returns needs ADDRESS=SCORE[,ADDRESS=SCORE...]", kw, w[1]);
+		return;
+	}
+	/* the words after "returns": comma and/or blank separated A=N */
+	for (a = 5; a < n; a++) {
+		char *tok, *save = NULL;
+		for (tok = strtok_r(w[a], ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+			char *eq = strchr(tok, '=');
+			struct in_addr in;
+			double v;
+			if (eq == NULL) {
+				perr(p, "%s %s: \"%s\" is not ADDRESS=SCORE", kw, w[1], esc(tok));
+				goto bad;
+			}
+			*eq = '\0';
+			if (inet_pton(AF_INET, tok, &in) != 1 || ((unsigned char *)&in)[0] != 127) {
+				perr(p, "%s %s: returns: \"%s\" is not an address in 127.0.0.0/8", kw, w[1],
+				    esc(tok));
+				goto bad;
+			}
+			v = strtod(eq + 1, &end);
+			if (*end || end == eq + 1 || v < -1000 || v > 1000) {
+				perr(p, "%s %s: returns %s: \"%s\" is not a number from -1000 to 1000", kw,
+				    w[1], tok, esc(eq + 1));
+				goto bad;
+			}
+			if (l.nrets >= DNSL_MAX_RETS) {
+				perr(p, "%s %s: returns: at most %d addresses", kw, w[1], DNSL_MAX_RETS);
+				goto bad;
+			}
+			l.rets = xreallocarray(l.rets, l.nrets + 1, sizeof(*l.rets));
+			memcpy(l.rets[l.nrets].addr, &in, 4);
+			l.rets[l.nrets++].score = v;
+		}
+	}
+	l.zone = xstrdup(w[1]);
+	c->dnsbls = xreallocarray(c->dnsbls, c->ndnsbls + 1, sizeof(*c->dnsbls));
+	c->dnsbls[c->ndnsbls++] = l;
+	return;
+bad:
+	free(l.rets);
+}
 
 /* -- directive parsers: spf.c -- */
 
 /* -- directive parsers: dkim.c, dmarc.c -- */
 
 /* -- directive parsers: geoip.c, greylist.c -- */
+
+/* geoip PATH, geoip-asn PATH: the file must be readable now; its format
+ * is checked when the engine opens it (moatd -n does) */
+static void
+d_geoip(struct parser *p, int n, char **w)
+{
+	char **dst = !strcmp(w[0], "geoip") ? &p->c->geoip_path : &p->c->geoip_asn_path;
+
+	if (n != 2) {
+		perr(p, "%s: expected one path (a MaxMind DB file, .mmdb)", w[0]);
+		return;
+	}
+	if (*dst) {
+		perr(p, "%s: set twice", w[0]);
+		return;
+	}
+	if (access(w[1], R_OK) < 0) {
+		perr(p, "%s: cannot read %s: %s", w[0], esc(w[1]), strerror(errno));
+		return;
+	}
+	*dst = xstrdup(w[1]);
+}
+
+static void
+d_pregreet_action(struct parser *p, int n, char **w)
+{
+	if (n == 2 && !strcmp(w[1], "reject"))
+		p->c->smtp_pregreet_score = false;
+	else if (n == 2 && !strcmp(w[1], "score"))
+		p->c->smtp_pregreet_score = true;
+	else
+		perr(p, "smtp-pregreet-action: expected reject or score");
+}
 
 /* -- directive parsers: milter (#9) -- */
 
@@ -1028,12 +1205,18 @@ static const struct {
 	void (*fn)(struct parser *, int, char **);
 } directives[] = {
 	/* -- dnsbl.c, helo.c -- */
+	{ "dnsbl", d_dnsl },
+	{ "dnswl", d_dnsl },
+	{ "uribl", d_dnsl },
 
 	/* -- spf.c -- */
 
 	/* -- dkim.c, dmarc.c -- */
 
 	/* -- geoip.c, greylist.c -- */
+	{ "geoip", d_geoip },
+	{ "geoip-asn", d_geoip },
+	{ "smtp-pregreet-action", d_pregreet_action },
 
 	/* -- milter (#9) -- */
 	{ "milter-reject-action", d_milter_reject_action },
@@ -1166,6 +1349,37 @@ finish(struct parser *p, struct moat_conf *c)
 	}
 	if (c->tls_min_version == 0)
 		c->tls_min_version = 0x0303;
+	/* per-domain thresholds: the global ones, then the overrides */
+	for (size_t i = 0; i < c->ndomains; i++) {
+		c->domains[i].th_tag = c->action_tag;
+		c->domains[i].th_quarantine = c->action_quarantine;
+		c->domains[i].th_reject = c->action_reject;
+	}
+	if (c->smarthost) {
+		c->smarthost->th_tag = c->action_tag;
+		c->smarthost->th_quarantine = c->action_quarantine;
+		c->smarthost->th_reject = c->action_reject;
+	}
+	for (size_t i = 0; i < p->npa; i++) {
+		struct pending_action *a = &p->pa[i];
+		struct domain_conf *d = (struct domain_conf *)conf_find_domain(c, a->domain);
+		if (d == NULL) {
+			buf_printf(p->errs, "%s:%d: action %s ... domain %s: not a domain of this gateway "
+			    "(add \"domain %s deliver ...\")\n", a->file, a->line,
+			    a->which == 0 ? "tag" : a->which == 1 ? "quarantine" : "reject", esc(a->domain),
+			    esc(a->domain));
+			p->nerr++;
+		} else if (a->which == 0)
+			d->th_tag = a->v;
+		else if (a->which == 1)
+			d->th_quarantine = a->v;
+		else
+			d->th_reject = a->v;
+		free(a->domain);
+	}
+	free(p->pa);
+	p->pa = NULL;
+	p->npa = 0;
 	if (c->recipient_delimiter && strlen(c->recipient_delimiter) > 1) {
 		buf_printf(p->errs, "%s: recipient-delimiter must be one character\n", p->file);
 		p->nerr++;
@@ -1302,12 +1516,19 @@ conf_free(struct moat_conf *c)
 		free(c->scores[i].symbol);
 	free(c->scores);
 	/* -- free: dnsbl.c, helo.c -- */
+	for (size_t i = 0; i < c->ndnsbls; i++) {
+		free(c->dnsbls[i].zone);
+		free(c->dnsbls[i].rets);
+	}
+	free(c->dnsbls);
 
 	/* -- free: spf.c -- */
 
 	/* -- free: dkim.c, dmarc.c -- */
 
 	/* -- free: geoip.c, greylist.c -- */
+	free(c->geoip_path);
+	free(c->geoip_asn_path);
 
 	/* -- free: milter (#9) -- */
 

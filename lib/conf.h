@@ -64,6 +64,9 @@ struct domain_conf {
 	char   *name;                   /* lowercase, no trailing dot */
 	enum deliver_kind deliver;
 	struct relay_dest relay;        /* DELIVER_RELAY */
+	/* the action thresholds for mail to this domain: the global ones,
+	 * or "action tag|quarantine|reject N domain NAME" */
+	double  th_tag, th_quarantine, th_reject;
 };
 
 struct cidr {
@@ -148,9 +151,30 @@ struct moat_conf {
 	} *scores;
 	size_t  nscores;
 	/* network filters (#4) -- dnsbl.c, helo.c */
+	struct dnsbl_list {             /* "dnsbl|dnswl|uribl ZONE score N [returns A=N,...]" */
+		enum { DNSL_BL, DNSL_WL, DNSL_URI } kind;
+		char   *zone;           /* lowercase, no trailing dot */
+		double  score;          /* any 127.0.0.x answer without a mapping */
+		struct dnsbl_ret {      /* returns 127.0.0.2=N */
+			unsigned char addr[4];
+			double  score;
+		} *rets;
+		size_t  nrets;
+	} *dnsbls;
+	size_t  ndnsbls;
+	bool    helo_checks;            /* HELO syntax and FCrDNS symbols (default yes) */
 	/* network filters (#4) -- spf.c */
 	/* network filters (#4) -- dkim.c, dmarc.c */
 	/* network filters (#4) -- geoip.c, greylist.c */
+	char   *geoip_path;             /* "geoip PATH": Country or City mmdb; NULL = off */
+	char   *geoip_asn_path;         /* "geoip-asn PATH": ASN mmdb; NULL = off */
+	bool    greylist;               /* greylist at RCPT (default no) */
+	long long greylist_delay;       /* seconds before a retry passes */
+	long long greylist_expire;      /* an unconfirmed triplet waits this long for its retry */
+	long long greylist_allow_time;  /* a confirmed triplet passes this long after its last use */
+	long long greylist_auto_clients;/* networks passing this many triplets skip greylisting; 0 = off */
+	long long smtp_pregreet_wait;   /* seconds the 220 waits on smtp listeners; 0 = off */
+	bool    smtp_pregreet_score;    /* early talker: PREGREET symbol (else refused) */
 	/* milter (#9) */
 	char   *milter_subject_prefix;  /* tag: prepended to Subject; NULL = none */
 	bool    milter_discard;         /* milter-reject-action discard */
@@ -177,6 +201,7 @@ struct moat_conf {
 	struct cidr *limit_exempt;      /* per-IP limits do not apply (default loopback) */
 	size_t  nlimit_exempt;
 	char   *recipient_delimiter;    /* "+" ; NULL/"" = none */
+	bool    store_junk;             /* tagged spam to the user's Junk folder */
 
 	/* queue and delivery */
 	long long queue_retry_min;      /* seconds */

@@ -20,6 +20,8 @@
  */
 #include "config.h"
 #include "imap.h"
+#include "engine.h"
+#include "bayes.h"
 #include "imap_parse.h"
 #include "buf.h"
 #include "conf.h"
@@ -65,6 +67,7 @@ struct fitem {
 	char  **fields;
 	size_t  nfields;
 	bool    partial;
+	bool    implicit;           /* FLAGS added because \Seen is set: only if it changes */
 	uint32_t poff, plen;
 	char   *name;               /* as echoed: "BODY[HEADER.FIELDS (FROM)]" */
 };
@@ -73,7 +76,7 @@ enum { F_FLAGS, F_UID, F_INTERNALDATE, F_SIZE, F_ENVELOPE, F_BODY, F_BODYSTRUCTU
 enum { S_ALL, S_HEADER, S_TEXT, S_FIELDS, S_FIELDS_NOT, S_MIME };
 
 /* search program */
-enum { Q_ALL, Q_FLAG, Q_NOFLAG, Q_NEW, Q_OLD, Q_HEADER, Q_BODY, Q_TEXT, Q_BEFORE, Q_ON, Q_SINCE,
+enum { Q_ALL, Q_KEYWORD, Q_UNKEYWORD, Q_FLAG, Q_NOFLAG, Q_NEW, Q_OLD, Q_HEADER, Q_BODY, Q_TEXT, Q_BEFORE, Q_ON, Q_SINCE,
 	Q_SENTBEFORE, Q_SENTON, Q_SENTSINCE, Q_LARGER, Q_SMALLER, Q_UID, Q_SEQ, Q_NOT, Q_OR, Q_AND, Q_NONE };
 struct query {
 	int     op;
@@ -99,6 +102,8 @@ struct job {
 	bool    setseen;
 	char    mode;
 	unsigned flags;
+	char  **kw;                 /* keyword names (STORE, APPEND, SEARCH) */
+	size_t  nkw;
 	bool    silent;
 	struct query q;
 	struct mbox *mb;            /* the session's, or a new one (SELECT) */
@@ -146,6 +151,8 @@ struct imap {
 	bool    readonly;
 	uint32_t *vuid;
 	unsigned *vflags;
+	unsigned kwsent;            /* keywords announced in FLAGS (bit mask) */
+	size_t  vrecent;            /* \Recent count last announced */
 	size_t  vn, vcap;
 	struct job *job;
 	struct event *timer;        /* IDLE polls, failed-login delays */
@@ -221,12 +228,12 @@ set_timeout(struct imap *s)
 /* ---- flags ---- */
 
 static void
-add_flags(struct buf *b, unsigned f)
+add_flags(struct buf *b, unsigned f, const struct mbox *mb)
 {
 	bool sp = false;
 	static const struct { unsigned f; const char *n; } names[] = {
-		{ MBOX_F_SEEN, "\\Seen" }, { MBOX_F_ANSWERED, "\\Answered" }, { MBOX_F_FLAGGED, "\\Flagged" },
-		{ MBOX_F_DELETED, "\\Deleted" }, { MBOX_F_DRAFT, "\\Draft" }, { MBOX_F_RECENT, "\\Recent" },
+		{ MBOX_F_ANSWERED, "\\Answered" }, { MBOX_F_FLAGGED, "\\Flagged" }, { MBOX_F_DELETED, "\\Deleted" },
+		{ MBOX_F_SEEN, "\\Seen" }, { MBOX_F_DRAFT, "\\Draft" }, { MBOX_F_RECENT, "\\Recent" },
 	};
 	buf_addc(b, '(');
 	for (size_t i = 0; i < ARRAY_SIZE(names); i++)
@@ -236,10 +243,46 @@ add_flags(struct buf *b, unsigned f)
 			buf_adds(b, names[i].n);
 			sp = true;
 		}
+	for (int k = 0; k < MBOX_KW_MAX; k++)
+		if ((f & MBOX_F_KW(k)) && mb && mb->kw[k]) {
+			if (sp)
+				buf_addc(b, ' ');
+			buf_adds(b, mb->kw[k]);
+			sp = true;
+		}
 	buf_addc(b, ')');
 }
 
-/* one flag name -> bit; 0 for a keyword (accepted, not kept); -1 bad */
+/* the keywords defined in a folder, as a bit mask */
+static unsigned
+kw_defined(const struct mbox *mb)
+{
+	unsigned m = 0;
+	for (int k = 0; mb && k < MBOX_KW_MAX; k++)
+		if (mb->kw[k])
+			m |= MBOX_F_KW(k);
+	return m;
+}
+
+/* "* FLAGS (...)" and PERMANENTFLAGS with the folder's keywords */
+static void
+flags_announce(struct buf *b, const struct mbox *mb, bool readonly)
+{
+	struct buf kw = BUF_INIT;
+	for (int k = 0; mb && k < MBOX_KW_MAX; k++)
+		if (mb->kw[k])
+			buf_printf(&kw, " %s", mb->kw[k]);
+	buf_printf(b, "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft%s)\r\n",
+	    kw.data ? kw.data : "");
+	if (readonly)
+		buf_adds(b, "* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n");
+	else
+		buf_printf(b, "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft%s \\*)] "
+		    "Flags permitted\r\n", kw.data ? kw.data : "");
+	buf_free(&kw);
+}
+
+/* one flag name -> bit; 0 for a keyword; -1 bad */
 static int
 flag_bit(const struct imap_arg *a)
 {
@@ -254,11 +297,29 @@ flag_bit(const struct imap_arg *a)
 			return (int)names[i].f;
 	if (a->len > 0 && a->s[0] == '\\')
 		return imap_arg_is(a, "\\Recent") ? 0 : -1;
+	/* a keyword: an atom without ] or wildcards (RFC 3501 flag-keyword) */
+	if (a->len == 0 || a->len >= MBOX_KW_LEN)
+		return -1;
+	for (size_t i = 0; i < a->len; i++)
+		if ((unsigned char)a->s[i] <= 0x20 || (unsigned char)a->s[i] >= 0x7f ||
+		    strchr("(){%*\"\\]", a->s[i]))
+			return -1;
 	return 0;
 }
 
+#define KW_PER_COMMAND 32
+
+static void
+kw_free(char **kw, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(kw[i]);
+	free(kw);
+}
+
+/* system flags into *out, keyword names into kw[] (at most KW_PER_COMMAND) */
 static bool
-parse_flags(const struct imap_arg *a, size_t n, unsigned *out)
+parse_flags(const struct imap_arg *a, size_t n, unsigned *out, char ***kw, size_t *nkw)
 {
 	*out = 0;
 	for (size_t i = 0; i < n; i++) {
@@ -266,8 +327,29 @@ parse_flags(const struct imap_arg *a, size_t n, unsigned *out)
 		if (b < 0)
 			return false;
 		*out |= (unsigned)b;
+		if (b == 0 && a[i].s[0] != '\\') {
+			if (*nkw >= KW_PER_COMMAND)
+				return false;
+			*kw = xreallocarray(*kw, *nkw + 1, sizeof(**kw));
+			(*kw)[(*nkw)++] = xstrndup(a[i].s, a[i].len);
+		}
 	}
 	return true;
+}
+
+/* keyword names -> bits of mb (creating them if create); false if a new
+ * keyword does not fit (26 per folder) */
+static bool
+kw_bits(struct mbox *mb, char **kw, size_t nkw, bool create, unsigned *bits)
+{
+	bool ok = true;
+	for (size_t i = 0; i < nkw; i++) {
+		unsigned b = mbox_keyword_bit(mb, kw[i], create);
+		if (b == 0 && create)
+			ok = false;
+		*bits |= b;
+	}
+	return ok;
 }
 
 /* ---- message text helpers (pool threads) ---- */
@@ -447,13 +529,28 @@ add_addr1(struct buf *b, const char *p, size_t len)
 	else
 		buf_adds(b, "NIL");
 	buf_adds(b, " NIL ");
-	if (at) {
+	/* a NIL host marks a group (RFC 3501 7.4.2): a broken address gets
+	 * placeholders instead, as Dovecot and UW-IMAP write them */
+	if (at && at > addr && addrl - (size_t)(at - addr) > 1) {
 		imap_add_string(b, addr, (size_t)(at - addr));
 		buf_addc(b, ' ');
 		imap_add_string(b, at + 1, addrl - (size_t)(at - addr) - 1);
+	} else if (at) {
+		if (at > addr)
+			imap_add_string(b, addr, (size_t)(at - addr));
+		else
+			buf_adds(b, "\"MISSING_MAILBOX\"");
+		buf_addc(b, ' ');
+		if (addrl - (size_t)(at - addr) > 1)
+			imap_add_string(b, at + 1, addrl - (size_t)(at - addr) - 1);
+		else
+			buf_adds(b, "\"MISSING_DOMAIN\"");
 	} else {
-		imap_add_string(b, addr, addrl);
-		buf_adds(b, " NIL");
+		if (addrl)
+			imap_add_string(b, addr, addrl);
+		else
+			buf_adds(b, "\"MISSING_MAILBOX\"");
+		buf_adds(b, " \"MISSING_DOMAIN\"");
 	}
 	buf_addc(b, ')');
 	buf_free(&nm);
@@ -463,7 +560,7 @@ static void
 add_addrlist(struct buf *b, const char *v, size_t len, bool present)
 {
 	size_t i = 0, st = 0, n = 0;
-	bool q = false;
+	bool q = false, ingroup = false;
 	int ang = 0, par = 0;
 
 	if (!present || len == 0) {
@@ -490,9 +587,19 @@ add_addrlist(struct buf *b, const char *v, size_t len, bool present)
 		else if (!q && !ang && !par && (c == ',' || c == ';')) {
 			const char *p = v + st;
 			size_t l = i - st;
-			/* "group: a@b" -> skip the group name */
+			/* "group: a@b, c@d;" -> (NIL NIL "group" NIL) a c (NIL NIL NIL NIL) */
 			const char *colon = memchr(p, ':', l);
 			if (colon && !memchr(p, '<', (size_t)(colon - p)) && !memchr(p, '"', (size_t)(colon - p))) {
+				const char *g = p;
+				size_t gl = (size_t)(colon - p);
+				trim(&g, &gl);
+				if (n < 1000) {
+					buf_adds(b, "(NIL NIL ");
+					imap_add_string(b, g, gl);
+					buf_adds(b, " NIL)");
+					n++;
+					ingroup = true;
+				}
 				l -= (size_t)(colon + 1 - p);
 				p = colon + 1;
 			}
@@ -500,6 +607,11 @@ add_addrlist(struct buf *b, const char *v, size_t len, bool present)
 			if (l > 0 && n < 1000) {
 				add_addr1(b, p, l);
 				n++;
+			}
+			if (c == ';' && ingroup && i < len && n < 1000) {
+				buf_adds(b, "(NIL NIL NIL NIL)");
+				n++;
+				ingroup = false;
 			}
 			st = i + 1;
 		}
@@ -689,19 +801,24 @@ mime_find(const struct part *root, const char *path)
 	return pt;
 }
 
+/*
+ * The parameters of a Content-Type or Content-Disposition value as a
+ * parenthesised list, names in lower case (as Dovecot writes them; they are
+ * case-insensitive), or NIL.  With want_charset (text/ parts), a missing
+ * charset is given as us-ascii, RFC 2045's default.
+ */
 static void
-add_ct_params(struct buf *b, const char *v, size_t vl)
+add_ct_params(struct buf *b, const char *v, size_t vl, bool want_charset)
 {
 	const char *semi = memchr(v, ';', vl);
 	size_t n = 0;
-	if (semi == NULL) {
-		buf_adds(b, "NIL");
-		return;
-	}
-	const char *p = semi + 1, *e = v + vl;
+	bool charset = false;
+	size_t open = b->len;
+
 	buf_addc(b, '(');
+	const char *p = semi ? semi + 1 : v + vl, *e = v + vl;
 	while (p < e && n < 50) {
-		while (p < e && (*p == ' ' || *p == '\t' || *p == ';'))
+		while (p < e && (*p == ' ' || *p == '\t' || *p == ';' || *p == '\r' || *p == '\n'))
 			p++;
 		const char *eq = memchr(p, '=', (size_t)(e - p));
 		if (eq == NULL)
@@ -726,19 +843,25 @@ add_ct_params(struct buf *b, const char *v, size_t vl)
 			nlen--;
 		if (n)
 			buf_addc(b, ' ');
-		struct buf up = BUF_INIT;
-		buf_add(&up, name, nlen);
-		for (size_t i = 0; i < up.len; i++)
-			up.data[i] = (char)toupper((unsigned char)up.data[i]);
-		imap_add_string(b, up.data ? up.data : "", up.len);
+		struct buf lo = BUF_INIT;
+		buf_add(&lo, name, nlen);
+		for (size_t i = 0; i < lo.len; i++)
+			lo.data[i] = (char)tolower((unsigned char)lo.data[i]);
+		if (lo.len == 7 && !memcmp(lo.data, "charset", 7))
+			charset = true;
+		imap_add_string(b, lo.data ? lo.data : "", lo.len);
 		buf_addc(b, ' ');
 		imap_add_string(b, val.data ? val.data : "", val.len);
-		buf_free(&up);
+		buf_free(&lo);
 		buf_free(&val);
 		n++;
 	}
+	if (want_charset && !charset) {
+		buf_printf(b, "%s\"charset\" \"us-ascii\"", n ? " " : "");
+		n++;
+	}
 	if (n == 0) {
-		b->len--;
+		b->len = open;
 		b->data[b->len] = '\0';
 		buf_adds(b, "NIL");
 		return;
@@ -746,27 +869,81 @@ add_ct_params(struct buf *b, const char *v, size_t vl)
 	buf_addc(b, ')');
 }
 
+/* body-fld-dsp: ("attachment" ("filename" "x.pdf")) or NIL */
+static void
+add_disposition(struct buf *b, const char *h, size_t hl)
+{
+	struct buf v = BUF_INIT;
+	if (!hdr_get(h, hl, "Content-Disposition", &v) || v.len == 0) {
+		buf_adds(b, "NIL");
+		buf_free(&v);
+		return;
+	}
+	size_t e = 0;
+	while (e < v.len && v.data[e] != ';' && !isspace((unsigned char)v.data[e]))
+		e++;
+	for (size_t i = 0; i < e; i++)
+		v.data[i] = (char)tolower((unsigned char)v.data[i]);
+	buf_addc(b, '(');
+	imap_add_string(b, v.data, e);
+	buf_addc(b, ' ');
+	add_ct_params(b, v.data, v.len, false);
+	buf_addc(b, ')');
+	buf_free(&v);
+}
+
+/* body-fld-lang and body-fld-loc */
+static void
+add_lang_loc(struct buf *b, const char *h, size_t hl)
+{
+	struct buf v = BUF_INIT;
+	if (hdr_get(h, hl, "Content-Language", &v) && v.len) {
+		/* one tag as a string, several as a list */
+		size_t n = 0;
+		struct buf l = BUF_INIT;
+		for (char *t = strtok(v.data, ", \t"); t && n < 20; t = strtok(NULL, ", \t"), n++) {
+			if (n)
+				buf_addc(&l, ' ');
+			imap_add_string(&l, t, strlen(t));
+		}
+		if (n == 1)
+			buf_add(b, l.data, l.len);
+		else if (n > 1)
+			buf_printf(b, "(%s)", l.data);
+		else
+			buf_adds(b, "NIL");
+		buf_free(&l);
+	} else
+		buf_adds(b, "NIL");
+	buf_addc(b, ' ');
+	if (hdr_get(h, hl, "Content-Location", &v) && v.len)
+		imap_add_string(b, v.data, v.len);
+	else
+		buf_adds(b, "NIL");
+	buf_free(&v);
+}
+
 static void
 add_type(struct buf *b, const char *v, size_t vl)
 {
-	/* "type/subtype" -> "TYPE" "SUBTYPE" */
+	/* "type/subtype" -> "type" "subtype" (lower case, as Dovecot) */
 	size_t e = 0;
 	while (e < vl && v[e] != ';' && !isspace((unsigned char)v[e]))
 		e++;
 	const char *slash = memchr(v, '/', e);
 	struct buf t = BUF_INIT;
-	if (slash == NULL) {
-		buf_adds(b, "\"TEXT\" \"PLAIN\"");
+	if (slash == NULL || slash == v || slash + 1 == v + e) {
+		buf_adds(b, "\"text\" \"plain\"");
 		return;
 	}
 	buf_add(&t, v, (size_t)(slash - v));
 	for (size_t i = 0; i < t.len; i++)
-		t.data[i] = (char)toupper((unsigned char)t.data[i]);
+		t.data[i] = (char)tolower((unsigned char)t.data[i]);
 	imap_add_string(b, t.data, t.len);
 	buf_reset(&t);
 	buf_add(&t, slash + 1, e - (size_t)(slash + 1 - v));
 	for (size_t i = 0; i < t.len; i++)
-		t.data[i] = (char)toupper((unsigned char)t.data[i]);
+		t.data[i] = (char)tolower((unsigned char)t.data[i]);
 	buf_addc(b, ' ');
 	imap_add_string(b, t.data ? t.data : "", t.len);
 	buf_free(&t);
@@ -784,34 +961,36 @@ add_bodystructure(struct buf *b, const char *p, const struct part *pt, bool ext)
 		for (size_t i = 0; i < pt->nkids; i++)
 			add_bodystructure(b, p, &pt->kids[i], ext);
 		if (pt->nkids == 0)
-			buf_adds(b, "(\"TEXT\" \"PLAIN\" NIL NIL NIL \"7BIT\" 0 0)");
+			buf_adds(b, "(\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 0 0)");
 		buf_addc(b, ' ');
 		const char *slash = memchr(ct.data, '/', ct.len);
 		size_t e = slash ? (size_t)(slash + 1 - ct.data) : ct.len;
 		struct buf sub = BUF_INIT;
 		while (e < ct.len && ct.data[e] != ';' && !isspace((unsigned char)ct.data[e]))
-			buf_addc(&sub, (char)toupper((unsigned char)ct.data[e++]));
-		imap_add_string(b, sub.data ? sub.data : "MIXED", sub.data ? sub.len : 5);
+			buf_addc(&sub, (char)tolower((unsigned char)ct.data[e++]));
+		imap_add_string(b, sub.data ? sub.data : "mixed", sub.data ? sub.len : 5);
 		buf_free(&sub);
 		if (ext) {
 			buf_addc(b, ' ');
-			add_ct_params(b, ct.data, ct.len);
-			buf_adds(b, " NIL NIL NIL");
+			add_ct_params(b, ct.data, ct.len, false);
+			buf_addc(b, ' ');
+			add_disposition(b, h, pt->hlen);
+			buf_addc(b, ' ');
+			add_lang_loc(b, h, pt->hlen);
 		}
 	} else {
 		size_t blen = pt->len - pt->hlen;
 		const char *body = p + pt->off + pt->hlen;
+		bool text = !hasct || ascii_prefix_ci(ct.data, ct.len, "text/");
 		if (hasct)
 			add_type(b, ct.data, ct.len);
 		else
-			buf_adds(b, "\"TEXT\" \"PLAIN\"");
+			buf_adds(b, "\"text\" \"plain\"");
 		buf_addc(b, ' ');
-		if (hasct && memchr(ct.data, ';', ct.len))
-			add_ct_params(b, ct.data, ct.len);
-		else if (!hasct)
-			buf_adds(b, "(\"CHARSET\" \"US-ASCII\")");
+		if (hasct)
+			add_ct_params(b, ct.data, ct.len, text);
 		else
-			buf_adds(b, "NIL");
+			buf_adds(b, "(\"charset\" \"us-ascii\")");
 		buf_addc(b, ' ');
 		if (hdr_get(h, pt->hlen, "Content-ID", &v))
 			imap_add_string(b, v.data, v.len);
@@ -823,14 +1002,13 @@ add_bodystructure(struct buf *b, const char *p, const struct part *pt, bool ext)
 		else
 			buf_adds(b, "NIL");
 		buf_addc(b, ' ');
-		if (hdr_get(h, pt->hlen, "Content-Transfer-Encoding", &v)) {
+		if (hdr_get(h, pt->hlen, "Content-Transfer-Encoding", &v) && v.len) {
 			for (size_t i = 0; i < v.len; i++)
-				v.data[i] = (char)toupper((unsigned char)v.data[i]);
+				v.data[i] = (char)tolower((unsigned char)v.data[i]);
 			imap_add_string(b, v.data, v.len);
 		} else
-			buf_adds(b, "\"7BIT\"");
+			buf_adds(b, "\"7bit\"");
 		buf_printf(b, " %zu", blen);
-		bool text = !hasct || ascii_prefix_ci(ct.data, ct.len, "text/");
 		if (pt->message && pt->nkids == 1) {
 			const struct part *k = &pt->kids[0];
 			buf_addc(b, ' ');
@@ -846,8 +1024,13 @@ add_bodystructure(struct buf *b, const char *p, const struct part *pt, bool ext)
 					lines++;
 			buf_printf(b, " %zu", lines);
 		}
-		if (ext)
-			buf_adds(b, " NIL NIL NIL NIL");
+		if (ext) {
+			/* body MD5 (not computed, as Dovecot), disposition, language, location */
+			buf_adds(b, " NIL ");
+			add_disposition(b, h, pt->hlen);
+			buf_addc(b, ' ');
+			add_lang_loc(b, h, pt->hlen);
+		}
 	}
 	buf_addc(b, ')');
 	buf_free(&ct);
@@ -966,9 +1149,10 @@ fetch_one(struct job *j, struct mbox_msg *mm, uint32_t seq)
 		}
 		to_crlf(raw.data ? raw.data : "", raw.len, &msg);
 	}
+	bool seen_now = false;
 	if (j->setseen && !(mm->flags & MBOX_F_SEEN) && !j->mb->readonly) {
 		uint32_t u = mm->uid;
-		(void)mbox_store(j->mb, &u, 1, '+', MBOX_F_SEEN, NULL);
+		seen_now = mbox_store(j->mb, &u, 1, '+', MBOX_F_SEEN, NULL) == 0;
 	}
 	buf_printf(b, "* %u FETCH (", seq);
 	if (j->uid) {
@@ -981,13 +1165,15 @@ fetch_one(struct job *j, struct mbox_msg *mm, uint32_t seq)
 		size_t ml = msg.len;
 		if (it->kind == F_UID && j->uid)
 			continue;
+		if (it->implicit && !seen_now)
+			continue;       /* \Seen was set already: the flags did not change */
 		if (sp)
 			buf_addc(b, ' ');
 		sp = true;
 		switch (it->kind) {
 		case F_FLAGS:
 			buf_adds(b, "FLAGS ");
-			add_flags(b, mm->flags);
+			add_flags(b, mm->flags, j->mb);
 			break;
 		case F_UID:
 			buf_printf(b, "UID %u", mm->uid);
@@ -1104,6 +1290,12 @@ query_eval(struct query *q, struct sctx *c)
 		return true;
 	case Q_NONE:
 		return false;
+	case Q_KEYWORD:
+	case Q_UNKEYWORD: {
+		unsigned b = mbox_keyword_bit(c->j->mb, q->value, false);
+		bool has = b != 0 && (c->m->flags & b) != 0;
+		return q->op == Q_KEYWORD ? has : !has;
+	}
 	case Q_FLAG:
 		return (c->m->flags & q->flag) != 0;
 	case Q_NOFLAG:
@@ -1125,8 +1317,10 @@ query_eval(struct query *q, struct sctx *c)
 	case Q_SENTBEFORE:
 	case Q_SENTON:
 	case Q_SENTSINCE: {
-		/* the Date: header's day; messages without one use the internal date */
-		time_t t = c->m->idate;
+		/* the Date: header's day; without a usable one the message was
+		 * "sent" at the epoch, as Dovecot and Cyrus treat it (SENTBEFORE
+		 * matches, SENTSINCE/SENTON do not) */
+		time_t t = 0;
 		p = sctx_hdr(c, &len);
 		if (hdr_get(p, len, "Date", &v)) {
 			const char *d = v.data;
@@ -1286,10 +1480,10 @@ query_parse(const struct imap_arg *a, size_t n, size_t *i, struct query *q, int 
 		return true;
 	}
 	if (imap_arg_is(k, "KEYWORD") || imap_arg_is(k, "UNKEYWORD")) {
-		if (*i >= n)
+		if (*i >= n || flag_bit(&a[*i]) != 0)
 			return false;
-		(*i)++;
-		q->op = imap_arg_is(k, "KEYWORD") ? Q_NONE : Q_ALL;    /* no keywords are kept */
+		q->op = imap_arg_is(k, "KEYWORD") ? Q_KEYWORD : Q_UNKEYWORD;
+		q->value = imap_arg_str(&a[(*i)++]);
 		return true;
 	}
 	if (imap_arg_is(k, "LARGER") || imap_arg_is(k, "SMALLER")) {
@@ -1343,6 +1537,9 @@ job_free(struct job *j)
 	}
 	free(j->seqs);
 	free(j->uids);
+	for (size_t i = 0; i < j->nkw; i++)
+		free(j->kw[i]);
+	free(j->kw);
 	for (size_t i = 0; i < j->nitems; i++) {
 		for (size_t k = 0; k < j->items[i].nfields; k++)
 			free(j->items[i].fields[k]);
@@ -1391,6 +1588,46 @@ wild_match(const char *pat, const char *s)
 	return *s != '\0' && *pat == *s && wild_match(pat + 1, s + 1);
 }
 
+/*
+ * BLOCKING (pool): a message moved or copied into Junk is learned as spam,
+ * out of Junk (except into Trash) as ham, through the engine's Bayes
+ * (Dovecot's antispam plugin semantics).  The copies in dst are read: they
+ * are the same bytes.  Learning the same message twice is refused by the
+ * digest (BAYES_ALREADY); a relearn as the other class undoes the first.
+ */
+static void
+junk_train(struct imap *s, struct mbox *src, struct mbox *dst, const uint32_t *newuids, size_t n)
+{
+	const char *su = mbox_special_use(src->name), *du = mbox_special_use(dst->name);
+	bool sj = su && !strcmp(su, "\\Junk"), dj = du && !strcmp(du, "\\Junk");
+	bool dt = du && !strcmp(du, "\\Trash");
+	bool spam;
+	size_t learned = 0, already = 0, failed = 0;
+
+	if (W->engine == NULL || !W->conf->bayes || sj == dj || (sj && dt))
+		return;
+	spam = dj;
+	for (size_t i = 0; i < n; i++) {
+		struct mbox_msg *m;
+		struct buf raw = BUF_INIT;
+		if (newuids[i] == 0 || (m = mbox_find(dst, newuids[i])) == NULL)
+			continue;
+		if (mbox_msg_read(dst, m, &raw) < 0) {
+			failed++;
+			buf_free(&raw);
+			continue;
+		}
+		switch (engine_learn(W->engine, raw.data ? raw.data : "", raw.len, spam)) {
+		case BAYES_OK: learned++; break;
+		case BAYES_ALREADY: already++; break;
+		default: failed++; break;
+		}
+		buf_free(&raw);
+	}
+	log_info("imap event=junk-learn user=%s class=%s from=%s to=%s learned=%zu already=%zu failed=%zu",
+	    esc(s->user), spam ? "spam" : "ham", esc(src->name), esc(dst->name), learned, already, failed);
+}
+
 static void
 job_work(void *arg)
 {
@@ -1432,10 +1669,20 @@ job_work(void *arg)
 		}
 		break;
 	}
-	case J_STORE:
-		if (mbox_sync(j->mb, false, &err) < 0 || mbox_store(j->mb, j->uids, j->n, j->mode, j->flags, &err) < 0)
+	case J_STORE: {
+		unsigned bits = j->flags;
+		if (mbox_sync(j->mb, false, &err) < 0) {
+			jtext(j, 1, "[SERVERBUG] Cannot sync");
+			break;
+		}
+		if (!kw_bits(j->mb, j->kw, j->nkw, j->mode != '-', &bits)) {
+			jtext(j, 1, "[LIMIT] Too many keywords in this mailbox (26)");
+			break;
+		}
+		if (mbox_store(j->mb, j->uids, j->n, j->mode, bits, &err) < 0)
 			jtext(j, 1, "[SERVERBUG] Cannot store flags");
 		break;
+	}
 	case J_SEARCH: {
 		if (mbox_sync(j->mb, !j->mb->readonly, &err) < 0) {
 			jtext(j, 1, "[SERVERBUG] Cannot sync the mailbox");
@@ -1502,6 +1749,7 @@ job_work(void *arg)
 				jtext(j, 1, "[SERVERBUG] Copied but not removed");
 			free(sv);
 		}
+		junk_train(s, j->mb, dst, j->res, j->n);
 		mbox_close(dst);
 		break;
 	}
@@ -1557,12 +1805,20 @@ job_work(void *arg)
 			}
 			if (!match || (j->op == J_LSUB && !f[i].subscribed))
 				continue;
-			buf_printf(&j->out, "* %s (%s", j->op == J_LSUB ? "LSUB" : "LIST",
-			    f[i].children ? "\\HasChildren" : "\\HasNoChildren");
-			if (f[i].special)
-				buf_printf(&j->out, " %s", f[i].special);
+			/* LSUB: the RFC 3348 child attributes belong to LIST
+			 * (Dovecot leaves them out of LSUB too) */
+			bool sp = false;
+			buf_printf(&j->out, "* %s (", j->op == J_LSUB ? "LSUB" : "LIST");
+			if (j->op == J_LIST) {
+				buf_adds(&j->out, f[i].children ? "\\HasChildren" : "\\HasNoChildren");
+				sp = true;
+			}
+			if (f[i].special) {
+				buf_printf(&j->out, "%s%s", sp ? " " : "", f[i].special);
+				sp = true;
+			}
 			if (j->flags && f[i].subscribed)
-				buf_adds(&j->out, " \\Subscribed");
+				buf_printf(&j->out, "%s\\Subscribed", sp ? " " : "");
 			buf_adds(&j->out, ") \".\" ");
 			imap_add_string(&j->out, f[i].name, strlen(f[i].name));
 			buf_adds(&j->out, "\r\n");
@@ -1578,6 +1834,13 @@ job_work(void *arg)
 		if (mbox_get_status(s->root, j->a1, &st, &err) < 0) {
 			jtext(j, 1, "[NONEXISTENT] No such mailbox");
 			break;
+		}
+		if (s->mb && !strcmp(s->mb->name, mbox_is_inbox(j->a1) ? "INBOX" : j->a1)) {
+			/* the selected mailbox: its \Recent messages are this session's */
+			st.recent = 0;
+			for (size_t i = 0; i < s->vn; i++)
+				if (s->vflags[i] & MBOX_F_RECENT)
+					st.recent++;
 		}
 		unsigned long long vals[6] = { st.messages, st.recent, st.uidnext, st.uidvalidity, st.unseen, st.size };
 		bool sp = false;
@@ -1621,7 +1884,14 @@ job_work(void *arg)
 			jtext(j, 1, "[TRYCREATE] No such mailbox");
 			break;
 		}
-		if (mbox_append(dst, j->data, j->datalen, j->flags, j->date, &uid, &err) < 0) {
+		unsigned bits = j->flags;
+		if (!kw_bits(dst, j->kw, j->nkw, true, &bits)) {
+			jtext(j, 1, "[LIMIT] Too many keywords in this mailbox (26)");
+			if (own)
+				mbox_close(dst);
+			break;
+		}
+		if (mbox_append(dst, j->data, j->datalen, bits, j->date, &uid, &err) < 0) {
 			jtext(j, 1, "[SERVERBUG] Cannot append");
 		} else {
 			struct buf t = BUF_INIT;
@@ -1670,6 +1940,11 @@ reconcile(struct imap *s, bool expunge_ok)
 
 	if (mb == NULL)
 		return;
+	if (kw_defined(mb) != s->kwsent) {
+		/* keywords created (here or by another session): RFC 3501 7.2.6 */
+		flags_announce(&b, mb, s->readonly);
+		s->kwsent = kw_defined(mb);
+	}
 	if (expunge_ok) {
 		for (size_t i = s->vn; i-- > 0;) {
 			if (mbox_find(mb, s->vuid[i]) != NULL)
@@ -1686,7 +1961,7 @@ reconcile(struct imap *s, bool expunge_ok)
 			continue;
 		s->vflags[i] = m->flags;
 		buf_printf(&b, "* %zu FETCH (UID %u FLAGS ", i + 1, m->uid);
-		add_flags(&b, m->flags);
+		add_flags(&b, m->flags, mb);
 		buf_adds(&b, ")\r\n");
 	}
 	{
@@ -1696,12 +1971,16 @@ reconcile(struct imap *s, bool expunge_ok)
 			added++;
 		}
 	}
-	if (added) {
+	{
 		size_t recent = 0;
 		for (size_t i = 0; i < s->vn; i++)
 			if (s->vflags[i] & MBOX_F_RECENT)
 				recent++;
-		buf_printf(&b, "* %zu EXISTS\r\n* %zu RECENT\r\n", s->vn, recent);
+		if (added)
+			buf_printf(&b, "* %zu EXISTS\r\n* %zu RECENT\r\n", s->vn, recent);
+		else if (recent != s->vrecent)
+			buf_printf(&b, "* %zu RECENT\r\n", recent);
+		s->vrecent = recent;
 	}
 	if (b.len)
 		evbuffer_add(bufferevent_get_output(s->bev), b.data, b.len);
@@ -1806,11 +2085,16 @@ job_done(void *arg)
 				if (!unseen && !(s->mb->msgs[i].flags & MBOX_F_SEEN))
 					unseen = i + 1;
 			}
-			out(s, "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)");
-			out(s, "* OK [PERMANENTFLAGS (%s)] Flags permitted",
-			    s->readonly ? "" : "\\Answered \\Flagged \\Deleted \\Seen \\Draft");
+			{
+				struct buf fb = BUF_INIT;
+				flags_announce(&fb, s->mb, s->readonly);
+				evbuffer_add(bufferevent_get_output(s->bev), fb.data, fb.len);
+				buf_free(&fb);
+				s->kwsent = kw_defined(s->mb);
+			}
 			out(s, "* %zu EXISTS", s->vn);
 			out(s, "* %zu RECENT", recent);
+			s->vrecent = recent;
 			if (unseen)
 				out(s, "* OK [UNSEEN %zu] First unseen", unseen);
 			out(s, "* OK [UIDVALIDITY %u] UIDs valid", s->mb->uidvalidity);
@@ -1858,6 +2142,13 @@ job_done(void *arg)
 		tagged(s, j, j->uid ? "UID FETCH" : "FETCH");
 		break;
 	case J_STORE:
+		if (kw_defined(s->mb) != s->kwsent) {
+			struct buf fb = BUF_INIT;
+			flags_announce(&fb, s->mb, s->readonly);
+			evbuffer_add(o, fb.data, fb.len);
+			buf_free(&fb);
+			s->kwsent = kw_defined(s->mb);
+		}
 		for (size_t i = 0; i < j->n && j->result == 0; i++) {
 			struct mbox_msg *m = mbox_find(s->mb, j->uids[i]);
 			if (m == NULL)
@@ -1871,7 +2162,7 @@ job_done(void *arg)
 				if (j->uid)
 					buf_printf(&b, "UID %u ", m->uid);
 				buf_adds(&b, "FLAGS ");
-				add_flags(&b, m->flags);
+				add_flags(&b, m->flags, s->mb);
 				buf_adds(&b, ")\r\n");
 				evbuffer_add(o, b.data, b.len);
 				buf_free(&b);
@@ -2398,7 +2689,9 @@ parse_fitem(const struct imap_arg *a, struct job *j)
 		const char *rest = rb + 1, *end = a->s + a->len;
 		struct buf nm = BUF_INIT;
 		buf_adds(&nm, "BODY");
-		buf_add(&nm, lb, (size_t)(rb - lb + 1));
+		/* echoed in upper case, field names too (as Dovecot does) */
+		for (const char *q = lb; q <= rb; q++)
+			buf_addc(&nm, (char)toupper((unsigned char)*q));
 		if (rest < end) {
 			unsigned long long o = 0, l = 0;
 			int c1 = 0, c2 = 0;
@@ -2475,7 +2768,8 @@ cmd_fetch(struct imap *s, struct cmd *c)
 			has |= j->items[i].kind == F_FLAGS;
 		if (!has) {
 			struct imap_arg a = { IA_ATOM, "FLAGS", 5, NULL, 0, NULL };
-			parse_fitem(&a, j);
+			if (parse_fitem(&a, j))
+				j->items[j->nitems - 1].implicit = true;
 		}
 	}
 	submit(s, j);
@@ -2509,8 +2803,8 @@ cmd_store(struct imap *s, struct cmd *c)
 		bad(s, c->tag, "Unknown STORE item");
 		return;
 	}
-	if (c->a[2].type == IA_LIST ? !parse_flags(c->a[2].list, c->a[2].nlist, &j->flags)
-	    : !parse_flags(&c->a[2], 1, &j->flags)) {
+	if (c->a[2].type == IA_LIST ? !parse_flags(c->a[2].list, c->a[2].nlist, &j->flags, &j->kw, &j->nkw)
+	    : !parse_flags(&c->a[2], 1, &j->flags, &j->kw, &j->nkw)) {
 		job_free(j);
 		bad(s, c->tag, "Invalid flag");
 		return;
@@ -2643,14 +2937,17 @@ cmd_append(struct imap *s, struct cmd *c)
 	unsigned flags = 0;
 	time_t date = 0;
 	char *name;
+	char **kw = NULL;
+	size_t nkw = 0;
 
 	if (c->n < 2 || (name = mbox_arg(&c->a[0])) == NULL) {
 		bad(s, c->tag, "Usage: APPEND mailbox [(flags)] [date] literal");
 		return;
 	}
 	if (c->a[i].type == IA_LIST) {
-		if (!parse_flags(c->a[i].list, c->a[i].nlist, &flags)) {
+		if (!parse_flags(c->a[i].list, c->a[i].nlist, &flags, &kw, &nkw)) {
 			free(name);
+			kw_free(kw, nkw);
 			bad(s, c->tag, "Invalid flag");
 			return;
 		}
@@ -2659,6 +2956,7 @@ cmd_append(struct imap *s, struct cmd *c)
 	if (i < c->n && c->a[i].type == IA_STRING) {
 		if (!imap_datetime_parse(c->a[i].s, c->a[i].len, &date)) {
 			free(name);
+			kw_free(kw, nkw);
 			bad(s, c->tag, "Invalid date-time");
 			return;
 		}
@@ -2666,17 +2964,21 @@ cmd_append(struct imap *s, struct cmd *c)
 	}
 	if (i + 1 != c->n || c->a[i].type != IA_LITERAL) {
 		free(name);
+		kw_free(kw, nkw);
 		bad(s, c->tag, "Usage: APPEND mailbox [(flags)] [date] literal");
 		return;
 	}
 	if (c->a[i].len == 0) {
 		free(name);
+		kw_free(kw, nkw);
 		out(s, "%s NO Empty message", c->tag);
 		return;
 	}
 	j = newjob(J_APPEND, c->tag);
 	j->a1 = name;
 	j->flags = flags;
+	j->kw = kw;
+	j->nkw = nkw;
 	j->date = date;
 	j->data = xmalloc(c->a[i].len);
 	memcpy(j->data, c->a[i].s, c->a[i].len);

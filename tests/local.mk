@@ -12,7 +12,7 @@ AM_TESTS_ENVIRONMENT = \
 	MOAT_BUILDDIR='$(abs_top_builddir)'; export MOAT_BUILDDIR; \
 	MOAT_SRCDIR='$(abs_top_srcdir)'; export MOAT_SRCDIR; \
 	PYTHONDONTWRITEBYTECODE=1; export PYTHONDONTWRITEBYTECODE;
-EXTRA_DIST += tests/unit/t.h tests/integration/moattest.py
+EXTRA_DIST += tests/unit/t.h tests/integration/moattest.py tests/integration/dnsserver.py
 
 # ---- unit tests: core (lib/, smtp parser, spool) ----
 check_PROGRAMS += tests/unit/test_util tests/unit/test_conf tests/unit/test_smtp_parse tests/unit/test_spool
@@ -99,3 +99,28 @@ TESTS += tests/unit/test_rules tests/integration/test_rules_cli.py
 EXTRA_DIST += tests/integration/test_rules_cli.py rules
 TESTS += tests/integration/test_quarantine_cli.py
 EXTRA_DIST += tests/integration/test_quarantine_cli.py
+TESTS += tests/integration/test_authres.py
+EXTRA_DIST += tests/integration/test_authres.py
+TESTS += tests/integration/test_domain_action.py
+EXTRA_DIST += tests/integration/test_domain_action.py
+TESTS += tests/integration/test_imap_junk.py
+EXTRA_DIST += tests/integration/test_imap_junk.py
+TESTS += tests/integration/test_imap_keywords.py
+EXTRA_DIST += tests/integration/test_imap_keywords.py
+TESTS += tests/integration/test_imap_dovecot.py
+EXTRA_DIST += tests/integration/test_imap_dovecot.py tests/integration/imapdiff.py
+
+# ---- GeoIP, greylisting, early talkers (issue #4) ----
+check_PROGRAMS += tests/unit/test_geoip tests/unit/test_greylist
+tests_unit_test_geoip_LDADD = $(MOAT_LIBS)
+tests_unit_test_greylist_LDADD = $(MOAT_LIBS)
+TESTS += tests/unit/test_geoip tests/unit/test_greylist
+TESTS += tests/integration/test_geoip.py tests/integration/test_greylist.py tests/integration/test_pregreet.py
+EXTRA_DIST += tests/integration/test_geoip.py tests/integration/test_greylist.py tests/integration/test_pregreet.py
+
+# ---- DNS: resolver, DNSBL/DNSWL/URIBL, HELO and FCrDNS (issue #4) ----
+check_PROGRAMS += tests/unit/test_resolver
+tests_unit_test_resolver_LDADD = $(MOAT_LIBS)
+TESTS += tests/unit/test_resolver
+TESTS += tests/integration/test_dnsbl.py tests/integration/test_helo.py
+EXTRA_DIST += tests/integration/test_dnsbl.py tests/integration/test_helo.py
