@@ -75,6 +75,8 @@ struct mctx {
 	char  **rcpts;
 	size_t  nrcpts, rcpts_cap;
 	bool    msg_allow;              /* allow-listed sender or recipient */
+	bool    th_set;                 /* the first recipient's domain thresholds */
+	double  th_tag, th_quarantine, th_reject;
 	char   *auth_user;
 	bool    tls;
 	char   *subject;                /* the first Subject value, for the prefix */
@@ -141,7 +143,7 @@ reset_message(struct mctx *m)
 	m->nrcpts = 0;
 	xfree(m->auth_user);
 	xfree(m->subject);
-	m->msg_allow = m->in_body = m->too_big = false;
+	m->msg_allow = m->in_body = m->too_big = m->th_set = false;
 	m->tls = false;
 	buf_reset(&m->msg);
 }
@@ -359,6 +361,23 @@ mf_envrcpt(SMFICTX *ctx, char **argv)
 		log_info("milter event=reject stage=rcpt ip=%s to=<%s> reason=blocklist", m->ip, esc(addr));
 		free(addr);
 		return reply_code(ctx, "550", "5.7.1", "Recipient address rejected: blocked", SMFIS_REJECT);
+	}
+	/* one verdict per message: a recipient whose domain (one of moat's
+	 * `domain` lines) has other thresholds goes in another transaction,
+	 * as on moat's SMTP listener */
+	const char *at = strrchr(addr, '@');
+	const struct domain_conf *d = at ? conf_find_domain(C, at + 1) : NULL;
+	double tt = d ? d->th_tag : C->action_tag, tq = d ? d->th_quarantine : C->action_quarantine;
+	double tr = d ? d->th_reject : C->action_reject;
+	if (m->nrcpts == 0) {
+		m->th_set = d != NULL;
+		m->th_tag = tt;
+		m->th_quarantine = tq;
+		m->th_reject = tr;
+	} else if (tt != m->th_tag || tq != m->th_quarantine || tr != m->th_reject) {
+		free(addr);
+		return reply_code(ctx, "452", "4.5.3",
+		    "Recipient of another filter policy: send it in a separate transaction", SMFIS_TEMPFAIL);
 	}
 	/* the MTA enforces its own recipient limit; we keep at most ours */
 	if (m->nrcpts >= (size_t)C->smtp_max_rcpts) {
@@ -584,6 +603,8 @@ mf_eom(SMFICTX *ctx)
 		.client_ip = m->have_addr ? m->ip : "", .helo = m->helo ? m->helo : "",
 		.sender = m->sender ? m->sender : "", .rcpts = (const char *const *)m->rcpts,
 		.nrcpts = m->nrcpts, .auth_user = m->auth_user, .tls = m->tls,
+		.th_set = m->th_set, .th_tag = m->th_tag, .th_quarantine = m->th_quarantine,
+		.th_reject = m->th_reject,
 	};
 	memset(&v, 0, sizeof(v));
 	engine_run(E, m->msg.data ? m->msg.data : "", m->msg.len, &in, &v);

@@ -435,6 +435,16 @@ if mt.getreply(conn) ~= SMFIR_REPLYCODE then error("blocked sender: no reply cod
 if not message("<friend@example.org>", "rejectme") then error("allowed sender refused") end
 local r = mt.getreply(conn)
 if r ~= SMFIR_CONTINUE and r ~= SMFIR_ACCEPT then error("allow-listed sender: not accepted") end
+-- one verdict per message: a recipient of a domain with other thresholds is deferred
+mt.macro(conn, SMFIC_MAIL, "i", "POLICY1")
+if mt.mailfrom(conn, "<a@example.org>") ~= nil then error("mailfrom failed") end
+if mt.rcptto(conn, "<x@example.test>") ~= nil then error("rcptto failed") end
+if mt.getreply(conn) ~= SMFIR_CONTINUE then error("first recipient refused") end
+if mt.rcptto(conn, "<y@strict.test>") ~= nil then error("rcptto 2 failed") end
+if mt.getreply(conn) ~= SMFIR_REPLYCODE then error("recipient of another policy not deferred") end
+if mt.rcptto(conn, "<z@example.test>") ~= nil then error("rcptto 3 failed") end
+if mt.getreply(conn) ~= SMFIR_CONTINUE then error("recipient of the same policy refused") end
+if mt.abort(conn) ~= nil then error("abort failed") end
 mt.disconnect(conn)
 conn = mt.connect(os.getenv("MILTER_SOCKET"), 40, 0.25)
 if mt.conninfo(conn, "bad.example", "192.0.2.66") ~= nil then error("conninfo 2 failed") end
@@ -443,7 +453,8 @@ mt.disconnect(conn)
 """)
     dport = free_port()
     extra = "\n".join(["listen milter 127.0.0.1:%d" % dport, "rules %s" % rules, "action tag 5",
-                       "action reject 20", "milter-reject-action discard", "lists %s" % lists])
+                       "action reject 20", "milter-reject-action discard", "lists %s" % lists,
+                       "domain strict.test deliver store", "action reject 8 domain strict.test"])
     with Moat(extra=extra, tmpdir=subdir(tmp, "d")) as m:
         if not m.wait_log(r"milter event=started", 10):
             t.ok(False, "the milter starts with lists", m.log()[-1500:])
@@ -451,7 +462,7 @@ mt.disconnect(conn)
             r = subprocess.run([mt, "-s", lua], capture_output=True, text=True, timeout=120,
                                env=dict(os.environ, MILTER_SOCKET="inet:%d@127.0.0.1" % dport))
             t.ok(r.returncode == 0, "milter-reject-action discard; block list refuses at connect and MAIL; "
-                 "an allow-listed sender passes", (r.stdout + r.stderr)[-2000:] + "\n" + m.log()[-1500:])
+                 "an allow-listed sender passes; a recipient of another policy gets 452", (r.stdout + r.stderr)[-2000:] + "\n" + m.log()[-1500:])
             t.ok(m.wait_log(r"milter qid=DISC1 event=verdict .* action=discard ") is not None,
                  "the discard is logged")
     if not os.environ.get("MOAT_KEEP_TMP"):

@@ -30,8 +30,9 @@ if mt.eom(conn) ~= nil then error("eom 3 failed") end
 local r = mt.getreply(conn)
 if r ~= SMFIR_CONTINUE and r ~= SMFIR_ACCEPT then error("the message after the aborts is not accepted: " .. tostring(r)) end
 if not mt.eom_check(conn, MT_HDRINSERT, "X-Spam-Flag", " NO") then error("after the aborts: no X-Spam-Flag: NO") end
-if not mt.eom_check(conn, MT_HDRINSERT, "X-Spam-Status", " No, score=0.00 required=5.00 tests=none") then
-	error("after the aborts: the aborted message's rule leaked into X-Spam-Status")
+local status = mt.getheader(conn, "X-Spam-Status", 0)
+if status == nil or string.find(status, "REJECTME", 1, true) then
+	error("after the aborts: the aborted message's rule leaked into X-Spam-Status: " .. tostring(status))
 end
 
 -- abort, then an abrupt disconnect in the middle of a body
