@@ -273,7 +273,8 @@ add_old_worker(pid_t p)
 
 /* -- milter (#9): the libmilter front end runs in its own process, started,
  * restarted when it dies (with the worker's backoff) and, on reload,
- * stopped and started again with the new config -- */
+ * replaced: the old one stops listening and finishes its sessions (reaped
+ * as an old worker) while the new one takes over the socket -- */
 static pid_t milter_pid;
 static time_t milter_started, milter_restart_at;
 static int milter_backoff = 1;
@@ -320,10 +321,6 @@ milter_reaped(pid_t p, int st, bool stopping)
 	milter_pid = 0;
 	if (stopping)
 		return true;
-	if (milter_restart_at == -1) {  /* stopped for a reload */
-		milter_restart_at = time(NULL);
-		return true;
-	}
 	if (WIFSIGNALED(st))
 		log_crit("master event=milter-died pid=%d signal=%d", (int)p, WTERMSIG(st));
 	else
@@ -336,20 +333,22 @@ milter_reaped(pid_t p, int st, bool stopping)
 static void
 milter_tick(void)
 {
-	if (milter_pid == 0 && milter_restart_at >= 0 && time(NULL) >= milter_restart_at)
+	if (milter_pid == 0 && time(NULL) >= milter_restart_at)
 		milter_start();
 }
 
-/* reload: the old process lets its sessions finish; the new config's starts
- * when it has gone (they listen on the same socket) */
+/* reload: the old process closes its socket and lets its sessions finish;
+ * the new config's binds the socket as soon as it is free (milter.c) */
 static void
 milter_reload(void)
 {
 	if (milter_pid > 0) {
-		milter_restart_at = -1;
-		kill(milter_pid, SIGTERM);
-	} else
-		milter_restart_at = time(NULL);
+		kill(milter_pid, SIGUSR1);      /* stop listening, finish sessions */
+		add_old_worker(milter_pid);
+		milter_pid = 0;
+	}
+	milter_restart_at = time(NULL);
+	milter_tick();
 }
 
 static bool

@@ -60,6 +60,7 @@
 #define LISTS_CHECK_SECS 2
 #define DRAIN_SECS       30
 #define MAX_FD_SCAN      1024
+#define BIND_WAIT_MS     10000  /* on reload, for the old process to let go */
 
 struct mctx {
 	/* the connection */
@@ -91,6 +92,7 @@ static pthread_mutex_t lists_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct lists *cur_lists;
 static time_t lists_checked;
 static atomic_int nconns;
+static int listen_fd = -1;
 
 static struct lists *
 lists_get(void)
@@ -730,26 +732,37 @@ conn_spec(const struct listen_conf *l, char *out, size_t outsz)
 }
 
 /* libmilter has no way to hand us its listening socket: find it (the only
- * listening TCP socket of this process) and turn Nagle off; Linux copies
- * TCP_NODELAY to every socket accept() returns */
+ * listening socket of this process; the master's were closed at fork) */
 static int
-nodelay_listener(void)
+find_listener(void)
 {
-	int found = 0;
-
 	for (int fd = 3; fd < MAX_FD_SCAN; fd++) {
-		int acc = 0, dom = 0, one = 1;
+		int acc = 0;
 		socklen_t len = sizeof(acc);
-		if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &len) < 0 || !acc)
-			continue;
-		len = sizeof(dom);
-		if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &dom, &len) < 0 ||
-		    (dom != AF_INET && dom != AF_INET6))
-			continue;
-		if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == 0)
-			found++;
+		if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &len) == 0 && acc)
+			return fd;
 	}
-	return found;
+	return -1;
+}
+
+/* SIGUSR1 (the master's reload): stop accepting now and let the sessions
+ * finish.  smfi_stop() closes the listening socket, but libmilter's
+ * listener thread sleeps in poll() on it, which keeps it bound until the
+ * poll times out (up to 5 s); shutting it down first wakes that poll and
+ * frees the address for the new process at once */
+static void *
+reload_watch(void *arg)
+{
+	sigset_t *set = arg;
+	int sig;
+
+	if (sigwait(set, &sig) == 0) {
+		log_info("milter event=replaced (finishing the sessions in progress)");
+		if (listen_fd >= 0)
+			shutdown(listen_fd, SHUT_RDWR);
+		smfi_stop();
+	}
+	return NULL;
 }
 
 int
@@ -759,6 +772,20 @@ milter_main(const struct moat_conf *c, const struct listen_conf *l)
 	const char *path = NULL;
 
 	C = c;
+	/* libmilter takes SIGTERM, SIGHUP and SIGINT with sigwait() in its own
+	 * thread, reload_watch SIGUSR1: block them before any thread exists
+	 * (the engine's resolver, the antivirus), or one of those threads gets
+	 * the default action */
+	sigset_t set;
+	static sigset_t usr1;
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGHUP);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGUSR1);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	sigemptyset(&usr1);
+	sigaddset(&usr1, SIGUSR1);
 	if (l->ss.ss_family == AF_UNIX)
 		path = ((const struct sockaddr_un *)&l->ss)->sun_path;
 	conn_spec(l, spec, sizeof(spec));
@@ -768,18 +795,39 @@ milter_main(const struct moat_conf *c, const struct listen_conf *l)
 	}
 	smfi_setbacklog(1024);
 	/* still root (when started as root): bind, and give a unix socket to
-	 * the run user with milter-socket-mode */
-	if (smfi_opensocket(true) != MI_SUCCESS) {
-		log_crit("%s:%d: milter: cannot listen on %s", l->file, l->line, l->spec);
-		return 1;
+	 * the run user with milter-socket-mode.  On a reload the previous
+	 * process may still hold the TCP port for a moment: retry (a unix
+	 * socket's old file is replaced at once) */
+	int waited = 0;
+	while (smfi_opensocket(true) != MI_SUCCESS) {
+		if (waited >= BIND_WAIT_MS) {
+			log_crit("%s:%d: milter: cannot listen on %s", l->file, l->line, l->spec);
+			return 1;
+		}
+		usleep(20000);
+		waited += 20;
 	}
+	if (waited)
+		log_info("milter event=listening waited=%dms", waited);
+	ino_t ino = 0;
 	if (path) {
 		int mode = c->milter_socket_mode ? c->milter_socket_mode & 0777 : 0660;
+		struct stat st;
 		privs_chown(c, path);
 		if (chmod(path, (mode_t)mode) < 0)
 			log_warn("milter: chmod %s", path);
-	} else if (nodelay_listener() == 0)
+		if (lstat(path, &st) == 0)
+			ino = st.st_ino;
+	}
+	listen_fd = find_listener();
+	/* Nagle off: Linux copies TCP_NODELAY to every socket accept() returns */
+	int one = 1;
+	if (!path && (listen_fd < 0 ||
+	    setsockopt(listen_fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0))
 		log_warnx("milter event=warning error=\"TCP_NODELAY not set on %s\"", l->spec);
+	pthread_t tid;
+	if (pthread_create(&tid, NULL, reload_watch, &usr1) == 0)
+		pthread_detach(tid);
 	privs_drop(c);
 	if (spool_init(c, &err) < 0) {
 		log_crit("milter: spool: %s", err);
@@ -809,7 +857,9 @@ milter_main(const struct moat_conf *c, const struct listen_conf *l)
 	/* SIGTERM: libmilter stopped accepting; let the sessions in progress end */
 	for (int i = 0; i < DRAIN_SECS * 10 && atomic_load(&nconns) > 0; i++)
 		usleep(100000);
-	if (path)
+	/* the socket file, unless a newer process (reload) has replaced it */
+	struct stat st;
+	if (path && ino && lstat(path, &st) == 0 && st.st_ino == ino)
 		unlink(path);
 	log_info("milter event=exit pid=%d status=%d", (int)getpid(), r);
 	engine_free(E);

@@ -334,6 +334,23 @@ def postfix_part():
             for _ in range(4):
                 t.ok(False, "milter restart")
 
+        # reload (SIGHUP): the old milter process stops listening and finishes
+        # its sessions, the new one takes the socket over at once
+        n = len(sink.messages)
+        started = m.log().count("milter event=started")
+        m.proc.send_signal(signal.SIGHUP)
+        end = time.time() + 15
+        while time.time() < end and m.log().count("milter event=started") <= started:
+            time.sleep(0.05)
+        t.ok(m.log().count("milter event=started") > started and "milter event=replaced" in m.log(),
+             "SIGHUP: the milter process is replaced", m.log()[-1500:])
+        w = re.findall(r"milter event=listening waited=(\d+)ms", m.log())
+        t.ok(not w or int(w[-1]) < 1000, "the new process gets the socket at once (waited %s ms)" %
+             (w[-1] if w else 0))
+        t.eq(send(pf.port, msg("after reload tagme"))[0], 250, "mail flows right after the reload")
+        t.ok(sink.wait_messages(n + 1, 30) and "X-Spam-Flag: YES" in headers(last(sink)),
+             "filtered by the new milter process")
+
         # moatd stopped: milter_default_action
         m.stop()
         t.ok(re.search(r"(?i)AddressSanitizer|runtime error", m.log()) is None, "no sanitizer report",
