@@ -150,6 +150,13 @@ struct moat_conf {
 	/* network filters (#4) -- dnsbl.c, helo.c */
 	/* network filters (#4) -- spf.c */
 	/* network filters (#4) -- dkim.c, dmarc.c */
+	bool    dkim;                   /* verify DKIM signatures (default yes) */
+	long long dkim_min_key_bits;    /* RSA keys below this fail (default 1024) */
+	bool    dmarc;                  /* evaluate DMARC (default yes) */
+	enum dmarc_action {             /* what a DMARC p=reject / p=quarantine failure does */
+		DMARC_ACT_DEFAULT = 0,  /* reject for p=reject, quarantine for p=quarantine */
+		DMARC_ACT_REJECT, DMARC_ACT_QUARANTINE, DMARC_ACT_SCORE,
+	} dmarc_reject_action, dmarc_quarantine_action;
 	/* network filters (#4) -- geoip.c, greylist.c */
 	/* milter (#9) */
 	/* operations (#10) */
