@@ -100,7 +100,7 @@ dkim_key_lookup(DKIM *d, DKIM_SIGINFO *sig, u_char *buf, size_t buflen)
 	 * timeout, not one per signature */
 	if ((long long)(now_ms() - m->t0) > m->st->budget_ms) {
 		m->lk[slot].status = DNS_TEMPFAIL;
-		return DKIM_CBSTAT_TRYAGAIN;
+		return DKIM_CBSTAT_NOTFOUND;
 	}
 	memset(&a, 0, sizeof(a));
 	m->lk[slot].status = resolver_query(m->res, name, DNS_T_TXT, &a);
@@ -110,7 +110,10 @@ dkim_key_lookup(DKIM *d, DKIM_SIGINFO *sig, u_char *buf, size_t buflen)
 	case DNS_TEMPFAIL:
 		log_info("dkim: qid=%s key=%s dns=tempfail why=\"%s\"", m->qid, name, a.why);
 		dns_answer_free(&a);
-		return DKIM_CBSTAT_TRYAGAIN;
+		/* not TRYAGAIN: libopendkim would abandon the whole message;
+		 * NOTFOUND lets it go on with the other signatures and
+		 * dkim_check() reports this one as temperror from lk[] */
+		return DKIM_CBSTAT_NOTFOUND;
 	default:
 		dns_answer_free(&a);
 		return DKIM_CBSTAT_NOTFOUND;
@@ -213,6 +216,24 @@ dkim_copy(char *dst, size_t dstsz, const u_char *src)
 	dst[n] = '\0';
 }
 
+/* a DKIM-Signature field in the header section (bounded scan) */
+static bool
+dkim_has_sig_field(const char *msg, size_t len)
+{
+	size_t i = 0;
+
+	while (i < len) {
+		const char *nl = memchr(msg + i, '\n', len - i);
+		size_t l = nl ? (size_t)(nl - (msg + i)) : len - i;
+		if (l == 0 || (l == 1 && msg[i] == '\r'))
+			return false;   /* end of the header section */
+		if (ascii_prefix_ci(msg + i, l, "DKIM-Signature:"))
+			return true;
+		i += l + 1;
+	}
+	return false;
+}
+
 enum dkim_kind { K_VALID, K_INVALID, K_SMALL, K_BLEN, K_TEMPFAIL, K_NKINDS };
 
 static void
@@ -251,7 +272,20 @@ dkim_check(void *state, struct msg_ctx *x, struct verdict *v)
 		s = dkim_chunk(d, NULL, 0);
 	if (s == DKIM_STAT_OK)
 		s = dkim_eom(d, NULL);
-	(void)dkim_getsiglist(d, &sigs, &nsigs);
+	if (dkim_getsiglist(d, &sigs, &nsigs) != DKIM_STAT_OK)
+		nsigs = 0;
+	if ((nsigs <= 0 || sigs == NULL) && s != DKIM_STAT_OK && s != DKIM_STAT_NOSIG &&
+	    dkim_has_sig_field(x->msg, x->len)) {
+		/* the library gave up before it had signatures (header syntax,
+		 * resources) */
+		const char *e = dkim_geterror(d);
+		char r[160];
+		snprintf(r, sizeof(r), "message not verifiable: %s", e ? e : "error");
+		verdict_add(v, "DKIM_INVALID", st->sc_invalid, r);
+		log_info("dkim: qid=%s status=%d error=\"%s\"", x->qid, (int)s, e ? e : "-");
+		dkim_free(d);
+		return;
+	}
 	if (nsigs <= 0 || sigs == NULL) {
 		x->auth.dkim_none = true;
 		verdict_add(v, "DKIM_NONE", st->sc_none, "no signature");

@@ -99,3 +99,7 @@ TESTS += tests/unit/test_rules tests/integration/test_rules_cli.py
 EXTRA_DIST += tests/integration/test_rules_cli.py rules
 TESTS += tests/integration/test_quarantine_cli.py
 EXTRA_DIST += tests/integration/test_quarantine_cli.py
+
+# DKIM and DMARC (filters/dkim.c, filters/dmarc.c)
+TESTS += tests/integration/test_dkim.py
+EXTRA_DIST += tests/integration/test_dkim.py tests/integration/dkimsign.py
