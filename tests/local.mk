@@ -101,5 +101,5 @@ TESTS += tests/integration/test_quarantine_cli.py
 EXTRA_DIST += tests/integration/test_quarantine_cli.py
 
 # DKIM and DMARC (filters/dkim.c, filters/dmarc.c)
-TESTS += tests/integration/test_dkim.py
-EXTRA_DIST += tests/integration/test_dkim.py tests/integration/dkimsign.py
+TESTS += tests/integration/test_dkim.py tests/integration/test_dmarc.py
+EXTRA_DIST += tests/integration/test_dkim.py tests/integration/test_dmarc.py tests/integration/dkimsign.py
