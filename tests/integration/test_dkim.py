@@ -135,6 +135,25 @@ with Sink() as sink, DNSServer(keys_zone() if have_vec else {}) as dns:
         h = deliver(m, sink, plain, "unsigned")
         t.ok(re.search(r"dkim=none", ar(h)) and "DKIM_NONE" in tests_of(h), "an unsigned message: dkim=none, DKIM_NONE", h)
 
+        # ---- hostile signature fields: no crash, the mail flows, no pass ----
+        body = b"From: a@evil.test\nTo: x@relay.test\nSubject: s\n\nhi\n"
+        bad = [
+            b"DKIM-Signature: v=1; a=rsa-sha256; s=x; h=from; bh=AAAA; b=AAAA\n",                 # no d=
+            b"DKIM-Signature: v=1; a=rsa-sha256; d=evil.test; s=../../etc; h=from; bh=AAAA; b=AAAA\n",
+            b"DKIM-Signature: v=1; a=rsa-sha999; d=evil.test; s=x; h=from; bh=AAAA; b=AAAA\n",
+            b"DKIM-Signature: v=1; a=rsa-sha256; d=evil.test; s=" + b"x" * 300 + b"; h=from; bh=AAAA; b=" + b"A" * 5000 + b"\n",
+            b"DKIM-Signature: ;;;;====;;;\n",
+            b"DKIM-Signature: v=1; a=ed25519-sha256; d=evil.test; s=x; h=from; l=99999999999999999999; bh=AAAA; b=AAAA\n",
+        ]
+        okc = 0
+        for i, sigf in enumerate(bad):
+            h = deliver(m, sink, crlf(sigf + body), "hostile %d" % i, frm="a@evil.test")
+            if h and "dkim=pass" not in ar(h) and ("DKIM_INVALID" in tests_of(h) or "DKIM_NONE" in tests_of(h)):
+                okc += 1
+            else:
+                t.diag("hostile %d: %s" % (i, h[:600]))
+        t.eq(okc, len(bad), "malformed DKIM-Signature fields: delivered, never pass, DKIM_INVALID/none")
+
         # ---- a real signer ----
         if have_signer:
             kd = tempfile.mkdtemp(prefix="moat-dkimkeys-")
@@ -199,6 +218,9 @@ with Sink() as sink, DNSServer(keys_zone() if have_vec else {}) as dns:
         else:
             for _ in range(15):
                 t.ok(True, "# SKIP dkimpy or opendkim-genkey missing")
+        m.stop()
+        log = m.log()
+        t.ok(not re.search(r"Sanitizer|runtime error:", log), "no sanitizer report in moatd's log", log[-3000:])
 
     # dkim no: not run at all
     with Moat(domains={"relay.test": "relay smtp://127.0.0.1:%d" % sink.port}, dns=dns, extra="dkim no") as m:

@@ -202,6 +202,9 @@ try:
             t.ok(len(rej) >= 2, "rejected messages are recorded too", repr(lines[:3]))
             t.ok(not [x for x in lines if x.get("header_from") in ("flaky.test", "norecord.test")],
                  "no record line without an evaluated policy")
+            m.stop()
+            log = m.log()
+            t.ok(not re.search(r"Sanitizer|runtime error:", log), "no sanitizer report in moatd's log", log[-3000:])
 
         # configurable actions: reject -> score only, quarantine -> reject
         with Moat(domains=relay, dns=dns, extra="dmarc-reject-action score\ndmarc-quarantine-action reject") as m:
