@@ -99,6 +99,12 @@ TESTS += tests/unit/test_rules tests/integration/test_rules_cli.py
 EXTRA_DIST += tests/integration/test_rules_cli.py rules
 TESTS += tests/integration/test_quarantine_cli.py
 EXTRA_DIST += tests/integration/test_quarantine_cli.py
+TESTS += tests/integration/test_authres.py
+EXTRA_DIST += tests/integration/test_authres.py
+TESTS += tests/integration/test_domain_action.py
+EXTRA_DIST += tests/integration/test_domain_action.py
+TESTS += tests/integration/test_imap_junk.py
+EXTRA_DIST += tests/integration/test_imap_junk.py
 
 # DKIM and DMARC (filters/dkim.c, filters/dmarc.c)
 TESTS += tests/integration/test_dkim.py tests/integration/test_dmarc.py
