@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -208,6 +209,26 @@ json_str(char *out, size_t outsz, const char *s)
 	out[n] = '\0';
 }
 
+/* append to a bounded line; *n never passes sz, and reaches sz on overflow */
+static void lineadd(char *, size_t, size_t *, const char *, ...) __attribute__((format(printf, 4, 5)));
+
+static void
+lineadd(char *buf, size_t sz, size_t *n, const char *fmt, ...)
+{
+	va_list ap;
+	int r;
+
+	if (*n >= sz)
+		return;
+	va_start(ap, fmt);
+	r = vsnprintf(buf + *n, sz - *n, fmt, ap);
+	va_end(ap);
+	if (r < 0 || (size_t)r >= sz - *n)
+		*n = sz;
+	else
+		*n += (size_t)r;
+}
+
 struct dmarc_eval {
 	const char *from, *recdom;
 	char    envdom[256];
@@ -233,32 +254,32 @@ dmarc_record(const struct dmarc_state *st, const struct msg_ctx *x, const struct
 	json_str(j1, sizeof(j1), x->client_ip);
 	json_str(j2, sizeof(j2), e->from);
 	json_str(j3, sizeof(j3), e->envdom);
-	n = (size_t)snprintf(line, sizeof(line),
+	n = 0;
+	lineadd(line, sizeof(line), &n,
 	    "{\"time\":%lld,\"qid\":\"%s\",\"source_ip\":\"%s\",\"header_from\":\"%s\","
 	    "\"envelope_from\":\"%s\",", (long long)now, x->qid, j1, j2, j3);
 	json_str(j1, sizeof(j1), x->auth.spf_domain);
 	json_str(j2, sizeof(j2), e->recdom);
-	n += (size_t)snprintf(line + n, sizeof(line) - n,
+	lineadd(line, sizeof(line), &n,
 	    "\"spf\":{\"result\":\"%s\",\"domain\":\"%s\",\"scope\":\"%s\",\"aligned\":%s},"
 	    "\"policy_published\":{\"domain\":\"%s\",\"p\":\"%s\",\"sp\":\"%s\",\"pct\":%d,"
 	    "\"adkim\":\"%c\",\"aspf\":\"%c\"},\"dkim\":[",
 	    x->auth.spf == AR_UNSET ? "none" : auth_res_name(x->auth.spf), j1,
 	    x->auth.spf_helo ? "helo" : "mfrom", e->spf_aligned ? "true" : "false", j2, pol_name(e->p),
 	    e->sp ? pol_name(e->sp) : "", e->pct, e->adkim ? e->adkim : 'r', e->aspf ? e->aspf : 'r');
-	for (size_t i = 0; i < x->auth.ndkim && i < AUTH_MAX_DKIM && n < sizeof(line) - 1200; i++) {
+	for (size_t i = 0; i < x->auth.ndkim && i < AUTH_MAX_DKIM; i++) {
 		const struct auth_dkim *d = &x->auth.dkim[i];
 		json_str(j1, sizeof(j1), d->domain);
 		json_str(j2, sizeof(j2), d->selector);
-		n += (size_t)snprintf(line + n, sizeof(line) - n,
+		lineadd(line, sizeof(line), &n,
 		    "%s{\"domain\":\"%s\",\"selector\":\"%s\",\"result\":\"%s\"}", i ? "," : "", j1, j2,
 		    auth_res_name(d->res));
 	}
-	if (n < sizeof(line))
-		n += (size_t)snprintf(line + n, sizeof(line) - n,
-		    "],\"policy_evaluated\":{\"dkim\":\"%s\",\"spf\":\"%s\",\"policy\":\"%s\","
-		    "\"sampled_out\":%s,\"disposition\":\"%s\"}}\n",
-		    e->dkim_aligned ? "pass" : "fail", e->spf_aligned ? "pass" : "fail", e->applied,
-		    e->sampled_out ? "true" : "false", e->disposition);
+	lineadd(line, sizeof(line), &n,
+	    "],\"policy_evaluated\":{\"dkim\":\"%s\",\"spf\":\"%s\",\"policy\":\"%s\","
+	    "\"sampled_out\":%s,\"disposition\":\"%s\"}}\n",
+	    e->dkim_aligned ? "pass" : "fail", e->spf_aligned ? "pass" : "fail", e->applied,
+	    e->sampled_out ? "true" : "false", e->disposition);
 	if (n >= sizeof(line)) {
 		log_warnx("dmarc: qid=%s record line too long, not written", x->qid);
 		return;
