@@ -219,6 +219,17 @@ try:
             t.eq(code, 250, "dmarc-reject-action quarantine: 250")
             t.ok(m.wait_log(r"event=quarantined .*DMARC_FAIL_REJECT\(1\.50\)") is not None,
                  "quarantined, with the score set by score DMARC_FAIL_REJECT 1.5")
+        # a resolver that does not answer: the mail flows within the time budget
+        dns.update({"k._domainkey.slow.test": [["TIMEOUT"]], "_dmarc.slow.test": [["TIMEOUT"]]})
+        with Moat(domains=relay, dns=dns, extra="resolver-timeout 1") as m:
+            import time
+            t0 = time.time()
+            h = deliver(m, sink, sign(msg("ann@slow.test", "slow"), "slow.test", "k", KEY), "ann@slow.test", "timeout")
+            el = time.time() - t0
+            t.ok(re.search(r"dkim=temperror \(key lookup failed\) header\.d=slow\.test.*dmarc=temperror header\.from=slow\.test", ar(h))
+                 and "DKIM_TEMPFAIL" in tests_of(h) and "DMARC_TEMPFAIL" in tests_of(h),
+                 "DNS timeouts: dkim=temperror, dmarc=temperror, delivered", h)
+            t.ok(el < 8, "within the budget (resolver-timeout 1: %.1fs)" % el)
         with Moat(domains=relay, dns=dns, extra="dmarc no") as m:
             h = deliver(m, sink, msg("ann@sender.test", "off"), "ann@sender.test", "dmarc no")
             t.ok("dmarc=" not in ar(h) and "DMARC_" not in h, "dmarc no: not evaluated, delivered", h)
