@@ -282,6 +282,10 @@ dkim_check(void *state, struct msg_ctx *x, struct verdict *v)
 		char r[160];
 		snprintf(r, sizeof(r), "message not verifiable: %s", e ? e : "error");
 		verdict_add(v, "DKIM_INVALID", st->sc_invalid, r);
+		memset(&x->auth.dkim[0], 0, sizeof(x->auth.dkim[0]));
+		x->auth.dkim[0].res = AR_PERMERROR;
+		moat_strlcpy(x->auth.dkim[0].reason, "message not verifiable", sizeof(x->auth.dkim[0].reason));
+		x->auth.ndkim = 1;
 		log_info("dkim: qid=%s status=%d error=\"%s\"", x->qid, (int)s, e ? e : "-");
 		dkim_free(d);
 		return;

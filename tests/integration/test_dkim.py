@@ -144,6 +144,7 @@ with Sink() as sink, DNSServer(keys_zone() if have_vec else {}) as dns:
             b"DKIM-Signature: v=1; a=rsa-sha256; d=evil.test; s=" + b"x" * 300 + b"; h=from; bh=AAAA; b=" + b"A" * 5000 + b"\n",
             b"DKIM-Signature: ;;;;====;;;\n",
             b"DKIM-Signature: v=1; a=ed25519-sha256; d=evil.test; s=x; h=from; l=99999999999999999999; bh=AAAA; b=AAAA\n",
+            b"DKIM-Signature: v=1; a=rsa-sha256; d=evil.test; s=x; h=from; bh=AAAA; b=AAAA\nNo colon in this header line\n",
         ]
         okc = 0
         for i, sigf in enumerate(bad):
