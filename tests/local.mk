@@ -105,6 +105,8 @@ TESTS += tests/integration/test_domain_action.py
 EXTRA_DIST += tests/integration/test_domain_action.py
 TESTS += tests/integration/test_imap_junk.py
 EXTRA_DIST += tests/integration/test_imap_junk.py
+TESTS += tests/integration/test_imap_keywords.py
+EXTRA_DIST += tests/integration/test_imap_keywords.py
 
 # DKIM and DMARC (filters/dkim.c, filters/dmarc.c)
 TESTS += tests/integration/test_dkim.py tests/integration/test_dmarc.py

@@ -99,4 +99,57 @@ with Moat(extra="listen imap 127.0.0.1:%d\nauth-allow-plaintext yes\nbayes no\n"
     t.eq(typ, "OK", "bayes no: MOVE to Junk works")
     t.ok("event=junk-learn" not in m.log(), "bayes no: nothing learned")
     c.logout()
+# tagged spam is delivered to Junk (store-spam-to-junk, default yes)
+from moattest import SRCDIR  # noqa: E402
+RULES = os.path.join(SRCDIR, "rules")
+FEE = open(os.path.join(SRCDIR, "tests", "corpus", "rules", "MOAT_ADVANCE_FEE.eml"), "rb").read()
+HAM = ("From: Bob <bob@remote.test>\r\nTo: alice@example.test\r\nSubject: lunch tomorrow\r\n"
+       "Message-ID: <lunch@remote.test>\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n\r\n"
+       "See you at noon at the usual place.\r\n")
+
+
+def boxcounts(iport):
+    c = imaplib.IMAP4("127.0.0.1", iport, timeout=30)
+    c.login("alice@example.test", "alice-pw")
+    n = {}
+    for b in ("INBOX", "Junk"):
+        typ, d = c.select(b, readonly=True)
+        n[b] = int(d[0]) if typ == "OK" else None
+    c.logout()
+    return n
+
+
+for junk in ("yes", "no"):
+    iport = free_port()
+    with Moat(extra="listen imap 127.0.0.1:%d\nauth-allow-plaintext yes\nrules %s\naction tag 1.5\n"
+              "action reject 100\nstore-spam-to-junk %s\n" % (iport, RULES, junk)) as m:
+        m.cli("user", "add", "alice@example.test", input="alice-pw\n", check=True)
+        s = smtplib.SMTP("127.0.0.1", m.port, timeout=30)
+        s.sendmail("sender@remote.test", ["alice@example.test"], FEE)
+        s.sendmail("sender@remote.test", ["alice@example.test"], HAM)
+        s.quit()
+        import time
+        end = time.time() + 15
+        n = boxcounts(iport)
+        while sum(v or 0 for v in n.values()) < 2 and time.time() < end:
+            time.sleep(0.2)
+            n = boxcounts(iport)
+        want = {"INBOX": 1, "Junk": 1} if junk == "yes" else {"INBOX": 2, "Junk": 0}
+        t.eq(n, want, "store-spam-to-junk %s: tagged spam in %s, ham in INBOX" %
+             (junk, "Junk" if junk == "yes" else "INBOX"))
+        if junk == "yes":
+            # the user deleted Junk: the next spam recreates it
+            c = imaplib.IMAP4("127.0.0.1", iport, timeout=30)
+            c.login("alice@example.test", "alice-pw")
+            t.eq(c.delete("Junk")[0], "OK", "DELETE Junk")
+            c.logout()
+            s = smtplib.SMTP("127.0.0.1", m.port, timeout=30)
+            s.sendmail("sender@remote.test", ["alice@example.test"], FEE.replace(b"Subject:", b"X-N: 2\r\nSubject:", 1))
+            s.quit()
+            end = time.time() + 15
+            n = boxcounts(iport)
+            while n.get("Junk") != 1 and time.time() < end:
+                time.sleep(0.2)
+                n = boxcounts(iport)
+            t.eq(n, {"INBOX": 1, "Junk": 1}, "a deleted Junk folder is made again for the next spam")
 t.done()
