@@ -254,7 +254,7 @@ auth_results(const struct moat_conf *c, const struct msg_ctx *x, struct verdict 
 	struct buf b = BUF_INIT;
 	size_t n = 0;
 
-	if (a->spf == AR_UNSET && a->ndkim == 0 && a->dmarc == AR_UNSET)
+	if (a->spf == AR_UNSET && a->ndkim == 0 && !a->dkim_none && a->dmarc == AR_UNSET)
 		return;
 	buf_printf(&b, "Authentication-Results: %s", c->authserv_id ? c->authserv_id : c->hostname);
 	if (a->spf != AR_UNSET) {

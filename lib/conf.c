@@ -99,6 +99,9 @@ static const struct setting settings[] = {
 	/* -- spf.c -- */
 
 	/* -- dkim.c, dmarc.c -- */
+	{ "dkim",                   CT_BOOL,     OFF(dkim), "yes", 0, 0 },
+	{ "dkim-min-key-bits",      CT_INT,      OFF(dkim_min_key_bits), "1024", 512, 16384 },
+	{ "dmarc",                  CT_BOOL,     OFF(dmarc), "yes", 0, 0 },
 
 	/* -- geoip.c, greylist.c -- */
 	{ "greylist",               CT_BOOL,     OFF(greylist), "no", 0, 0 },
@@ -1064,6 +1067,34 @@ bad:
 /* -- directive parsers: spf.c -- */
 
 /* -- directive parsers: dkim.c, dmarc.c -- */
+/* dmarc-reject-action reject|quarantine|score, dmarc-quarantine-action ... */
+static void
+d_dmarc_action(struct parser *p, int n, char **w)
+{
+	static const struct {
+		const char *name;
+		enum dmarc_action a;
+	} acts[] = {
+		{ "reject", DMARC_ACT_REJECT },
+		{ "quarantine", DMARC_ACT_QUARANTINE },
+		{ "score", DMARC_ACT_SCORE },
+	};
+	bool rej = !strcmp(w[0], "dmarc-reject-action");
+
+	if (n != 2) {
+		perr(p, "%s: expected one of reject, quarantine, score", w[0]);
+		return;
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(acts); i++)
+		if (!strcmp(w[1], acts[i].name)) {
+			if (rej)
+				p->c->dmarc_reject_action = acts[i].a;
+			else
+				p->c->dmarc_quarantine_action = acts[i].a;
+			return;
+		}
+	perr(p, "%s: \"%s\" is not one of reject, quarantine, score", w[0], esc(w[1]));
+}
 
 /* -- directive parsers: geoip.c, greylist.c -- */
 
@@ -1212,6 +1243,8 @@ static const struct {
 	/* -- spf.c -- */
 
 	/* -- dkim.c, dmarc.c -- */
+	{ "dmarc-reject-action", d_dmarc_action },
+	{ "dmarc-quarantine-action", d_dmarc_action },
 
 	/* -- geoip.c, greylist.c -- */
 	{ "geoip", d_geoip },

@@ -165,6 +165,13 @@ struct moat_conf {
 	bool    helo_checks;            /* HELO syntax and FCrDNS symbols (default yes) */
 	/* network filters (#4) -- spf.c */
 	/* network filters (#4) -- dkim.c, dmarc.c */
+	bool    dkim;                   /* verify DKIM signatures (default yes) */
+	long long dkim_min_key_bits;    /* RSA keys below this fail (default 1024) */
+	bool    dmarc;                  /* evaluate DMARC (default yes) */
+	enum dmarc_action {             /* what a DMARC p=reject / p=quarantine failure does */
+		DMARC_ACT_DEFAULT = 0,  /* reject for p=reject, quarantine for p=quarantine */
+		DMARC_ACT_REJECT, DMARC_ACT_QUARANTINE, DMARC_ACT_SCORE,
+	} dmarc_reject_action, dmarc_quarantine_action;
 	/* network filters (#4) -- geoip.c, greylist.c */
 	char   *geoip_path;             /* "geoip PATH": Country or City mmdb; NULL = off */
 	char   *geoip_asn_path;         /* "geoip-asn PATH": ASN mmdb; NULL = off */

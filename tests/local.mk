@@ -124,3 +124,7 @@ tests_unit_test_resolver_LDADD = $(MOAT_LIBS)
 TESTS += tests/unit/test_resolver
 TESTS += tests/integration/test_dnsbl.py tests/integration/test_helo.py
 EXTRA_DIST += tests/integration/test_dnsbl.py tests/integration/test_helo.py
+
+# DKIM and DMARC (filters/dkim.c, filters/dmarc.c)
+TESTS += tests/integration/test_dkim.py tests/integration/test_dmarc.py
+EXTRA_DIST += tests/integration/test_dkim.py tests/integration/test_dmarc.py tests/integration/dkimsign.py
