@@ -78,6 +78,8 @@ struct mctx {
 	bool    msg_allow;              /* allow-listed sender or recipient */
 	bool    th_set;                 /* the first recipient's domain thresholds */
 	double  th_tag, th_quarantine, th_reject;
+	struct engine_early *early;     /* filters run at the first RCPT (filter-stage) */
+	char   *early_reject;           /* their refusal, for every recipient */
 	char   *auth_user;
 	bool    tls;
 	char   *subject;                /* the first Subject value, for the prefix */
@@ -145,6 +147,9 @@ reset_message(struct mctx *m)
 	m->nrcpts = 0;
 	xfree(m->auth_user);
 	xfree(m->subject);
+	engine_early_free(m->early);
+	m->early = NULL;
+	xfree(m->early_reject);
 	m->msg_allow = m->in_body = m->too_big = m->th_set = false;
 	m->tls = false;
 	buf_reset(&m->msg);
@@ -343,6 +348,47 @@ mf_envfrom(SMFICTX *ctx, char **argv)
 	return cont(m, SMFIP_NR_MAIL);
 }
 
+/* the filters placed at the first RCPT ("filter-stage NAME rcpt"), as on
+ * the SMTP listener: a reject refuses this and every later recipient */
+static sfsistat
+early_filters(SMFICTX *ctx, struct mctx *m, const char *addr)
+{
+	struct lists *l = lists_get();
+	const char *rcpts[1] = { addr };
+	struct engine_in in = {
+		.lists = l, .allowlisted = m->conn_allow || m->msg_allow, .qid = "NOQUEUE",
+		.client = m->have_addr ? (const struct sockaddr *)&m->ss : NULL,
+		.client_ip = m->have_addr ? m->ip : "", .helo = m->helo ? m->helo : "",
+		.sender = m->sender ? m->sender : "", .rcpts = rcpts, .nrcpts = 1, .tls = m->tls,
+		.th_set = m->th_set, .th_tag = m->th_tag, .th_quarantine = m->th_quarantine,
+		.th_reject = m->th_reject,
+	};
+	struct engine_early *res = engine_early_run(E, &in);
+	const struct verdict *v = engine_early_verdict(res);
+	struct buf syms = BUF_INIT;
+	char why[200], text[300];
+
+	lists_unref(l);
+	verdict_symbols(v, &syms);
+	log_info("milter qid=NOQUEUE event=early-verdict ip=%s from=<%s> to=<%s> score=%.2f action=%s "
+	    "symbols=%s time=%.0fms", m->have_addr ? m->ip : "unknown", esc(m->sender ? m->sender : ""),
+	    esc(addr), v->score, v->action == VA_REJECT ? "reject" : "continue",
+	    syms.len ? syms.data : "-", v->elapsed_ms);
+	buf_free(&syms);
+	if (v->action != VA_REJECT) {
+		m->early = res;         /* its symbols join the message's verdict */
+		return SMFIS_CONTINUE;
+	}
+	reply_safe(v->force_why, why, sizeof(why));
+	if (why[0])
+		snprintf(text, sizeof(text), "Rejected: %s", why);
+	else
+		snprintf(text, sizeof(text), "Rejected: client or sender scored %.1f", v->score);
+	engine_early_free(res);
+	m->early_reject = xstrdup(text);
+	return reply_code(ctx, "550", "5.7.1", text, SMFIS_REJECT);
+}
+
 static sfsistat
 mf_envrcpt(SMFICTX *ctx, char **argv)
 {
@@ -380,6 +426,17 @@ mf_envrcpt(SMFICTX *ctx, char **argv)
 		free(addr);
 		return reply_code(ctx, "452", "4.5.3",
 		    "Recipient of another filter policy: send it in a separate transaction", SMFIS_TEMPFAIL);
+	}
+	if (m->early_reject) {          /* refused at the first RCPT: all are */
+		free(addr);
+		return reply_code(ctx, "550", "5.7.1", m->early_reject, SMFIS_REJECT);
+	}
+	if (m->nrcpts == 0 && m->early == NULL && m->auth_user == NULL && E && engine_has_early(E)) {
+		sfsistat st = early_filters(ctx, m, addr);
+		if (st != SMFIS_CONTINUE) {
+			free(addr);
+			return st;
+		}
 	}
 	/* the MTA enforces its own recipient limit; we keep at most ours */
 	if (m->nrcpts >= (size_t)C->smtp_max_rcpts) {
@@ -606,7 +663,7 @@ mf_eom(SMFICTX *ctx)
 		.sender = m->sender ? m->sender : "", .rcpts = (const char *const *)m->rcpts,
 		.nrcpts = m->nrcpts, .auth_user = m->auth_user, .tls = m->tls,
 		.th_set = m->th_set, .th_tag = m->th_tag, .th_quarantine = m->th_quarantine,
-		.th_reject = m->th_reject,
+		.th_reject = m->th_reject, .pre = m->early,
 	};
 	memset(&v, 0, sizeof(v));
 	engine_run(E, m->msg.data ? m->msg.data : "", m->msg.len, &in, &v);

@@ -485,6 +485,45 @@ mt.disconnect(conn)
                  "an allow-listed sender passes; a recipient of another policy gets 452", (r.stdout + r.stderr)[-2000:] + "\n" + m.log()[-1500:])
             t.ok(m.wait_log(r"milter qid=DISC1 event=verdict .* action=discard ") is not None,
                  "the discard is logged")
+
+    # filter-stage helo rcpt: the early filters refuse at the first RCPT, and
+    # every later recipient of the transaction
+    lua = os.path.join(tmp, "early.lua")
+    with open(lua, "w") as f:
+        f.write("""
+local function session(helo)
+	local conn = mt.connect(os.getenv("MILTER_SOCKET"), 40, 0.25)
+	if conn == nil then error("cannot connect") end
+	if mt.conninfo(conn, "client.example", "192.0.2.30") ~= nil then error("conninfo failed") end
+	if mt.helo(conn, helo) ~= nil then error("helo failed") end
+	if mt.mailfrom(conn, "<a@example.org>") ~= nil then error("mailfrom failed") end
+	return conn
+end
+local conn = session("justaname")
+if mt.rcptto(conn, "<x@example.test>") ~= nil then error("rcptto failed") end
+if mt.getreply(conn) ~= SMFIR_REPLYCODE then error("HELO justaname: not refused at RCPT") end
+if mt.rcptto(conn, "<y@example.test>") ~= nil then error("rcptto 2 failed") end
+if mt.getreply(conn) ~= SMFIR_REPLYCODE then error("second recipient not refused") end
+mt.disconnect(conn)
+conn = session("mx.client.example")
+if mt.rcptto(conn, "<x@example.test>") ~= nil then error("rcptto 3 failed") end
+if mt.getreply(conn) ~= SMFIR_CONTINUE then error("a proper HELO: refused") end
+mt.disconnect(conn)
+""")
+    eport = free_port()
+    extra = "\n".join(["listen milter 127.0.0.1:%d" % eport, "filter-stage helo rcpt",
+                       "score HELO_NOT_FQDN 25", "action reject 20"])
+    with Moat(extra=extra, tmpdir=subdir(tmp, "e")) as m:
+        if not m.wait_log(r"milter event=started", 10):
+            t.ok(False, "the milter starts with filter-stage helo rcpt", m.log()[-1500:])
+        else:
+            r = subprocess.run([mt, "-s", lua], capture_output=True, text=True, timeout=120,
+                               env=dict(os.environ, MILTER_SOCKET="inet:%d@127.0.0.1" % eport))
+            t.ok(r.returncode == 0, "filter-stage helo rcpt: HELO justaname refused at the first RCPT "
+                 "and for every recipient; a proper HELO passes", (r.stdout + r.stderr)[-2000:] + "\n" +
+                 m.log()[-1500:])
+            t.ok(m.wait_log(r"milter qid=NOQUEUE event=early-verdict ip=192\.0\.2\.30 .*action=reject "
+                            r".*HELO_NOT_FQDN") is not None, "logged as an early verdict")
     if not os.environ.get("MOAT_KEEP_TMP"):
         shutil.rmtree(tmp, ignore_errors=True)
 
