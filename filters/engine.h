@@ -94,6 +94,10 @@ void engine_run(struct engine *, const char *msg, size_t len, const struct engin
  * moves); creates the Bayes database on first use.  BAYES_OK,
  * BAYES_ALREADY or BAYES_ERR (filters/bayes.h) */
 int engine_learn(struct engine *, const char *msg, size_t len, bool spam);
+/* auto-learn (bayes-autolearn): anything queued?  BLOCKING (pool thread):
+ * learn the queued messages in one write transaction */
+bool engine_autolearn_pending(struct engine *);
+void engine_autolearn_flush(struct engine *);
 /* the header fields to add for this verdict (CRLF lines), into out */
 void verdict_headers(const struct verdict *, const struct moat_conf *, struct buf *out);
 /* "RULE(2.50),BAYES_99(3.50)" for the log */

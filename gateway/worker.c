@@ -250,9 +250,28 @@ worker_lists(void)
 /* every 2 s: a changed list file is re-read in the background */
 static struct event *ev_lists;
 
+static bool autolearning;
+
+static void
+autolearn_work(void *arg)
+{
+	engine_autolearn_flush(wk.engine);
+}
+
+static void
+autolearn_done(void *arg)
+{
+	autolearning = false;
+}
+
 static void
 on_lists_timer(evutil_socket_t fd, short ev, void *arg)
 {
+	/* the same 2 s tick learns what auto-learn queued, in one batch */
+	if (!autolearning && engine_autolearn_pending(wk.engine)) {
+		autolearning = true;
+		pool_submit(wk.pool, autolearn_work, autolearn_done, NULL);
+	}
 	if (wk.lists == NULL || lists_loading || !lists_changed(wk.lists))
 		return;
 	lists_loading = true;
@@ -374,7 +393,8 @@ worker_main(const struct moat_conf *c, struct tls_server *tls)
 			fatalx("worker: %s", err);
 	}
 	wk.pool = pool_new(wk.base, c->threads);
-	if (wk.lists) {
+	{
+		/* lists re-read and auto-learn batches */
 		struct timeval ltv = { 2, 0 };
 		ev_lists = event_new(wk.base, -1, EV_PERSIST, on_lists_timer, NULL);
 		evtimer_add(ev_lists, &ltv);
@@ -418,6 +438,8 @@ worker_main(const struct moat_conf *c, struct tls_server *tls)
 	queue_free(wk.queue);
 	pool_free(wk.pool);
 	ratelimit_free(wk.rates);
+	if (wk.engine)
+		engine_autolearn_flush(wk.engine);     /* what is still queued */
 	engine_free(wk.engine);
 	lists_unref(wk.lists);
 	rl_auth_free(wk.auth_throttle);

@@ -875,6 +875,38 @@ d_rules(struct parser *p, int n, char **w)
 }
 
 static void
+d_bayes_autolearn(struct parser *p, int n, char **w)
+{
+	struct moat_conf *c = p->c;
+
+	if (n < 2 || (strcmp(w[1], "yes") && strcmp(w[1], "no"))) {
+		perr(p, "bayes-autolearn: expected \"bayes-autolearn yes|no [spam N] [ham N]\"");
+		return;
+	}
+	c->bayes_autolearn = !strcmp(w[1], "yes");
+	for (int a = 2; a < n; a += 2) {
+		char *end;
+		double v;
+		if (a + 1 >= n || (strcmp(w[a], "spam") && strcmp(w[a], "ham"))) {
+			perr(p, "bayes-autolearn: \"%s\": expected spam N or ham N", esc(w[a]));
+			return;
+		}
+		v = strtod(w[a + 1], &end);
+		if (*end || end == w[a + 1] || v < -1000 || v > 1000) {
+			perr(p, "bayes-autolearn %s: \"%s\" is not a score", w[a], esc(w[a + 1]));
+			return;
+		}
+		if (!strcmp(w[a], "spam"))
+			c->bayes_autolearn_spam = v;
+		else
+			c->bayes_autolearn_ham = v;
+	}
+	if (c->bayes_autolearn_ham >= c->bayes_autolearn_spam)
+		perr(p, "bayes-autolearn: the ham score (%.2f) must be below the spam score (%.2f)",
+		    c->bayes_autolearn_ham, c->bayes_autolearn_spam);
+}
+
+static void
 d_antivirus(struct parser *p, int n, char **w)
 {
 	struct moat_conf *c = p->c;
@@ -1201,6 +1233,7 @@ static const struct {
 	/* -- operations (#10) -- */
 
 	{ "score", d_score },
+	{ "bayes-autolearn", d_bayes_autolearn },
 	{ "filter-stage", d_filter_stage },
 	{ "action", d_action },
 	{ "rules", d_rules },
@@ -1258,6 +1291,8 @@ set_defaults(struct parser *p, struct moat_conf *c)
 	c->action_tag = 5;
 	c->action_quarantine = 0;
 	c->action_reject = 15;
+	c->bayes_autolearn_spam = 12;   /* SpamAssassin's bayes_auto_learn thresholds */
+	c->bayes_autolearn_ham = 0.1;
 	for (size_t i = 0; i < ARRAY_SIZE(settings); i++)
 		if (settings[i].def)
 			set_scalar(&dp, &settings[i], settings[i].def, c);

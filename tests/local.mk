@@ -130,3 +130,5 @@ TESTS += tests/integration/test_dkim.py tests/integration/test_dmarc.py
 EXTRA_DIST += tests/integration/test_dkim.py tests/integration/test_dmarc.py tests/integration/dkimsign.py
 TESTS += tests/integration/test_filter_stage.py
 EXTRA_DIST += tests/integration/test_filter_stage.py
+TESTS += tests/integration/test_bayes_autolearn.py
+EXTRA_DIST += tests/integration/test_bayes_autolearn.py
