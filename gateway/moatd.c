@@ -18,6 +18,7 @@
 #include "buf.h"
 #include "conf.h"
 #include "log.h"
+#include "metrics.h"
 #include "privs.h"
 #include "engine.h"
 #include "lists.h"
@@ -493,6 +494,7 @@ main(int argc, char **argv)
 					log_crit("master event=worker-died pid=%d signal=%d", (int)p, WTERMSIG(st));
 				else
 					log_crit("master event=worker-exited pid=%d status=%d", (int)p, WEXITSTATUS(st));
+				metrics_worker_restarts++;      /* the next worker inherits it */
 				backoff = time(NULL) - worker_started < 10 ? MIN(backoff * 2, 30) : 1;
 				restart_at = time(NULL) + (backoff > 1 ? backoff : 1);
 				if (backoff <= 2)

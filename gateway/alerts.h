@@ -1,0 +1,24 @@
+/*
+ * alerts.h - threshold alerts, checked on a worker timer (alert-interval):
+ * queue size, oldest queued message, deferral rate, free space in the
+ * state-dir, AV database age, worker restarts.  A condition that starts
+ * gives one log line at crit, one journal event, and, if configured, one
+ * mail to the postmaster (through moat's own queue) and one webhook POST;
+ * it then stays raised, silent, until it has been clear for two checks in
+ * a row, which gives one recovery notice the same ways.  The state is the
+ * worker's: a new worker (reload) raises a condition that still holds once
+ * more.
+ */
+#ifndef MOAT_ALERTS_H
+#define MOAT_ALERTS_H
+
+struct buf;
+
+void alerts_start(void);
+void alerts_stop(void);
+/* moat_alert_firing{alert=...} gauges */
+void alerts_render(struct buf *);
+/* ["queue-size", ...]: the alerts raised now */
+void alerts_json(struct buf *);
+
+#endif

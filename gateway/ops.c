@@ -1,0 +1,214 @@
+/*
+ * ops.c - the operations cache and start/stop of http, alerts, journal.
+ * Runs in: the worker; the refresh in a pool thread, swapped in on the loop.
+ */
+#include "config.h"
+#include "ops.h"
+#include "alerts.h"
+#include "conf.h"
+#include "http.h"
+#include "journal.h"
+#include "log.h"
+#include "pool.h"
+#include "qstore.h"
+#include "spool.h"
+#include "util.h"
+#include "worker.h"
+
+#include <dirent.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+
+#include <event2/event.h>
+
+static struct ops_cache cur;
+static struct event *ev_refresh;
+static bool refreshing;
+
+const struct ops_cache *
+ops_cache(void)
+{
+	return &cur;
+}
+
+static void
+cache_clear(struct ops_cache *oc)
+{
+	buf_free(&oc->queue_json);
+	buf_free(&oc->quarantine_json);
+	memset(oc, 0, sizeof(*oc));
+}
+
+/* newest mtime of the files in the AV database directory */
+static long long
+av_age(const char *dir)
+{
+	DIR *d;
+	struct dirent *de;
+	time_t newest = 0;
+	char path[PATH_MAX];
+	struct stat st;
+
+	if (dir == NULL || (d = opendir(dir)) == NULL)
+		return -1;
+	while ((de = readdir(d)) != NULL) {
+		if (de->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+		if (stat(path, &st) == 0 && S_ISREG(st.st_mode) && st.st_mtime > newest)
+			newest = st.st_mtime;
+	}
+	closedir(d);
+	return newest ? (long long)(time(NULL) - newest) : -1;
+}
+
+struct qlist {
+	struct buf *b;
+	size_t  n;
+};
+
+static void
+queue_one(const char *qid, void *arg)
+{
+	struct qlist *ql = arg;
+	struct envelope env;
+	char *err = NULL;
+
+	if (ql->n >= OPS_LIST_MAX)
+		return;
+	memset(&env, 0, sizeof(env));
+	if (spool_read_envelope(qid, &env, &err) < 0) {
+		free(err);
+		return;
+	}
+	buf_adds(ql->b, ql->n++ ? ",{\"qid\":" : "{\"qid\":");
+	json_str(ql->b, qid);
+	buf_printf(ql->b, ",\"arrival\":%lld,\"sender\":", (long long)env.arrival);
+	json_str(ql->b, env.sender ? env.sender : "");
+	buf_adds(ql->b, ",\"rcpts\":[");
+	for (size_t i = 0; i < env.nrcpts && i < 100; i++) {
+		if (i)
+			buf_addc(ql->b, ',');
+		json_str(ql->b, env.rcpts[i].addr);
+	}
+	buf_printf(ql->b, "],\"nrcpts\":%zu}", env.nrcpts);
+	envelope_clear(&env);
+}
+
+struct qsum {
+	struct ops_cache *oc;
+	size_t  n;
+};
+
+static int
+quarantine_one(const struct qstore_entry *e, void *arg)
+{
+	struct qsum *qs = arg;
+	struct buf *b = &qs->oc->quarantine_json;
+
+	qs->oc->quarantine_msgs++;
+	qs->oc->quarantine_bytes += e->size;
+	if (qs->n >= OPS_LIST_MAX)
+		return 0;
+	buf_adds(b, qs->n++ ? ",{\"id\":" : "{\"id\":");
+	json_str(b, e->id);
+	buf_printf(b, ",\"time\":%lld,\"sender\":", (long long)e->time);
+	json_str(b, e->sender ? e->sender : "");
+	buf_adds(b, ",\"rcpts\":[");
+	for (size_t i = 0; i < e->nrcpts && i < 100; i++) {
+		if (i)
+			buf_addc(b, ',');
+		json_str(b, e->rcpts[i]);
+	}
+	buf_adds(b, "],\"subject\":");
+	json_str(b, e->subject ? e->subject : "");
+	buf_printf(b, ",\"size\":%lld,\"score\":%.2f,\"symbols\":", e->size, e->score);
+	json_str(b, e->symbols ? e->symbols : "");
+	buf_addc(b, '}');
+	return 0;
+}
+
+/* BLOCKING (pool thread) */
+static void
+refresh_work(void *arg)
+{
+	struct ops_cache *oc = arg;
+	const struct moat_conf *c = W->conf;
+	struct statvfs sv;
+	struct qstore *qs;
+	char *err = NULL;
+
+	oc->av_age = av_age(c->av_database);
+	oc->disk_free = oc->disk_total = -1;
+	if (statvfs(c->state_dir, &sv) == 0) {
+		oc->disk_free = (long long)sv.f_bavail * (long long)sv.f_frsize;
+		oc->disk_total = (long long)sv.f_blocks * (long long)sv.f_frsize;
+	}
+	struct qlist ql = { &oc->queue_json, 0 };
+	buf_addc(&oc->queue_json, '[');
+	spool_list(queue_one, &ql);
+	buf_addc(&oc->queue_json, ']');
+	buf_addc(&oc->quarantine_json, '[');
+	if ((qs = qstore_open(c->state_dir, &err)) != NULL) {
+		struct qfilter qf;
+		struct qsum sum = { oc, 0 };
+		memset(&qf, 0, sizeof(qf));
+		qstore_list(qs, &qf, quarantine_one, &sum);
+		qstore_close(&qs);
+	} else {
+		oc->quarantine_msgs = -1;
+		free(err);
+	}
+	buf_addc(&oc->quarantine_json, ']');
+	oc->updated = time(NULL);
+}
+
+static void
+refresh_done(void *arg)
+{
+	struct ops_cache *oc = arg;
+
+	refreshing = false;
+	cache_clear(&cur);
+	cur = *oc;              /* the buffers move */
+	free(oc);
+}
+
+static void
+on_refresh(evutil_socket_t fd, short ev, void *arg)
+{
+	if (refreshing || W->draining)
+		return;
+	refreshing = true;
+	pool_submit(W->pool, refresh_work, refresh_done, xcalloc(1, sizeof(struct ops_cache)));
+}
+
+void
+ops_start(void)
+{
+	struct timeval tv = { OPS_REFRESH, 0 };
+
+	journal_start(W->base, W->pool, W->conf);
+	http_start();
+	alerts_start();
+	ev_refresh = event_new(W->base, -1, EV_PERSIST, on_refresh, NULL);
+	evtimer_add(ev_refresh, &tv);
+	on_refresh(-1, 0, NULL);
+}
+
+void
+ops_stop(void)
+{
+	if (ev_refresh) {
+		event_free(ev_refresh);
+		ev_refresh = NULL;
+	}
+	alerts_stop();
+	http_stop();
+	journal_stop();
+	cache_clear(&cur);
+}
