@@ -19,6 +19,7 @@
 #include "conf.h"
 #include "log.h"
 #include "metrics.h"
+#include "journal.h"
 #include "privs.h"
 #include "engine.h"
 #include "lists.h"
@@ -248,6 +249,7 @@ start_worker(struct moat_conf *c, struct tls_server *t)
 	if (pid_fd >= 0)
 		close(pid_fd);
 	log_setident("moatd-worker");
+	journal_open_json(c);           /* as root: the file may be in /var/log */
 	privs_drop(c);
 	exit(worker_main(c, t));
 }

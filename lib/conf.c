@@ -364,7 +364,11 @@ d_listen(struct parser *p, int n, char **w)
 		} else
 			perr(p, "listen: unknown option \"%s\" (tls=, auth=, allow=, deny=)", esc(w[a]));
 	}
-	if (l.kind == LISTEN_MILTER || l.kind == LISTEN_HTTP) {
+	if (l.kind == LISTEN_HTTP && (l.tls_set || l.auth_set)) {   /* operations (#10) */
+		perr(p, "listen http: tls= and auth= do not apply (plain HTTP; see http-token)");
+		goto out;
+	}
+	if (l.kind == LISTEN_MILTER) {
 		perr(p, "listen %s: not supported by this version of moat yet", w[1]);
 		goto out;
 	}

@@ -65,6 +65,7 @@ static struct event *ev_flush;
 static bool flushing;
 static sqlite3 *db;             /* used by one batch at a time (pool thread, or stop) */
 static time_t next_purge;
+static int json_fd = -1;         /* log-json, opened before the privileges went */
 
 static double
 now_real(void)
@@ -405,6 +406,13 @@ db_open(char **err)
 	if (db)
 		return 0;
 	conf_path(jc, JOURNAL_DB, path, sizeof(path));
+	{
+		/* the journal holds addresses: not world-readable (SQLite gives
+		 * its -wal and -shm the same mode) */
+		int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+		if (fd >= 0)
+			close(fd);
+	}
 	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
 	    SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
 		*err = xstrdup(db ? sqlite3_errmsg(db) : "cannot open");
@@ -498,13 +506,13 @@ json_write(struct jrow *list, char **err)
 		row_json(r, &b);
 	if (b.len == 0)
 		return 0;
-	if ((fd = open(jc->log_json, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640)) < 0 ||
-	    write_all(fd, b.data, b.len) < 0) {
+	fd = json_fd;
+	if (fd < 0 && (fd = open(jc->log_json, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640)) >= 0)
+		json_fd = fd;
+	if (fd < 0 || write_all(fd, b.data, b.len) < 0) {
 		*err = xstrdup(strerror(errno));
 		rc = -1;
 	}
-	if (fd >= 0)
-		close(fd);
 	buf_free(&b);
 	return rc;
 }
@@ -589,6 +597,16 @@ on_flush(evutil_socket_t fd, short ev, void *arg)
 }
 
 void
+journal_open_json(const struct moat_conf *c)
+{
+	if (c->log_json == NULL || json_fd >= 0)
+		return;
+	json_fd = open(c->log_json, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+	if (json_fd < 0)
+		log_warn("journal: cannot open log-json %s", c->log_json);
+}
+
+void
 journal_start(struct event_base *base, struct pool *pool, const struct moat_conf *c)
 {
 	struct timeval tv = { 1, 0 };
@@ -620,6 +638,10 @@ journal_stop(void)
 	if (db) {
 		sqlite3_close(db);
 		db = NULL;
+	}
+	if (json_fd >= 0) {
+		close(json_fd);
+		json_fd = -1;
 	}
 	jc = NULL;
 }

@@ -25,6 +25,9 @@ struct buf;
 
 #define JOURNAL_DB "journal.db"
 
+/* the worker, before it drops privileges: open log-json (root may be
+ * needed to write in /var/log); each new worker reopens it (rotation) */
+void journal_open_json(const struct moat_conf *);
 /* the worker: start the batch timer; flush what is left (synchronously) */
 void journal_start(struct event_base *, struct pool *, const struct moat_conf *);
 void journal_stop(void);
