@@ -109,10 +109,10 @@ send_mail(const char *name, bool firing, const char *text)
 	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", &tm);
 	spool_new_qid(id);
 	buf_printf(&b, "From: moat <MAILER-DAEMON@%s>\r\nTo: <%s>\r\n"
-	    "Subject: [moat] %s %s on %s\r\nDate: %s\r\nMessage-ID: <alert.%s@%s>\r\n"
+	    "Subject: [moat] %s %s on %s: %.200s\r\nDate: %s\r\nMessage-ID: <alert.%s@%s>\r\n"
 	    "Auto-Submitted: auto-generated\r\nX-Moat-Alert: %s %s\r\n"
 	    "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n",
-	    c->hostname, c->postmaster, firing ? "ALERT" : "RECOVERED", name, c->hostname, date,
+	    c->hostname, c->postmaster, firing ? "ALERT" : "RECOVERED", name, c->hostname, text, date,
 	    id, c->hostname, name, firing ? "firing" : "resolved");
 	buf_printf(&b, "%s %s on %s at %s:\r\n\r\n  %s\r\n\r\n%s", firing ? "Alert" : "Recovered",
 	    name, c->hostname, date, text, firing ?
@@ -253,7 +253,7 @@ on_check(evutil_socket_t fd, short ev, void *arg)
 	if (W->queue)
 		queue_get_stats(W->queue, &qs);
 	evaluate(A_QUEUE_SIZE, c->alert_queue_size > 0, (long long)qs.messages > c->alert_queue_size,
-	    (double)qs.messages, (double)c->alert_queue_size, "messages queued (alert above)");
+	    (double)qs.messages, (double)c->alert_queue_size, "queued messages");
 	age = qs.oldest ? (double)(now - qs.oldest) : 0;
 	evaluate(A_QUEUE_AGE, c->alert_queue_age > 0, age >= (double)c->alert_queue_age, age,
 	    (double)c->alert_queue_age, "seconds the oldest message has been queued");

@@ -101,3 +101,8 @@ TESTS += tests/integration/test_quarantine_cli.py
 EXTRA_DIST += tests/integration/test_quarantine_cli.py
 TESTS += tests/integration/test_authres.py
 EXTRA_DIST += tests/integration/test_authres.py
+
+# ---- operations (#10): metrics, alerts, journal/trace ----
+TESTS += tests/integration/test_metrics.py tests/integration/test_alerts.py tests/integration/test_trace.py
+EXTRA_DIST += tests/integration/test_metrics.py tests/integration/test_alerts.py tests/integration/test_trace.py \
+	tests/integration/promparse.py

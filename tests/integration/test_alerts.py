@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Operations: alerts.  With the downstream down, the queue passes
+alert-queue-size: exactly one alert mail reaches the postmaster's mailbox
+(deliver store) and exactly one webhook POST reaches a test HTTP listener,
+with one crit log line; the alert stays silent while the condition holds.
+When the downstream comes back and the queue drains: exactly one recovery
+notice of each kind.  Bad alert-webhook values are config errors."""
+import http.server
+import json
+import os
+import re
+import shutil
+import smtplib
+import subprocess
+import threading
+import time
+
+from moattest import TAP, Moat, Sink, MOATD, free_port, make_tmpdir
+
+t = TAP()
+posts = []
+
+
+class Hook(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length", "0"))
+        body = self.rfile.read(n)
+        posts.append((self.path, self.headers.get("Content-Type"), body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *a):
+        pass
+
+
+hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+threading.Thread(target=hook.serve_forever, daemon=True).start()
+sink_port = free_port()          # nothing listens there until the recovery
+
+
+def pm_mails(m):
+    out = []
+    for p in m.maildir_files("pm@local.test"):
+        with open(p, "rb") as f:
+            out.append(f.read().decode("utf-8", "replace"))
+    return out
+
+
+def wait(cond, timeout):
+    end = time.time() + timeout
+    while time.time() < end:
+        if cond():
+            return True
+        time.sleep(0.1)
+    return cond()
+
+
+with Moat(domains={"relay.test": "relay smtp://127.0.0.1:%d" % sink_port, "local.test": "store"},
+          start=False) as m:
+    m.write_conf("\n".join([
+        "postmaster pm@local.test", "queue-retry-min 1", "queue-retry-max 2",
+        "alert-interval 1", "alert-queue-size 5", "alert-email yes",
+        "alert-webhook http://127.0.0.1:%d/hooks/moat?x=1" % hook.server_address[1]]))
+    m.cli("user", "add", "pm@local.test", input="pm-password\n", check=True)
+    m.start()
+    s = smtplib.SMTP("127.0.0.1", m.port, timeout=30)
+    for i in range(7):
+        s.sendmail("a@b.example", ["x@relay.test"], b"Subject: %d\r\n\r\nbody\r\n" % i)
+    s.quit()
+
+    t.ok(wait(lambda: len(posts) >= 1, 20), "a webhook POST arrives when the queue passes 5")
+    t.ok(wait(lambda: len(pm_mails(m)) >= 1, 20), "an alert mail arrives in the postmaster's mailbox")
+    time.sleep(3)                # the condition holds: no more notices
+    t.eq(len(posts), 1, "exactly one webhook POST while the condition holds")
+    mails = pm_mails(m)
+    t.eq(len(mails), 1, "exactly one alert mail")
+    if posts:
+        path, ctype, body = posts[0]
+        try:
+            j = json.loads(body)
+        except ValueError:
+            j = {}
+        t.eq((path, ctype), ("/hooks/moat?x=1", "application/json"), "POSTed to the URL's path, JSON")
+        t.ok(j.get("alert") == "queue-size" and j.get("status") == "firing" and j.get("value", 0) > 5
+             and j.get("threshold") == 5 and j.get("host") == "mx.moat.test", "the webhook body", body)
+    if mails:
+        t.ok(re.search(r"(?m)^Subject: \[moat\] ALERT queue-size on mx\.moat\.test", mails[0]) and
+             "Auto-Submitted: auto-generated" in mails[0], "the alert mail", mails[0][:800])
+    t.eq(len(re.findall(r"crit: alert event=alert name=queue-size", m.log())), 1,
+         "one crit log line")
+
+    with Sink(port=sink_port) as sink:
+        t.ok(sink.wait_messages(7, 30), "the downstream is back: the queue drains")
+        t.ok(wait(lambda: len(posts) >= 2, 20), "a recovery webhook POST arrives")
+        t.ok(wait(lambda: len(pm_mails(m)) >= 2, 20), "a recovery mail arrives")
+        time.sleep(3)
+        t.eq(len(posts), 2, "exactly one recovery POST")
+        t.eq(len(pm_mails(m)), 2, "exactly one recovery mail")
+        if len(posts) >= 2:
+            j = json.loads(posts[1][2])
+            t.ok(j.get("alert") == "queue-size" and j.get("status") == "resolved",
+                 "the recovery webhook body", posts[1][2])
+        rec = [x for x in pm_mails(m) if "RECOVERED" in x]
+        t.ok(len(rec) == 1 and re.search(r"(?m)^Subject: \[moat\] RECOVERED queue-size", rec[0]),
+             "the recovery mail", rec[0][:600] if rec else pm_mails(m))
+        t.eq(len(re.findall(r"crit: alert event=recovered name=queue-size", m.log())), 1,
+             "one crit recovery line")
+        r = m.cli("status")
+        t.ok(r.returncode == 0 and re.search(r"alerts\s+none", r.stdout), "moat status: no alert raised",
+             r.stdout + r.stderr)
+hook.shutdown()
+
+# config errors
+tmp = make_tmpdir()
+conf = os.path.join(tmp, "moat.conf")
+for line, want in (("alert-webhook https://127.0.0.1/x", "not an http:// URL"),
+                   ("alert-webhook http://hooks.example.com/x", "must be an IP address"),
+                   ("alert-webhook http:///x", "no host"),
+                   ("alert-queue-size -1", "alert-queue-size"),
+                   ("http-token-file /nonexistent/token", "cannot read"),
+                   ("listen http 127.0.0.1:9 tls=starttls", "do not apply")):
+    with open(conf, "w") as f:
+        f.write("state-dir %s\n%s\n" % (tmp, line))
+    r = subprocess.run([MOATD, "-n", "-c", conf], capture_output=True, text=True)
+    t.ok(r.returncode != 0 and ("%s:2:" % conf) in r.stderr and want in r.stderr,
+         "config error: %s" % line, r.stderr)
+shutil.rmtree(tmp, ignore_errors=True)
+t.done()
