@@ -113,9 +113,10 @@ render_metrics(struct buf *b)
 		gauge(b, "moat_av_database_age_seconds", "Seconds since the newest antivirus database "
 		    "file changed.", (double)avage);
 	struct resolver *res = engine_resolver(W->engine);
-	if (res) {
-		unsigned long long q, f, t;
-		resolver_stats(res, &q, &f, &t);
+	{
+		unsigned long long q = 0, f = 0, t = 0;
+		if (res)
+			resolver_stats(res, &q, &f, &t);
 		counter(b, "moat_resolver_queries_total", "DNS queries by the filters.", (double)q);
 		counter(b, "moat_resolver_failures_total", "DNS queries that failed (SERVFAIL, errors).",
 		    (double)f);

@@ -9,6 +9,7 @@
 #include "http.h"
 #include "journal.h"
 #include "log.h"
+#include "metrics.h"
 #include "pool.h"
 #include "qstore.h"
 #include "spool.h"
@@ -187,10 +188,33 @@ on_refresh(evutil_socket_t fd, short ev, void *arg)
 	pool_submit(W->pool, refresh_work, refresh_done, xcalloc(1, sizeof(struct ops_cache)));
 }
 
+/* the series every scrape should show, at 0 before the first event */
+static void
+metrics_preset(void)
+{
+	static const char *actions[] = { "accept", "tag", "quarantine", "reject", "tempfail" };
+	static const char *refused[] = { "access-list", "max-sessions", "max-sessions-per-ip",
+	    "block-list" };
+
+	for (size_t i = 0; i < ARRAY_SIZE(actions); i++)
+		metric_add(M_MESSAGES, actions[i], NULL, 0);
+	for (size_t i = 0; i < ARRAY_SIZE(refused); i++)
+		metric_add(M_CONN_REFUSED, refused[i], NULL, 0);
+	for (size_t i = 0; i < W->conf->nlistens; i++)
+		if (W->conf->listens[i].kind <= LISTEN_SMTPS)
+			metric_add(M_CONNECTIONS, W->conf->listens[i].spec, NULL, 0);
+	metric_add(M_TLS, "ok", NULL, 0);
+	metric_add(M_TLS, "failed", NULL, 0);
+	metric_add(M_AUTH, "ok", NULL, 0);
+	metric_add(M_AUTH, "failed", NULL, 0);
+}
+
 void
 ops_start(void)
 {
 	struct timeval tv = { OPS_REFRESH, 0 };
+
+	metrics_preset();
 
 	journal_start(W->base, W->pool, W->conf);
 	http_start();

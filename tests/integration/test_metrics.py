@@ -8,6 +8,7 @@ size.  The bearer token guards all but /healthz.  moat status and moat report
 read the same figures."""
 import json
 import os
+import re
 import shutil
 import smtplib
 import subprocess
@@ -15,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 
-from moattest import TAP, Moat, Sink, free_port, wait_port
+from moattest import TAP, Moat, Sink, SRCDIR, free_port, wait_port
 import promparse
 
 t = TAP()
@@ -148,6 +149,18 @@ with Sink() as sink:
         t.eq(V("moat_queue_messages"), 0, "the queue is empty")
         t.eq(V("moat_up"), 1, "moat_up 1")
         t.eq(V("moat_worker_restarts_total"), 0, "no worker restarts")
+
+        # the shipped alert rules and dashboard only use metrics that exist
+        names = set(nm for f in fams.values() for nm, l, v in f["samples"])
+        used = set()
+        for rel in ("contrib/prometheus/moat-alerts.yml", "contrib/grafana/moat-dashboard.json"):
+            p = os.path.join(SRCDIR, rel)
+            if os.path.exists(p):
+                with open(p) as f:
+                    used |= set(re.findall(r"\bmoat_[a-z0-9_]+", f.read()))
+        missing = sorted(n for n in used if n not in names and not n.startswith("moat_av_"))
+        t.ok(used and not missing, "contrib/ rules and dashboard use existing metrics (%d)" % len(used),
+             "missing: %s" % " ".join(missing))
 
         code, ctype, body = get(hport, "/api/status", TOKEN)
         try:
