@@ -131,9 +131,11 @@ cmd_trace(struct moat_conf *c, int argc, char **argv)
 					printf(" score=%.2f", sqlite3_column_double(st, k));
 				else if (k == 12)
 					printf(" attempts=%d", sqlite3_column_int(st, k));
-				else if (k == 13)
-					printf(" \"%s\"", safe((const char *)sqlite3_column_text(st, k), tmp,
-					    sizeof(tmp)));
+				else if (k == 13) {
+					const char *d = safe((const char *)sqlite3_column_text(st, k), tmp,
+					    sizeof(tmp));
+					printf(strchr(d, ' ') || !strchr(d, '=') ? " \"%s\"" : " %s", d);
+				}
 				else
 					printf(" %s=%s", cols[k], safe((const char *)sqlite3_column_text(st, k),
 					    tmp, sizeof(tmp)));

@@ -144,7 +144,11 @@ journal_connect(const char *sid, const char *ip, const char *listener)
 	metric_inc(M_CONNECTIONS, listener, NULL);
 	row_set(r, F_SID, sid);
 	row_set(r, F_IP, ip);
-	row_set(r, F_DETAIL, listener);
+	{
+		char d[300];
+		snprintf(d, sizeof(d), "listener=%s", listener);
+		row_set(r, F_DETAIL, d);
+	}
 	row_add(r);
 }
 

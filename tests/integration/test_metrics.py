@@ -43,6 +43,8 @@ def send(m, data, to="x@relay.test"):
         r = 250
     except smtplib.SMTPDataError as e:
         r = e.smtp_code
+    except smtplib.SMTPResponseException as e:
+        r = e.smtp_code
     except smtplib.SMTPRecipientsRefused as e:
         r = list(e.recipients.values())[0][0]
     s.quit()
@@ -200,4 +202,17 @@ with Sink() as sink:
             lines = [json.loads(l) for l in f]
         t.eq(sum(1 for e in lines if e.get("type") == "verdict"), total,
              "log-json: one verdict event per message, each line JSON")
+
+# tempfail: an antivirus that cannot be reached with on-error tempfail (the default)
+with Moat(domains={"relay.test": "relay smtp://127.0.0.1:9"}, start=False) as m:
+    hport = free_port()
+    m.write_conf("listen http 127.0.0.1:%d\nantivirus clamd 127.0.0.1:%d" % (hport, free_port()))
+    m.start()
+    wait_port(hport)
+    K = 2
+    t.eq([send(m, msg("plain", i)) for i in range(K)], [451] * K, "%d messages tempfailed (451)" % K)
+    fams = promparse.parse(get(hport, "/metrics")[2])
+    t.eq((promparse.value(fams, "moat_messages_total", action="tempfail"),
+          promparse.value(fams, "moat_messages_total", action="accept")), (K, 0),
+         "moat_messages_total{action=tempfail} = %d, no token needed without http-token" % K)
 t.done()
