@@ -21,6 +21,7 @@
 #include "util.h"
 #include "worker.h"
 
+#include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -182,6 +183,27 @@ send_text(struct evhttp_request *req, int code, const char *reason, const char *
 	evbuffer_free(out);
 }
 
+/* the listener's allow=/deny= (evhttp keeps the peer as a numeric string) */
+static bool
+peer_admitted(const struct listen_conf *l, struct evhttp_connection *conn)
+{
+	struct sockaddr_storage ss;
+	char *host = NULL;
+	ev_uint16_t port = 0;
+
+	if (l->nallow == 0 && l->ndeny == 0)
+		return true;
+	evhttp_connection_get_peer(conn, &host, &port);
+	memset(&ss, 0, sizeof(ss));
+	if (host && inet_pton(AF_INET, host, &((struct sockaddr_in *)&ss)->sin_addr) == 1)
+		ss.ss_family = AF_INET;
+	else if (host && inet_pton(AF_INET6, host, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1)
+		ss.ss_family = AF_INET6;
+	else
+		return false;
+	return listen_admits(l, (const struct sockaddr *)&ss);
+}
+
 static void
 handle(struct evhttp_request *req, void *arg)
 {
@@ -189,11 +211,10 @@ handle(struct evhttp_request *req, void *arg)
 	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
 	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
 	struct evhttp_connection *conn = evhttp_request_get_connection(req);
-	const struct sockaddr *sa = conn ? evhttp_connection_get_addr(conn) : NULL;
 	struct buf b = BUF_INIT;
 	const char *json = "application/json";
 
-	if (sa == NULL || !listen_admits(l, sa)) {
+	if (conn == NULL || !peer_admitted(l, conn)) {
 		buf_adds(&b, "forbidden\n");
 		send_text(req, 403, "Forbidden", "text/plain", &b);
 		goto out;

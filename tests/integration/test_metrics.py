@@ -68,14 +68,14 @@ def scrape(port):
 
 
 with Sink() as sink:
-    hport = free_port()
-    tmpd = None
+    hport, hport2 = free_port(), free_port()
     with Moat(domains={"relay.test": "relay smtp://127.0.0.1:%d" % sink.port}, start=False) as m:
         rules = os.path.join(m.tmp, "t.rules")
         with open(rules, "w") as f:
             f.write(RULES)
         m.write_conf("\n".join([
             "listen http 127.0.0.1:%d" % hport, "http-token %s" % TOKEN,
+            "listen http 127.0.0.1:%d deny=127.0.0.0/8" % hport2,
             "rules %s" % rules, "action tag 5", "action quarantine 10", "action reject 20",
             "log-json %s" % os.path.join(m.tmp, "events.jsonl")]))
         m.start()
@@ -87,6 +87,7 @@ with Sink() as sink:
         t.eq(code, 401, "/metrics without the token: 401")
         code, _, _ = get(hport, "/metrics", "wrong-token-wrong-token-wrong")
         t.eq(code, 401, "/metrics with a wrong token: 401")
+        t.eq(get(hport2, "/metrics", TOKEN)[0], 403, "a listener whose deny= matches the client: 403")
         code, _, _ = get(hport, "/nope", TOKEN)
         t.eq(code, 404, "an unknown path: 404")
 
