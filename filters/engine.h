@@ -40,6 +40,7 @@ struct verdict {
 	char    force_why[200];     /* for the reply and the log ("virus Eicar-Test") */
 	enum verdict_action action; /* final */
 	double  elapsed_ms;
+	double  required;           /* the tag (else reject) threshold applied */
 	char   *hdrs;               /* header fields filters add (CRLF lines), or NULL */
 	size_t  hdrslen;
 };
@@ -70,10 +71,17 @@ struct engine_in {
 	size_t  nrcpts;
 	const char *auth_user;
 	bool    tls;
+	/* per-domain thresholds (the recipients' domain); else the global ones */
+	bool    th_set;
+	double  th_tag, th_quarantine, th_reject;
 };
 /* BLOCKING (pool thread): run the data filters on the message bytes */
 void engine_run(struct engine *, const char *msg, size_t len, const struct engine_in *,
     struct verdict *);
+/* BLOCKING (pool thread): learn a message as spam or ham (IMAP Junk
+ * moves); creates the Bayes database on first use.  BAYES_OK,
+ * BAYES_ALREADY or BAYES_ERR (filters/bayes.h) */
+int engine_learn(struct engine *, const char *msg, size_t len, bool spam);
 /* the header fields to add for this verdict (CRLF lines), into out */
 void verdict_headers(const struct verdict *, const struct moat_conf *, struct buf *out);
 /* "RULE(2.50),BAYES_99(3.50)" for the log */

@@ -115,6 +115,7 @@ struct session {
 	char    linehead[10];
 	size_t  lineheadlen;
 	struct buf hold;            /* the header field being received (see emit) */
+	const struct domain_conf *th_domain; /* the first recipient's: its thresholds apply */
 	enum { HOLD_PASS, HOLD_FIELD, HOLD_DROP } hold_mode;
 	bool    at_line_start;
 	int     nreceived;
@@ -242,6 +243,7 @@ reset_transaction(struct session *s)
 		s->w = NULL;
 	}
 	envelope_clear(&s->env);
+	s->th_domain = NULL;
 	xfree(s->rcvhdr);
 	s->msg_allow = false;
 	memset(&s->mp, 0, sizeof(s->mp));
@@ -475,6 +477,19 @@ cmd_rcpt(struct session *s, const struct smtp_command *c)
 		log_reject(s, "rcpt", addr, rbuf);
 		return;
 	}
+	/* one verdict per message: recipients whose domains have different
+	 * thresholds go in separate transactions (the client retries a 452
+	 * recipient at once, in its next transaction: RFC 5321 4.5.3.1.10) */
+	if (s->env.nrcpts > 0 && s->th_domain &&
+	    (s->th_domain->th_tag != d->th_tag || s->th_domain->th_quarantine != d->th_quarantine ||
+	    s->th_domain->th_reject != d->th_reject)) {
+		snprintf(rbuf, sizeof(rbuf),
+		    "452 4.5.3 <%s>: Recipient of another filter policy: send it in a separate transaction",
+		    addr);
+		reply(s, "%s", rbuf);
+		log_reject(s, "rcpt", addr, rbuf);
+		return;
+	}
 	if (d->deliver == DELIVER_STORE && d != C()->smarthost) {
 		struct users *u = worker_users();
 		int r = u ? users_exists(u, addr, C()->recipient_delimiter) : -1;
@@ -512,6 +527,8 @@ cmd_rcpt(struct session *s, const struct smtp_command *c)
 			return;
 		}
 	envelope_add_rcpt(&s->env, addr, rp.orcpt, rp.notify);
+	if (s->env.nrcpts == 1)
+		s->th_domain = d;
 	s->state = S_RCPT;
 	reply(s, "250 2.1.5 Ok");
 }
@@ -1275,6 +1292,12 @@ filter_work(void *arg)
 		.helo = s->helo ? s->helo : "", .sender = s->env.sender ? s->env.sender : "",
 		.rcpts = rcpts, .nrcpts = s->env.nrcpts, .auth_user = s->auth_user, .tls = s->tls,
 	};
+	if (s->th_domain) {
+		in.th_set = true;
+		in.th_tag = s->th_domain->th_tag;
+		in.th_quarantine = s->th_domain->th_quarantine;
+		in.th_reject = s->th_domain->th_reject;
+	}
 	engine_run(W->engine, msg, (size_t)len, &in, &s->verdict);
 	journal_message_id(s->env.qid, msg, (size_t)len);
 	free(rcpts);

@@ -64,6 +64,9 @@ struct domain_conf {
 	char   *name;                   /* lowercase, no trailing dot */
 	enum deliver_kind deliver;
 	struct relay_dest relay;        /* DELIVER_RELAY */
+	/* the action thresholds for mail to this domain: the global ones,
+	 * or "action tag|quarantine|reject N domain NAME" */
+	double  th_tag, th_quarantine, th_reject;
 };
 
 struct cidr {
@@ -188,6 +191,7 @@ struct moat_conf {
 	struct cidr *limit_exempt;      /* per-IP limits do not apply (default loopback) */
 	size_t  nlimit_exempt;
 	char   *recipient_delimiter;    /* "+" ; NULL/"" = none */
+	bool    store_junk;             /* tagged spam to the user's Junk folder */
 
 	/* queue and delivery */
 	long long queue_retry_min;      /* seconds */

@@ -20,6 +20,8 @@
  */
 #include "config.h"
 #include "imap.h"
+#include "engine.h"
+#include "bayes.h"
 #include "imap_parse.h"
 #include "buf.h"
 #include "conf.h"
@@ -1391,6 +1393,46 @@ wild_match(const char *pat, const char *s)
 	return *s != '\0' && *pat == *s && wild_match(pat + 1, s + 1);
 }
 
+/*
+ * BLOCKING (pool): a message moved or copied into Junk is learned as spam,
+ * out of Junk (except into Trash) as ham, through the engine's Bayes
+ * (Dovecot's antispam plugin semantics).  The copies in dst are read: they
+ * are the same bytes.  Learning the same message twice is refused by the
+ * digest (BAYES_ALREADY); a relearn as the other class undoes the first.
+ */
+static void
+junk_train(struct imap *s, struct mbox *src, struct mbox *dst, const uint32_t *newuids, size_t n)
+{
+	const char *su = mbox_special_use(src->name), *du = mbox_special_use(dst->name);
+	bool sj = su && !strcmp(su, "\\Junk"), dj = du && !strcmp(du, "\\Junk");
+	bool dt = du && !strcmp(du, "\\Trash");
+	bool spam;
+	size_t learned = 0, already = 0, failed = 0;
+
+	if (W->engine == NULL || !W->conf->bayes || sj == dj || (sj && dt))
+		return;
+	spam = dj;
+	for (size_t i = 0; i < n; i++) {
+		struct mbox_msg *m;
+		struct buf raw = BUF_INIT;
+		if (newuids[i] == 0 || (m = mbox_find(dst, newuids[i])) == NULL)
+			continue;
+		if (mbox_msg_read(dst, m, &raw) < 0) {
+			failed++;
+			buf_free(&raw);
+			continue;
+		}
+		switch (engine_learn(W->engine, raw.data ? raw.data : "", raw.len, spam)) {
+		case BAYES_OK: learned++; break;
+		case BAYES_ALREADY: already++; break;
+		default: failed++; break;
+		}
+		buf_free(&raw);
+	}
+	log_info("imap event=junk-learn user=%s class=%s from=%s to=%s learned=%zu already=%zu failed=%zu",
+	    esc(s->user), spam ? "spam" : "ham", esc(src->name), esc(dst->name), learned, already, failed);
+}
+
 static void
 job_work(void *arg)
 {
@@ -1502,6 +1544,7 @@ job_work(void *arg)
 				jtext(j, 1, "[SERVERBUG] Copied but not removed");
 			free(sv);
 		}
+		junk_train(s, j->mb, dst, j->res, j->n);
 		mbox_close(dst);
 		break;
 	}

@@ -101,6 +101,10 @@ TESTS += tests/integration/test_quarantine_cli.py
 EXTRA_DIST += tests/integration/test_quarantine_cli.py
 TESTS += tests/integration/test_authres.py
 EXTRA_DIST += tests/integration/test_authres.py
+TESTS += tests/integration/test_domain_action.py
+EXTRA_DIST += tests/integration/test_domain_action.py
+TESTS += tests/integration/test_imap_junk.py
+EXTRA_DIST += tests/integration/test_imap_junk.py
 
 # ---- operations (#10): metrics, alerts, journal/trace ----
 TESTS += tests/integration/test_metrics.py tests/integration/test_alerts.py tests/integration/test_trace.py
