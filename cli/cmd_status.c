@@ -9,8 +9,7 @@
 #include "cli.h"
 #include "buf.h"
 #include "conf.h"
-#include "qstore.h"
-#include "spool.h"
+#include "privs.h"
 #include "util.h"
 
 #include <dirent.h>
@@ -21,6 +20,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <sqlite3.h>
 
@@ -72,25 +72,11 @@ av_age(const char *dir)
 	return newest ? (long long)(time(NULL) - newest) : -1;
 }
 
-struct qcount {
-	long    n;
-	long long bytes;
-};
-
-static int
-qcount(const struct qstore_entry *e, void *arg)
-{
-	struct qcount *q = arg;
-	q->n++;
-	q->bytes += e->size;
-	return 0;
-}
-
 int
 cmd_status(struct moat_conf *c, int argc, char **argv)
 {
 	char path[PATH_MAX], d1[32], d2[32];
-	char *rep, *err = NULL;
+	char *rep;
 	time_t now = time(NULL), midnight;
 	struct tm tm;
 
@@ -98,6 +84,8 @@ cmd_status(struct moat_conf *c, int argc, char **argv)
 		fprintf(stderr, "usage: moat [-c FILE] status\n");
 		return 2;
 	}
+	if (geteuid() == 0)
+		privs_drop(c);          /* read as the run user: no root-owned -shm files */
 	if ((rep = cli_control(c, "status")) == NULL) {
 		conf_path(c, "control.sock", path, sizeof(path));
 		fprintf(stderr, "moat: moatd is not running? (%s: %s)\n", path, strerror(errno));
@@ -170,18 +158,25 @@ cmd_status(struct moat_conf *c, int argc, char **argv)
 		printf("today       (no event journal: %s)\n", path);
 	sqlite3_close(db);
 
-	struct qstore *qs;
-	if (spool_init(c, &err) == 0 && (qs = qstore_open(c->state_dir, &err)) != NULL) {
-		struct qfilter qf;
-		struct qcount q = { 0, 0 };
-		memset(&qf, 0, sizeof(qf));
-		qstore_list(qs, &qf, qcount, &q);
-		qstore_close(&qs);
-		printf("quarantine  %ld messages held (%lld KiB)\n", q.n, (q.bytes + 1023) / 1024);
-	} else {
-		printf("quarantine  ? (%s)\n", err ? err : "cannot open");
-	}
-	free(err);
+	/* the quarantine index, read-only (qstore_open would repair: not ours to do) */
+	conf_path(c, "quarantine/index.db", path, sizeof(path));
+	db = NULL;
+	if (access(path, F_OK) != 0)
+		printf("quarantine  0 messages held\n");
+	else if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK) {
+		sqlite3_stmt *st;
+		sqlite3_busy_timeout(db, 5000);
+		if (sqlite3_prepare_v2(db, "SELECT count(*), coalesce(sum(size), 0) FROM msg WHERE "
+		    "state IN ('held','releasing')", -1, &st, NULL) == SQLITE_OK &&
+		    sqlite3_step(st) == SQLITE_ROW)
+			printf("quarantine  %lld messages held (%lld KiB)\n", sqlite3_column_int64(st, 0),
+			    (sqlite3_column_int64(st, 1) + 1023) / 1024);
+		else
+			printf("quarantine  ? (%s)\n", sqlite3_errmsg(db));
+		sqlite3_finalize(st);
+	} else
+		printf("quarantine  ? (%s: %s)\n", path, db ? sqlite3_errmsg(db) : "cannot open");
+	sqlite3_close(db);
 	if (c->av_database) {
 		long long age = av_age(c->av_database);
 		duration(age, d1, sizeof(d1));

@@ -11,7 +11,6 @@
 #include "log.h"
 #include "metrics.h"
 #include "pool.h"
-#include "qstore.h"
 #include "spool.h"
 #include "util.h"
 #include "worker.h"
@@ -23,8 +22,10 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
 #include <event2/event.h>
+#include <sqlite3.h>
 
 static struct ops_cache cur;
 static struct event *ev_refresh;
@@ -100,37 +101,70 @@ queue_one(const char *qid, void *arg)
 	envelope_clear(&env);
 }
 
-struct qsum {
-	struct ops_cache *oc;
-	size_t  n;
-};
-
-static int
-quarantine_one(const struct qstore_entry *e, void *arg)
+/*
+ * The quarantine's index, read-only.  Not through qstore_open(): that
+ * repairs (it empties quarantine/tmp, which a quarantine job may be
+ * writing to at that moment); a reader must not.
+ */
+static void
+quarantine_scan(const struct moat_conf *c, struct ops_cache *oc)
 {
-	struct qsum *qs = arg;
-	struct buf *b = &qs->oc->quarantine_json;
+	char path[PATH_MAX];
+	sqlite3 *db = NULL;
+	sqlite3_stmt *st;
+	struct buf *b = &oc->quarantine_json;
+	size_t n = 0;
 
-	qs->oc->quarantine_msgs++;
-	qs->oc->quarantine_bytes += e->size;
-	if (qs->n >= OPS_LIST_MAX)
-		return 0;
-	buf_adds(b, qs->n++ ? ",{\"id\":" : "{\"id\":");
-	json_str(b, e->id);
-	buf_printf(b, ",\"time\":%lld,\"sender\":", (long long)e->time);
-	json_str(b, e->sender ? e->sender : "");
-	buf_adds(b, ",\"rcpts\":[");
-	for (size_t i = 0; i < e->nrcpts && i < 100; i++) {
-		if (i)
-			buf_addc(b, ',');
-		json_str(b, e->rcpts[i]);
+	oc->quarantine_msgs = -1;
+	conf_path(c, "quarantine/index.db", path, sizeof(path));
+	if (access(path, F_OK) != 0) {
+		oc->quarantine_msgs = 0;
+		return;
 	}
-	buf_adds(b, "],\"subject\":");
-	json_str(b, e->subject ? e->subject : "");
-	buf_printf(b, ",\"size\":%lld,\"score\":%.2f,\"symbols\":", e->size, e->score);
-	json_str(b, e->symbols ? e->symbols : "");
-	buf_addc(b, '}');
-	return 0;
+	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK)
+		goto out;
+	sqlite3_busy_timeout(db, 2000);
+	if (sqlite3_prepare_v2(db, "SELECT count(*), coalesce(sum(size), 0) FROM msg WHERE state IN "
+	    "('held','releasing')", -1, &st, NULL) == SQLITE_OK) {
+		if (sqlite3_step(st) == SQLITE_ROW) {
+			oc->quarantine_msgs = (long)sqlite3_column_int64(st, 0);
+			oc->quarantine_bytes = sqlite3_column_int64(st, 1);
+		}
+		sqlite3_finalize(st);
+	}
+	if (sqlite3_prepare_v2(db, "SELECT m.id, m.time, m.sender, m.subject, m.size, m.score, "
+	    "m.symbols, (SELECT group_concat(addr, char(10)) FROM (SELECT addr FROM rcpt r WHERE "
+	    "r.id = m.id LIMIT 100)) FROM msg m WHERE m.state IN ('held','releasing') ORDER BY m.time "
+	    "DESC LIMIT ?1", -1, &st, NULL) != SQLITE_OK)
+		goto out;
+	sqlite3_bind_int(st, 1, OPS_LIST_MAX);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		const char *rc = (const char *)sqlite3_column_text(st, 7);
+		buf_adds(b, n++ ? ",{\"id\":" : "{\"id\":");
+		json_str(b, (const char *)sqlite3_column_text(st, 0));
+		buf_printf(b, ",\"time\":%lld,\"sender\":", (long long)sqlite3_column_int64(st, 1));
+		json_str(b, (const char *)sqlite3_column_text(st, 2));
+		buf_adds(b, ",\"rcpts\":[");
+		for (const char *p = rc; p && *p; ) {
+			size_t len = strcspn(p, "\n");
+			char *a = xstrndup(p, len);
+			buf_adds(b, p == rc ? "" : ",");
+			json_str(b, a);
+			free(a);
+			p += len;
+			if (*p)
+				p++;
+		}
+		buf_adds(b, "],\"subject\":");
+		json_str(b, (const char *)sqlite3_column_text(st, 3));
+		buf_printf(b, ",\"size\":%lld,\"score\":%.2f,\"symbols\":",
+		    (long long)sqlite3_column_int64(st, 4), sqlite3_column_double(st, 5));
+		json_str(b, (const char *)sqlite3_column_text(st, 6));
+		buf_addc(b, '}');
+	}
+	sqlite3_finalize(st);
+out:
+	sqlite3_close(db);
 }
 
 /* BLOCKING (pool thread) */
@@ -140,9 +174,6 @@ refresh_work(void *arg)
 	struct ops_cache *oc = arg;
 	const struct moat_conf *c = W->conf;
 	struct statvfs sv;
-	struct qstore *qs;
-	char *err = NULL;
-
 	oc->av_age = av_age(c->av_database);
 	oc->disk_free = oc->disk_total = -1;
 	if (statvfs(c->state_dir, &sv) == 0) {
@@ -154,16 +185,7 @@ refresh_work(void *arg)
 	spool_list(queue_one, &ql);
 	buf_addc(&oc->queue_json, ']');
 	buf_addc(&oc->quarantine_json, '[');
-	if ((qs = qstore_open(c->state_dir, &err)) != NULL) {
-		struct qfilter qf;
-		struct qsum sum = { oc, 0 };
-		memset(&qf, 0, sizeof(qf));
-		qstore_list(qs, &qf, quarantine_one, &sum);
-		qstore_close(&qs);
-	} else {
-		oc->quarantine_msgs = -1;
-		free(err);
-	}
+	quarantine_scan(c, oc);
 	buf_addc(&oc->quarantine_json, ']');
 	oc->updated = time(NULL);
 }

@@ -365,6 +365,8 @@ journal_alert(const char *name, bool firing, const char *text)
 void
 json_str(struct buf *b, const char *s)
 {
+	if (s == NULL)
+		s = "";
 	buf_addc(b, '"');
 	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
 		if (*p == '"' || *p == '\\') {

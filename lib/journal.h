@@ -52,7 +52,7 @@ void journal_removed(const char *qid);
 /* an alert raised or cleared (gateway/alerts.c) */
 void journal_alert(const char *name, bool firing, const char *text);
 
-/* JSON string escaping (valid UTF-8 out whatever comes in) */
+/* JSON string escaping (valid UTF-8 out whatever comes in); NULL is "" */
 void json_str(struct buf *, const char *);
 
 /* the schema, for the CLI opening the db read-only */
