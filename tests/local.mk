@@ -107,6 +107,9 @@ TESTS += tests/integration/test_imap_junk.py
 EXTRA_DIST += tests/integration/test_imap_junk.py
 
 # ---- operations (#10): metrics, alerts, journal/trace ----
+check_PROGRAMS += tests/unit/test_metrics
+tests_unit_test_metrics_LDADD = $(MOAT_LIBS)
+TESTS += tests/unit/test_metrics
 TESTS += tests/integration/test_metrics.py tests/integration/test_alerts.py tests/integration/test_trace.py
 EXTRA_DIST += tests/integration/test_metrics.py tests/integration/test_alerts.py tests/integration/test_trace.py \
 	tests/integration/promparse.py
