@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import smtplib
 import subprocess
 import time
@@ -60,6 +61,15 @@ def get(port, path, token=None):
             return r.status, r.headers.get("Content-Type", ""), r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.headers.get("Content-Type", ""), e.read().decode()
+
+
+def wait_for(cond, timeout):
+    end = time.time() + timeout
+    while time.time() < end:
+        if cond():
+            return True
+        time.sleep(0.1)
+    return cond()
 
 
 def scrape(port):
@@ -203,6 +213,25 @@ with Sink() as sink:
             lines = [json.loads(l) for l in f]
         t.eq(sum(1 for e in lines if e.get("type") == "verdict"), total,
              "log-json: one verdict event per message, each line JSON")
+
+        # reload: a new worker serves the listener; its counters start at zero
+        started = V("moat_worker_start_time_seconds")
+        before = m.log().count("worker event=started")
+        time.sleep(1.1)
+        m.proc.send_signal(signal.SIGHUP)
+        t.ok(m.wait_log(r"master event=reloaded", 10) and
+             wait_for(lambda: m.log().count("worker event=started") > before, 10), "SIGHUP: a new worker")
+        fams2 = {}
+        end = time.time() + 10
+        while time.time() < end:
+            code, _, body = scrape(hport)
+            fams2 = promparse.parse(body) if code == 200 else {}
+            if promparse.value(fams2, "moat_worker_start_time_seconds") > started:
+                break
+            time.sleep(0.2)
+        t.ok(promparse.value(fams2, "moat_worker_start_time_seconds") > started and
+             promparse.value(fams2, "moat_messages_total", action="accept") == 0,
+             "after the reload /metrics comes from the new worker, counters from zero")
 
 # tempfail: an antivirus that cannot be reached with on-error tempfail (the default)
 with Moat(domains={"relay.test": "relay smtp://127.0.0.1:9"}, start=False) as m:
