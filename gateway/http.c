@@ -243,9 +243,12 @@ handle(struct evhttp_request *req, void *arg)
 	} else if (!strcmp(path, "/api/queue") || !strcmp(path, "/api/quarantine")) {
 		const struct ops_cache *oc = ops_cache();
 		bool q = !strcmp(path, "/api/queue");
+		if (q)
+			ops_want_queue_list();
 		const struct buf *src = q ? &oc->queue_json : &oc->quarantine_json;
-		buf_printf(&b, "{\"updated\":%lld,\"limit\":%d,\"%s\":", (long long)oc->updated,
-		    OPS_LIST_MAX, q ? "messages" : "held");
+		/* updated 0: not listed yet, ask again in a few seconds */
+		buf_printf(&b, "{\"updated\":%lld,\"limit\":%d,\"%s\":",
+		    (long long)(q ? oc->queue_updated : oc->updated), OPS_LIST_MAX, q ? "messages" : "held");
 		if (src->len)
 			buf_add(&b, src->data, src->len);
 		else

@@ -30,6 +30,7 @@
 static struct ops_cache cur;
 static struct event *ev_refresh;
 static bool refreshing;
+static time_t queue_wanted_until;
 
 const struct ops_cache *
 ops_cache(void)
@@ -180,10 +181,13 @@ refresh_work(void *arg)
 		oc->disk_free = (long long)sv.f_bavail * (long long)sv.f_frsize;
 		oc->disk_total = (long long)sv.f_blocks * (long long)sv.f_frsize;
 	}
-	struct qlist ql = { &oc->queue_json, 0 };
-	buf_addc(&oc->queue_json, '[');
-	spool_list(queue_one, &ql);
-	buf_addc(&oc->queue_json, ']');
+	if (oc->queue_updated) {         /* asked for */
+		struct qlist ql = { &oc->queue_json, 0 };
+		buf_addc(&oc->queue_json, '[');
+		spool_list(queue_one, &ql);
+		buf_addc(&oc->queue_json, ']');
+		oc->queue_updated = time(NULL);
+	}
 	buf_addc(&oc->quarantine_json, '[');
 	quarantine_scan(c, oc);
 	buf_addc(&oc->quarantine_json, ']');
@@ -207,7 +211,19 @@ on_refresh(evutil_socket_t fd, short ev, void *arg)
 	if (refreshing || W->draining)
 		return;
 	refreshing = true;
-	pool_submit(W->pool, refresh_work, refresh_done, xcalloc(1, sizeof(struct ops_cache)));
+	struct ops_cache *oc = xcalloc(1, sizeof(*oc));
+	oc->queue_updated = time(NULL) < queue_wanted_until;    /* nonzero: list the queue */
+	pool_submit(W->pool, refresh_work, refresh_done, oc);
+}
+
+void
+ops_want_queue_list(void)
+{
+	bool idle = time(NULL) >= queue_wanted_until;
+
+	queue_wanted_until = time(NULL) + OPS_LIST_WANTED;
+	if (idle || cur.queue_updated == 0)
+		on_refresh(-1, 0, NULL);        /* the next answer has it */
 }
 
 /* the series every scrape should show, at 0 before the first event */

@@ -23,7 +23,8 @@ struct ops_cache {
 	long long av_age;               /* seconds since the newest database file; -1 unknown */
 	long long disk_free;            /* bytes available in the state-dir fs; -1 unknown */
 	long long disk_total;
-	struct buf queue_json;          /* JSON array (bounded) */
+	struct buf queue_json;          /* JSON array (bounded), built only while asked for */
+	time_t  queue_updated;          /* 0: not built */
 	struct buf quarantine_json;
 };
 
@@ -31,5 +32,9 @@ struct ops_cache {
 void ops_start(void);
 void ops_stop(void);
 const struct ops_cache *ops_cache(void);
+/* /api/queue was asked for: list the queue at the refreshes of the next
+ * OPS_LIST_WANTED seconds (a listing reads every queued envelope) */
+#define OPS_LIST_WANTED 300
+void ops_want_queue_list(void);
 
 #endif

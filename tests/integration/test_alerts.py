@@ -14,8 +14,10 @@ import smtplib
 import subprocess
 import threading
 import time
+import urllib.request
 
 from moattest import TAP, Moat, Sink, MOATD, free_port, make_tmpdir
+import promparse
 
 t = TAP()
 posts = []
@@ -36,6 +38,12 @@ class Hook(http.server.BaseHTTPRequestHandler):
 hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
 threading.Thread(target=hook.serve_forever, daemon=True).start()
 sink_port = free_port()          # nothing listens there until the recovery
+hport = free_port()
+
+
+def get(path):
+    with urllib.request.urlopen("http://127.0.0.1:%d%s" % (hport, path), timeout=10) as r:
+        return r.read().decode()
 
 
 def pm_mails(m):
@@ -59,6 +67,7 @@ with Moat(domains={"relay.test": "relay smtp://127.0.0.1:%d" % sink_port, "local
           start=False) as m:
     m.write_conf("\n".join([
         "postmaster pm@local.test", "queue-retry-min 1", "queue-retry-max 2",
+        "listen http 127.0.0.1:%d" % hport,
         "alert-interval 1", "alert-queue-size 5", "alert-email yes",
         "alert-webhook http://127.0.0.1:%d/hooks/moat?x=1" % hook.server_address[1]]))
     m.cli("user", "add", "pm@local.test", input="pm-password\n", check=True)
@@ -88,6 +97,25 @@ with Moat(domains={"relay.test": "relay smtp://127.0.0.1:%d" % sink_port, "local
              "Auto-Submitted: auto-generated" in mails[0], "the alert mail", mails[0][:800])
     t.eq(len(re.findall(r"crit: alert event=alert name=queue-size", m.log())), 1,
          "one crit log line")
+    fams = promparse.parse(get("/metrics"))
+    t.eq((promparse.value(fams, "moat_alert_firing", alert="queue-size"),
+          promparse.value(fams, "moat_alerts_total", alert="queue-size")), (1, 1),
+         "moat_alert_firing{alert=queue-size} 1, moat_alerts_total 1")
+    t.ok(promparse.value(fams, "moat_queue_messages") >= 7 and
+         promparse.total(fams, "moat_delivery_total", result="deferred") >= 7,
+         "the queue and the deferrals show in /metrics")
+    st = json.loads(get("/api/status"))
+    t.eq(st.get("alerts"), ["queue-size"], "/api/status lists the raised alert")
+    q = {}
+    end = time.time() + 15
+    while time.time() < end and not q.get("updated"):
+        q = json.loads(get("/api/queue"))
+        time.sleep(0.5)
+    relay_msgs = [x for x in q.get("messages", []) if x.get("rcpts") == ["x@relay.test"]]
+    t.eq(len(relay_msgs), 7, "/api/queue lists the 7 waiting messages")
+    r = m.cli("status")
+    t.ok(re.search(r"alerts\s+queue-size", r.stdout) and re.search(r"queue\s+\d+ messages", r.stdout),
+         "moat status shows the raised alert and the queue", r.stdout + r.stderr)
 
     with Sink(port=sink_port) as sink:
         t.ok(sink.wait_messages(7, 30), "the downstream is back: the queue drains")
