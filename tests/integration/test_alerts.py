@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import smtplib
 import subprocess
 import threading
@@ -136,6 +137,22 @@ with Moat(domains={"relay.test": "relay smtp://127.0.0.1:%d" % sink_port, "local
         r = m.cli("status")
         t.ok(r.returncode == 0 and re.search(r"alerts\s+none", r.stdout), "moat status: no alert raised",
              r.stdout + r.stderr)
+
+# more conditions: free disk below the threshold, a worker that died
+with Moat(domains={"local.test": "store"}, start=False) as m:
+    m.write_conf("\n".join(["alert-interval 1", "alert-disk-free 1000000G",
+                             "alert-worker-restarts 1", "listen http 127.0.0.1:%d" % hport]))
+    m.start()
+    t.ok(m.wait_log(r"crit: alert event=alert name=disk-free value=\d+ threshold=1073741824000000", 20),
+         "alert-disk-free: raised when less is free")
+    t.ok(not re.search(r"name=worker-restarts", m.log()), "no worker restart yet")
+    w = m.worker_pids()
+    if w:
+        os.kill(w[0], signal.SIGKILL)
+    t.ok(m.wait_log(r"crit: alert event=alert name=worker-restarts value=1 threshold=1", 20),
+         "alert-worker-restarts: the restarted worker raises it")
+    fams = promparse.parse(get("/metrics"))
+    t.eq(promparse.value(fams, "moat_worker_restarts_total"), 1, "moat_worker_restarts_total 1")
 hook.shutdown()
 
 # config errors
