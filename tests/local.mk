@@ -105,6 +105,8 @@ TESTS += tests/integration/test_domain_action.py
 EXTRA_DIST += tests/integration/test_domain_action.py
 TESTS += tests/integration/test_imap_junk.py
 EXTRA_DIST += tests/integration/test_imap_junk.py
+TESTS += tests/integration/test_imap_keywords.py
+EXTRA_DIST += tests/integration/test_imap_keywords.py
 
 # ---- operations (#10): metrics, alerts, journal/trace ----
 check_PROGRAMS += tests/unit/test_metrics
