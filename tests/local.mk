@@ -92,6 +92,14 @@ check_PROGRAMS += tests/unit/test_qstore
 tests_unit_test_qstore_LDADD = $(MOAT_LIBS)
 TESTS += tests/unit/test_qstore
 
+# ---- operations (#10): metrics, alerts, journal/trace ----
+check_PROGRAMS += tests/unit/test_metrics
+tests_unit_test_metrics_LDADD = $(MOAT_LIBS)
+TESTS += tests/unit/test_metrics
+TESTS += tests/integration/test_metrics.py tests/integration/test_alerts.py tests/integration/test_trace.py
+EXTRA_DIST += tests/integration/test_metrics.py tests/integration/test_alerts.py tests/integration/test_trace.py \
+	tests/integration/promparse.py
+
 # ---- rule files (filters/rules.c, rules/, moat rules) ----
 check_PROGRAMS += tests/unit/test_rules
 tests_unit_test_rules_LDADD = $(MOAT_LIBS)
@@ -107,11 +115,3 @@ TESTS += tests/integration/test_imap_junk.py
 EXTRA_DIST += tests/integration/test_imap_junk.py
 TESTS += tests/integration/test_imap_keywords.py
 EXTRA_DIST += tests/integration/test_imap_keywords.py
-
-# ---- operations (#10): metrics, alerts, journal/trace ----
-check_PROGRAMS += tests/unit/test_metrics
-tests_unit_test_metrics_LDADD = $(MOAT_LIBS)
-TESTS += tests/unit/test_metrics
-TESTS += tests/integration/test_metrics.py tests/integration/test_alerts.py tests/integration/test_trace.py
-EXTRA_DIST += tests/integration/test_metrics.py tests/integration/test_alerts.py tests/integration/test_trace.py \
-	tests/integration/promparse.py
