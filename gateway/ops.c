@@ -239,8 +239,10 @@ metrics_preset(void)
 	for (size_t i = 0; i < ARRAY_SIZE(refused); i++)
 		metric_add(M_CONN_REFUSED, refused[i], NULL, 0);
 	for (size_t i = 0; i < W->conf->nlistens; i++)
-		if (W->conf->listens[i].kind <= LISTEN_SMTPS)
+		if (W->conf->listens[i].kind <= LISTEN_SMTPS) {
 			metric_add(M_CONNECTIONS, W->conf->listens[i].spec, NULL, 0);
+			metric_gauge_add(M_SESSIONS_OPEN, W->conf->listens[i].spec, NULL, 0);
+		}
 	metric_add(M_TLS, "ok", NULL, 0);
 	metric_add(M_TLS, "failed", NULL, 0);
 	metric_add(M_AUTH, "ok", NULL, 0);

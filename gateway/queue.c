@@ -771,6 +771,8 @@ finish_done(void *arg)
 	if (d->dsn_qid[0])
 		log_notice("qid=%s event=dsn-sent dsn_qid=%s to=<%s> rcpts=%zu", d->env.qid,
 		    d->dsn_qid, esc(d->env.sender), d->dsn_n);
+	if (d->dsn_qid[0])
+		journal_dsn(d->env.qid, d->dsn_qid, d->env.sender);
 	if (d->dsn_err)
 		log_warnx("qid=%s event=dsn-error reason=\"%s\"", d->env.qid, esc(d->dsn_err));
 	m->active = false;

@@ -1748,6 +1748,7 @@ session_free(struct session *s)
 	if (s->next)
 		s->next->prev = s->prev;
 	nsessions--;
+	journal_disconnect(s->listen->spec);
 	if (!s->exempt)
 		ip_count(s->ip, -1);
 	if (s->bev)                 /* NULL if switching to TLS failed */

@@ -142,6 +142,7 @@ journal_connect(const char *sid, const char *ip, const char *listener)
 {
 	struct jrow *r = row_new("connect");
 	metric_inc(M_CONNECTIONS, listener, NULL);
+	metric_gauge_add(M_SESSIONS_OPEN, listener, NULL, 1);
 	row_set(r, F_SID, sid);
 	row_set(r, F_IP, ip);
 	{
@@ -340,6 +341,25 @@ journal_delivery(const char *qid, const char *result, const char *rcpt, const ch
 	row_set(r, F_DEST, dest);
 	r->attempts = attempts;
 	row_set(r, F_DETAIL, reply);
+	row_add(r);
+}
+
+void
+journal_disconnect(const char *listener)
+{
+	metric_gauge_add(M_SESSIONS_OPEN, listener, NULL, -1);
+}
+
+void
+journal_dsn(const char *qid, const char *dsn_qid, const char *to)
+{
+	struct jrow *r = row_new("dsn");
+	char d[128];
+
+	row_set(r, F_QID, qid);
+	row_set(r, F_SENDER, to);
+	snprintf(d, sizeof(d), "dsn_qid=%s", dsn_qid);
+	row_set(r, F_DETAIL, d);
 	row_add(r);
 }
 

@@ -48,7 +48,11 @@ void journal_message_id(const char *qid, const char *msg, size_t len);
 /* result: delivered, deferred, bounced, expired */
 void journal_delivery(const char *qid, const char *result, const char *rcpt, const char *dest,
     int attempts, const char *reply);
+/* a DSN (bounce, delay or success notice) went to the sender as dsn_qid */
+void journal_dsn(const char *qid, const char *dsn_qid, const char *to);
 void journal_removed(const char *qid);
+/* an SMTP session ended (the open-sessions gauge) */
+void journal_disconnect(const char *listener);
 /* an alert raised or cleared (gateway/alerts.c) */
 void journal_alert(const char *name, bool firing, const char *text);
 

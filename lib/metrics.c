@@ -15,7 +15,7 @@
 
 #define LABEL_MAX 64
 
-enum mtype { MT_COUNTER, MT_HISTOGRAM };
+enum mtype { MT_COUNTER, MT_GAUGE, MT_HISTOGRAM };
 
 static const struct family {
 	const char *name;
@@ -46,6 +46,8 @@ static const struct family {
 	[M_ALERTS] = { "moat_alerts_total", "Alerts raised, by alert.", MT_COUNTER, "alert", NULL },
 	[M_JOURNAL_ERRORS] = { "moat_journal_errors_total",
 	    "Event journal batches that could not be written.", MT_COUNTER, NULL, NULL },
+	[M_SESSIONS_OPEN] = { "moat_sessions_open", "SMTP sessions open now, by listener.",
+	    MT_GAUGE, "listener", NULL },
 };
 
 static const double buckets[] = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30 };
@@ -112,6 +114,16 @@ metric_add(enum metric m, const char *l1, const char *l2, double v)
 		return;
 	pthread_mutex_lock(&mu);
 	find(m, l1, l2)->v += v;
+	pthread_mutex_unlock(&mu);
+}
+
+void
+metric_gauge_add(enum metric m, const char *l1, const char *l2, double delta)
+{
+	if ((unsigned)m >= M_NMETRICS || families[m].type != MT_GAUGE || !isfinite(delta))
+		return;
+	pthread_mutex_lock(&mu);
+	find(m, l1, l2)->v += delta;
 	pthread_mutex_unlock(&mu);
 }
 
@@ -185,7 +197,7 @@ metrics_render(struct buf *out)
 	for (size_t m = 0; m < M_NMETRICS; m++) {
 		const struct family *f = &families[m];
 		buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", f->name, f->help, f->name,
-		    f->type == MT_COUNTER ? "counter" : "histogram");
+		    f->type == MT_COUNTER ? "counter" : f->type == MT_GAUGE ? "gauge" : "histogram");
 		if (f->type == MT_HISTOGRAM) {
 			unsigned long long cum = 0;
 			for (size_t i = 0; i < NBUCKETS; i++) {

@@ -29,7 +29,8 @@ enum metric {
 	M_TLS,                  /* {result} inbound TLS handshakes */
 	M_AUTH,                 /* {result} SMTP AUTH */
 	M_ALERTS,               /* {alert} alerts raised */
-	M_JOURNAL_ERRORS,       /* journal writes that failed */
+	M_JOURNAL_ERRORS,       /* journal batches that failed */
+	M_SESSIONS_OPEN,        /* gauge {listener}: SMTP sessions open now */
 	M_NMETRICS
 };
 
@@ -37,6 +38,8 @@ enum metric {
 
 void metric_inc(enum metric, const char *l1, const char *l2);
 void metric_add(enum metric, const char *l1, const char *l2, double v);
+/* gauges: up or down */
+void metric_gauge_add(enum metric, const char *l1, const char *l2, double delta);
 /* histograms: one observation (seconds) */
 void metric_observe(enum metric, double v);
 /* the sum of a family's series whose labels match (NULL = any) */

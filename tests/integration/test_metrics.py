@@ -102,6 +102,12 @@ with Sink() as sink:
         t.eq(code, 404, "an unknown path: 404")
 
         N_ACC, N_TAG, N_QUAR, N_REJ = 3, 2, 2, 4
+        held = smtplib.SMTP("127.0.0.1", m.port, timeout=30)
+        held.ehlo("held.test")
+        code, _, body = scrape(hport)
+        t.eq(promparse.value(promparse.parse(body), "moat_sessions_open", listener="127.0.0.1:%d" % m.port),
+             1, "moat_sessions_open counts an open session")
+        held.quit()
         results = []
         n = 0
         for word, k in (("plain", N_ACC), ("TAGME", N_TAG), ("QUARME", N_QUAR), ("REJECTME", N_REJ)):
@@ -149,8 +155,8 @@ with Sink() as sink:
         t.eq(V("moat_filter_duration_seconds_count"), total, "the latency histogram counts every verdict")
         t.eq(V("moat_filter_duration_seconds_bucket", le="+Inf"), total, "+Inf bucket = count")
         t.eq(V("moat_smtp_rejects_total", stage="rcpt"), 1, "one RCPT refused")
-        t.eq(V("moat_connections_total", listener="127.0.0.1:%d" % m.port), total + 2,
-             "connections by listener: one per message sent, one readiness probe")
+        t.eq(V("moat_connections_total", listener="127.0.0.1:%d" % m.port), total + 3,
+             "connections by listener: one per message sent, the held one, the readiness probe")
         dest = "smtp://127.0.0.1:%d" % sink.port
         dl = promparse.total(fams, "moat_delivery_total", result="delivered")
         t.eq(dl, N_ACC + N_TAG, "deliveries: %d delivered" % (N_ACC + N_TAG))
@@ -160,6 +166,7 @@ with Sink() as sink:
         t.eq(promparse.total(fams, "moat_delivery_total", result="deferred"), 0, "no deferral")
         t.eq(V("moat_quarantine_messages"), N_QUAR, "moat_quarantine_messages = %d" % N_QUAR)
         t.eq(V("moat_queue_messages"), 0, "the queue is empty")
+        t.eq(V("moat_sessions_open", listener="127.0.0.1:%d" % m.port), 0, "no SMTP session open")
         t.eq(V("moat_up"), 1, "moat_up 1")
         t.eq(V("moat_worker_restarts_total"), 0, "no worker restarts")
 

@@ -82,6 +82,22 @@ with Sink(replies={"data": "451 4.3.0 try again later"}) as sink:
         d = [x for x in rep.get("destinations", []) if x["destination"].endswith(":%d" % sink.port)]
         t.ok(d and d[0]["delivered"] == 1 and d[0]["deferred"] == 2 and d[0]["success_rate"] == 100.0,
              "moat report: the destination delivered 1, deferred 2, 100% success", r.stdout + r.stderr)
+        # a bounce: the DSN shows in the trace
+        s = smtplib.SMTP("127.0.0.1", m.port, timeout=30)
+        sink.replies = {"rcpt": {"gone@relay.test": "550 5.1.1 no such user"}}
+        s.ehlo("client.test")
+        s.mail("someone@relay.test")
+        s.rcpt("gone@relay.test")
+        code, resp = s.data(MSG.replace(b"trace-1", b"trace-2"))
+        s.quit()
+        mq = re.search(r"queued as (\S+)", resp.decode())
+        qid2 = mq.group(1) if mq else "?"
+        t.ok(m.wait_log(r"qid=%s event=dsn-sent" % qid2, 15), "a bounced message gets a DSN")
+        time.sleep(1.5)
+        r = m.cli("trace", "gone@relay.test")
+        types2 = [l.split()[2] for l in r.stdout.splitlines() if len(l.split()) > 2]
+        t.ok(types2[-3:] == ["bounced", "dsn", "removed"] and "dsn_qid=" in r.stdout and
+             "5.1.1 no such user" in r.stdout, "trace: bounced, dsn (with its queue id), removed", r.stdout)
         r = m.cli("report", "--since", "yesterday")
         t.eq(r.returncode, 2, "moat report --since with a bad value: usage")
         r = m.cli("report", "--since", time.strftime("%Y-%m-%d"))
