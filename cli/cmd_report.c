@@ -140,12 +140,14 @@ print_json_str(const char *s)
 	buf_free(&b);
 }
 
-/* run a "key, count" query (1 parameter: since); print as text or a JSON array */
+/* run a "key, [key2,] count" query (parameters: since, limit); print it as
+ * text under title, or as a JSON array under jkey */
 static void
-top(sqlite3 *db, const char *sql, time_t since, bool json, const char *title, const char *kname)
+top(sqlite3 *db, const char *sql, time_t since, bool json, const char *title, const char *jkey,
+    const char *k1, const char *k2)
 {
 	sqlite3_stmt *st;
-	int i = 0;
+	int i = 0, nc = k2 ? 2 : 1;
 
 	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
 		fprintf(stderr, "moat: report: %s\n", sqlite3_errmsg(db));
@@ -154,18 +156,23 @@ top(sqlite3 *db, const char *sql, time_t since, bool json, const char *title, co
 	sqlite3_bind_double(st, 1, (double)since);
 	sqlite3_bind_int(st, 2, TOP);
 	if (json)
-		printf(",\"%s\":[", title);
+		printf(",\"%s\":[", jkey);
 	else
 		printf("\n%s:\n", title);
 	while (sqlite3_step(st) == SQLITE_ROW) {
-		const char *k = (const char *)sqlite3_column_text(st, 0);
-		long long n = sqlite3_column_int64(st, 1);
+		const char *a = (const char *)sqlite3_column_text(st, 0);
+		const char *b = k2 ? (const char *)sqlite3_column_text(st, 1) : NULL;
+		long long n = sqlite3_column_int64(st, nc);
 		if (json) {
-			printf("%s{\"%s\":", i ? "," : "", kname);
-			print_json_str(k);
+			printf("%s{\"%s\":", i ? "," : "", k1);
+			print_json_str(a);
+			if (k2) {
+				printf(",\"%s\":", k2);
+				print_json_str(b);
+			}
 			printf(",\"count\":%lld}", n);
 		} else
-			printf("  %8lld  %s\n", n, k ? k : "-");
+			printf("  %8lld  %s%s%s\n", n, a ? a : "-", k2 ? "  " : "", k2 && b ? b : "");
 		i++;
 	}
 	if (json)
@@ -231,12 +238,8 @@ cmd_report(struct moat_conf *c, int argc, char **argv)
 	if (json) {
 		printf("{\"since\":%lld,\"connections\":%lld,\"smtp_rejects\":%lld,\"actions\":{",
 		    (long long)since, conns, smtp_rej);
-		bool first = true;
 		for (size_t k = 0; k < ARRAY_SIZE(actions); k++)
-			if (acts[k]) {
-				printf("%s\"%s\":%lld", first ? "" : ",", actions[k], acts[k]);
-				first = false;
-			}
+			printf("%s\"%s\":%lld", k ? "," : "", actions[k], acts[k]);
 		printf("}");
 	} else {
 		printf("moat report for %s since %s\n\nmessages by action:\n", c->hostname, from);
@@ -245,17 +248,17 @@ cmd_report(struct moat_conf *c, int argc, char **argv)
 		printf("  %8lld  refused at SMTP (before DATA)\n  %8lld  connections\n", smtp_rej, conns);
 	}
 
-	top(db, "SELECT ip, count(*) AS n FROM events WHERE ts >= ?1 AND type IN ('verdict','queued') "
-	    "AND (type = 'verdict' OR action = 'accept') AND ip IS NOT NULL GROUP BY ip "
-	    "ORDER BY n DESC, ip LIMIT ?2", since, json, "top sending IPs", "ip");
+	top(db, "SELECT ip, count(*) AS n FROM events WHERE ts >= ?1 AND (type = 'verdict' OR "
+	    "(type = 'queued' AND action = 'accept')) AND ip IS NOT NULL GROUP BY ip "
+	    "ORDER BY n DESC, ip LIMIT ?2", since, json, "top sending IPs", "top_ips", "ip", NULL);
 	top(db, "SELECT lower(CASE WHEN instr(sender, '@') > 0 THEN substr(sender, instr(sender, '@') + 1) "
 	    "ELSE '<>' END) AS d, count(*) AS n FROM events WHERE ts >= ?1 AND (type = 'verdict' OR "
 	    "(type = 'queued' AND action = 'accept')) GROUP BY d ORDER BY n DESC, d LIMIT ?2", since,
-	    json, "top sender domains", "domain");
-	top(db, "SELECT ip || ' ' || CASE WHEN type = 'reject' THEN 'at ' || action ELSE "
-	    "'after data' END AS k, count(*) AS n FROM events WHERE ts >= ?1 AND (type = 'reject' OR "
-	    "(type = 'verdict' AND action = 'reject')) GROUP BY k ORDER BY n DESC, k LIMIT ?2", since,
-	    json, "top rejected", "ip");
+	    json, "top sender domains", "top_sender_domains", "domain", NULL);
+	top(db, "SELECT ip, CASE WHEN type = 'reject' THEN action ELSE 'data (filters)' END AS stage, "
+	    "count(*) AS n FROM events WHERE ts >= ?1 AND (type = 'reject' OR (type = 'verdict' AND "
+	    "action = 'reject')) GROUP BY ip, stage ORDER BY n DESC, ip LIMIT ?2", since, json,
+	    "top rejected (client, stage)", "top_rejected", "ip", "stage");
 
 	/* symbols: split in C */
 	struct count *sv = NULL;
@@ -268,7 +271,7 @@ cmd_report(struct moat_conf *c, int argc, char **argv)
 		sqlite3_finalize(st);
 	}
 	qsort(sv, ns, sizeof(*sv), cmp_count);
-	printf(json ? ",\"symbols\":[" : "\ntop symbols:\n");
+	printf(json ? ",\"top_symbols\":[" : "\ntop symbols:\n");
 	for (size_t i = 0; i < ns && i < TOP; i++) {
 		if (json) {
 			printf("%s{\"symbol\":", i ? "," : "");

@@ -214,10 +214,10 @@ with Sink() as sink:
             rep = json.loads(r.stdout)
         except ValueError:
             rep = {}
-        want = {"accept": N_ACC, "tag": N_TAG, "quarantine": N_QUAR, "reject": N_REJ}
+        want = {"accept": N_ACC, "tag": N_TAG, "quarantine": N_QUAR, "reject": N_REJ, "tempfail": 0}
         t.ok(rep.get("actions") == want, "moat report --json: volume by action",
              r.stdout + r.stderr)
-        syms = dict((s["symbol"], s["count"]) for s in rep.get("symbols", []))
+        syms = dict((s["symbol"], s["count"]) for s in rep.get("top_symbols", []))
         t.eq(syms.get("MOAT_T_REJ"), N_REJ, "moat report: top symbols")
         r = m.cli("report")
         t.ok(r.returncode == 0 and "accept" in r.stdout, "moat report (text)", r.stdout + r.stderr)
