@@ -28,6 +28,7 @@
 #include <sqlite3.h>
 
 #define PENDING_MAX 100000      /* rows waiting for the writer; beyond, dropped and counted */
+#define PENDING_BYTES (32 << 20) /* and their bytes */
 #define FIELD_MAX   1000        /* bytes kept of any field */
 
 const char journal_schema[] =
@@ -55,7 +56,7 @@ struct jrow {
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static struct jrow *head, **tailp = &head;
-static size_t npending;
+static size_t npending, pending_bytes;
 static unsigned long long dropped;
 
 static const struct moat_conf *jc;
@@ -114,8 +115,11 @@ row_add(struct jrow *r)
 		row_free(r);
 		return;
 	}
+	size_t bytes = sizeof(*r);
+	for (int i = 0; i < NF; i++)
+		bytes += r->f[i] ? strlen(r->f[i]) + 1 : 0;
 	pthread_mutex_lock(&mu);
-	if (npending >= PENDING_MAX) {
+	if (npending >= PENDING_MAX || pending_bytes + bytes > PENDING_BYTES) {
 		dropped++;
 		pthread_mutex_unlock(&mu);
 		row_free(r);
@@ -124,6 +128,7 @@ row_add(struct jrow *r)
 	*tailp = r;
 	tailp = &r->next;
 	npending++;
+	pending_bytes += bytes;
 	pthread_mutex_unlock(&mu);
 }
 
@@ -560,6 +565,7 @@ batch_take(struct batch *bt)
 	head = NULL;
 	tailp = &head;
 	npending = 0;
+	pending_bytes = 0;
 	dropped = 0;
 	pthread_mutex_unlock(&mu);
 }
@@ -613,8 +619,12 @@ static void
 on_flush(evutil_socket_t fd, short ev, void *arg)
 {
 	struct batch *bt;
+	bool empty;
 
-	if (flushing || npending == 0)
+	pthread_mutex_lock(&mu);
+	empty = npending == 0;
+	pthread_mutex_unlock(&mu);
+	if (flushing || empty)
 		return;
 	bt = xcalloc(1, sizeof(*bt));
 	batch_take(bt);
