@@ -102,6 +102,8 @@ with Moat(domains={"relay.test": "relay smtp://127.0.0.1:%d" % sink_port, "local
     t.eq((promparse.value(fams, "moat_alert_firing", alert="queue-size"),
           promparse.value(fams, "moat_alerts_total", alert="queue-size")), (1, 1),
          "moat_alert_firing{alert=queue-size} 1, moat_alerts_total 1")
+    t.eq(promparse.value(fams, "moat_messages_total", action="accept"), 7,
+         "without filters every queued message counts as accept")
     t.ok(promparse.value(fams, "moat_queue_messages") >= 7 and
          promparse.total(fams, "moat_delivery_total", result="deferred") >= 7,
          "the queue and the deferrals show in /metrics")
