@@ -158,7 +158,13 @@ send_webhook(const char *name, bool firing, const char *text, double value, doub
 	if (evhttp_uri_get_query(u))
 		buf_printf(&path, "?%s", evhttp_uri_get_query(u));
 	/* the host is an address (checked when the config was read): no DNS here */
-	if ((cn = evhttp_connection_base_new(W->base, NULL, host, (unsigned short)port)) == NULL) {
+	char addr[64];
+	size_t hl = strlen(host);
+	if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']')
+		snprintf(addr, sizeof(addr), "%.*s", (int)(hl - 2), host + 1);
+	else
+		snprintf(addr, sizeof(addr), "%s", host);
+	if ((cn = evhttp_connection_base_new(W->base, NULL, addr, (unsigned short)port)) == NULL) {
 		log_warnx("alert event=webhook-error name=%s error=\"cannot connect\"", name);
 		goto out;
 	}
@@ -176,7 +182,7 @@ send_webhook(const char *name, bool firing, const char *text, double value, doub
 		evhttp_connection_free(cn);
 		goto out;
 	}
-	snprintf(hostport, sizeof(hostport), "%s:%d", host, port);
+	snprintf(hostport, sizeof(hostport), strchr(addr, ':') ? "[%s]:%d" : "%s:%d", addr, port);
 	evhttp_add_header(evhttp_request_get_output_headers(req), "Host", hostport);
 	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
 	evhttp_add_header(evhttp_request_get_output_headers(req), "User-Agent", "moat/" PACKAGE_VERSION);

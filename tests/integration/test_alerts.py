@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import smtplib
 import subprocess
 import threading
@@ -140,13 +141,42 @@ with Moat(domains={"relay.test": "relay smtp://127.0.0.1:%d" % sink_port, "local
         t.ok(r.returncode == 0 and re.search(r"alerts\s+none", r.stdout), "moat status: no alert raised",
              r.stdout + r.stderr)
 
-# more conditions: free disk below the threshold, a worker that died
+# more conditions: free disk below the threshold, a worker that died; the
+# webhook to an IPv6 address when the host has ::1
+posts6 = []
+
+
+class Hook6(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+class H6(Hook):
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length", "0"))
+        posts6.append((self.headers.get("Host"), json.loads(self.rfile.read(n))))
+        self.send_response(200)
+        self.end_headers()
+
+
+try:
+    hook6 = Hook6(("::1", 0), H6)
+    threading.Thread(target=hook6.serve_forever, daemon=True).start()
+except OSError:
+    hook6 = None
 with Moat(domains={"local.test": "store"}, start=False) as m:
-    m.write_conf("\n".join(["alert-interval 1", "alert-disk-free 1000000G",
-                             "alert-worker-restarts 1", "listen http 127.0.0.1:%d" % hport]))
+    lines = ["alert-interval 1", "alert-disk-free 1000000G", "alert-worker-restarts 1",
+             "listen http 127.0.0.1:%d" % hport]
+    if hook6:
+        lines.append("alert-webhook http://[::1]:%d/v6" % hook6.server_address[1])
+    m.write_conf("\n".join(lines))
     m.start()
     t.ok(m.wait_log(r"crit: alert event=alert name=disk-free value=\d+ threshold=1073741824000000", 20),
          "alert-disk-free: raised when less is free")
+    if hook6:
+        t.ok(wait(lambda: posts6, 10) and posts6[0][1].get("alert") == "disk-free" and
+             posts6[0][0] == "[::1]:%d" % hook6.server_address[1], "the webhook to [::1]", posts6)
+    else:
+        t.ok(True, "# skip no ::1")
     t.ok(not re.search(r"name=worker-restarts", m.log()), "no worker restart yet")
     w = m.worker_pids()
     if w:
@@ -156,6 +186,8 @@ with Moat(domains={"local.test": "store"}, start=False) as m:
     fams = promparse.parse(get("/metrics"))
     t.eq(promparse.value(fams, "moat_worker_restarts_total"), 1, "moat_worker_restarts_total 1")
 hook.shutdown()
+if hook6:
+    hook6.shutdown()
 
 # config errors
 tmp = make_tmpdir()
