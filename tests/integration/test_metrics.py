@@ -6,6 +6,7 @@ and recipient domain, symbol hits, the filter latency histogram, SMTP-stage
 rejects, connections by listener, deliveries by destination, the quarantine
 size.  The bearer token guards all but /healthz.  moat status and moat report
 read the same figures."""
+import base64
 import json
 import os
 import re
@@ -79,7 +80,9 @@ def scrape(port):
 
 with Sink() as sink:
     hport, hport2 = free_port(), free_port()
-    with Moat(domains={"relay.test": "relay smtp://127.0.0.1:%d" % sink.port}, start=False) as m:
+    subport = free_port()
+    with Moat(domains={"relay.test": "relay smtp://127.0.0.1:%d" % sink.port, "local.test": "store"},
+              start=False) as m:
         rules = os.path.join(m.tmp, "t.rules")
         with open(rules, "w") as f:
             f.write(RULES)
@@ -87,7 +90,9 @@ with Sink() as sink:
             "listen http 127.0.0.1:%d" % hport, "http-token %s" % TOKEN,
             "listen http 127.0.0.1:%d deny=127.0.0.0/8" % hport2,
             "rules %s" % rules, "action tag 5", "action quarantine 10", "action reject 20",
-            "log-json %s" % os.path.join(m.tmp, "events.jsonl")]))
+            "log-json %s" % os.path.join(m.tmp, "events.jsonl"),
+            "listen submission 127.0.0.1:%d" % subport, "auth-allow-plaintext yes"]))
+        m.cli("user", "add", "u@local.test", input="u-password\n", check=True)
         m.start()
         t.ok(wait_port(hport), "the http listener accepts connections")
 
@@ -108,6 +113,14 @@ with Sink() as sink:
         t.eq(promparse.value(promparse.parse(body), "moat_sessions_open", listener="127.0.0.1:%d" % m.port),
              1, "moat_sessions_open counts an open session")
         held.quit()
+        codes = []
+        for pw in ("u-password", "wrong-password"):
+            c = smtplib.SMTP("127.0.0.1", subport, timeout=30)
+            c.ehlo("client.test")
+            tok = base64.b64encode(b"\0u@local.test\0" + pw.encode()).decode()
+            codes.append(c.docmd("AUTH", "PLAIN " + tok)[0])
+            c.close()
+        t.eq(codes, [235, 535], "AUTH PLAIN: one success, one failure")
         results = []
         n = 0
         for word, k in (("plain", N_ACC), ("TAGME", N_TAG), ("QUARME", N_QUAR), ("REJECTME", N_REJ)):
@@ -167,6 +180,10 @@ with Sink() as sink:
         t.eq(V("moat_quarantine_messages"), N_QUAR, "moat_quarantine_messages = %d" % N_QUAR)
         t.eq(V("moat_queue_messages"), 0, "the queue is empty")
         t.eq(V("moat_sessions_open", listener="127.0.0.1:%d" % m.port), 0, "no SMTP session open")
+        t.eq((V("moat_auth_total", result="ok"), V("moat_auth_total", result="failed")), (1, 1),
+             "moat_auth_total: one ok, one failed")
+        t.eq(V("moat_connections_total", listener="127.0.0.1:%d" % subport), 2,
+             "connections on the submission listener: 2")
         t.eq(V("moat_up"), 1, "moat_up 1")
         t.eq(V("moat_worker_restarts_total"), 0, "no worker restarts")
 
