@@ -11,6 +11,8 @@ import json
 import os
 import re
 import shutil
+import socket
+import ssl
 import signal
 import smtplib
 import subprocess
@@ -265,13 +267,47 @@ with Sink() as sink:
 # tempfail: an antivirus that cannot be reached with on-error tempfail (the default)
 with Moat(domains={"relay.test": "relay smtp://127.0.0.1:9"}, start=False) as m:
     hport = free_port()
-    m.write_conf("listen http 127.0.0.1:%d\nantivirus clamd 127.0.0.1:%d" % (hport, free_port()))
+    key, crt = os.path.join(m.tmp, "k.pem"), os.path.join(m.tmp, "c.pem")
+    have_tls = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                               key, "-out", crt, "-days", "2", "-subj", "/CN=mx.moat.test"],
+                              capture_output=True).returncode == 0
+    if have_tls:
+        os.chmod(key, 0o644)
+    m.write_conf("listen http 127.0.0.1:%d\nantivirus clamd 127.0.0.1:%d\n%s" % (
+        hport, free_port(), "tls certificate %s key %s" % (crt, key) if have_tls else ""))
     m.start()
     wait_port(hport)
+    if have_tls:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        c = smtplib.SMTP("127.0.0.1", m.port, timeout=30)
+        c.starttls(context=ctx)
+        c.quit()
+        raw = socket.create_connection(("127.0.0.1", m.port), timeout=10)
+        raw.recv(1000)
+        raw.sendall(b"EHLO x\r\nSTARTTLS\r\n")
+        time.sleep(0.5)
+        raw.sendall(b"this is not a TLS client hello\r\n" * 4)
+        try:
+            raw.recv(1000)
+        except OSError:
+            pass
+        raw.close()
     K = 2
     t.eq([send(m, msg("plain", i)) for i in range(K)], [451] * K, "%d messages tempfailed (451)" % K)
     fams = promparse.parse(get(hport, "/metrics")[2])
     t.eq((promparse.value(fams, "moat_messages_total", action="tempfail"),
           promparse.value(fams, "moat_messages_total", action="accept")), (K, 0),
          "moat_messages_total{action=tempfail} = %d, no token needed without http-token" % K)
+    if have_tls:
+        end = time.time() + 5
+        while time.time() < end and promparse.value(fams, "moat_tls_handshakes_total", result="failed") < 1:
+            time.sleep(0.2)
+            fams = promparse.parse(get(hport, "/metrics")[2])
+        t.eq((promparse.value(fams, "moat_tls_handshakes_total", result="ok"),
+              promparse.value(fams, "moat_tls_handshakes_total", result="failed")), (1, 1),
+             "moat_tls_handshakes_total: one ok (STARTTLS), one failed (garbage)")
+    else:
+        t.ok(True, "# skip openssl cannot make a certificate")
 t.done()
