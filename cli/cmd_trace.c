@@ -51,15 +51,17 @@ cmd_trace(struct moat_conf *c, int argc, char **argv)
 	struct buf addr = BUF_INIT, mid = BUF_INIT;
 	int nev = 0;
 
+	bool bad = false;
+
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--json"))
 			json = true;
 		else if (arg == NULL && argv[i][0] != '-')
 			arg = argv[i];
 		else
-			arg = NULL, argc = -1;
+			bad = true;
 	}
-	if (arg == NULL || argc < 0 || strlen(arg) > 998) {
+	if (arg == NULL || bad || strlen(arg) > 998) {
 		fprintf(stderr, "usage: moat trace [--json] QUEUEID|MESSAGE-ID|ADDRESS\n");
 		return 2;
 	}
