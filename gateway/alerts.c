@@ -41,6 +41,15 @@ struct alert {
 static struct alert alerts[A_N];
 static struct event *ev_check;
 
+/* what changed at this check: notified together (a storm is one notice) */
+struct change {
+	enum alert_kind k;
+	double  value, threshold;
+	char    text[300];
+};
+static struct change raised[A_N], cleared[A_N];
+static size_t nraised, ncleared;
+
 /* delivery counters at each of the last WINDOW checks: the deferral rate window */
 #define WINDOW 10
 static struct { double deferred, total; } snaps[WINDOW];
@@ -97,10 +106,17 @@ mail_done(void *arg)
 }
 
 static void
-send_mail(const char *name, bool firing, const char *text)
+names_of(const struct change *ch, size_t n, struct buf *b)
+{
+	for (size_t i = 0; i < n; i++)
+		buf_printf(b, "%s%s", i ? ", " : "", names[ch[i].k]);
+}
+
+static void
+send_mail(bool firing, const struct change *ch, size_t n)
 {
 	const struct moat_conf *c = W->conf;
-	struct buf b = BUF_INIT;
+	struct buf b = BUF_INIT, nm = BUF_INIT;
 	char date[64], id[32];
 	time_t now = time(NULL);
 	struct tm tm;
@@ -108,15 +124,20 @@ send_mail(const char *name, bool firing, const char *text)
 	localtime_r(&now, &tm);
 	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", &tm);
 	spool_new_qid(id);
+	names_of(ch, n, &nm);
 	buf_printf(&b, "From: moat <MAILER-DAEMON@%s>\r\nTo: <%s>\r\n"
-	    "Subject: [moat] %s %s on %s: %.200s\r\nDate: %s\r\nMessage-ID: <alert.%s@%s>\r\n"
+	    "Subject: [moat] %s %s on %s%s%.200s\r\nDate: %s\r\nMessage-ID: <alert.%s@%s>\r\n"
 	    "Auto-Submitted: auto-generated\r\nX-Moat-Alert: %s %s\r\n"
 	    "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n",
-	    c->hostname, c->postmaster, firing ? "ALERT" : "RECOVERED", name, c->hostname, text, date,
-	    id, c->hostname, name, firing ? "firing" : "resolved");
-	buf_printf(&b, "%s %s on %s at %s:\r\n\r\n  %s\r\n\r\n%s", firing ? "Alert" : "Recovered",
-	    name, c->hostname, date, text, firing ?
-	    "You will get one more mail when it clears.\r\n" : "");
+	    c->hostname, c->postmaster, firing ? "ALERT" : "RECOVERED", nm.data, c->hostname,
+	    n == 1 ? ": " : "", n == 1 ? ch[0].text : "", date, id, c->hostname,
+	    firing ? "firing" : "resolved", nm.data);
+	buf_printf(&b, "%s on %s at %s:\r\n\r\n", firing ? "Raised" : "Recovered", c->hostname, date);
+	for (size_t i = 0; i < n; i++)
+		buf_printf(&b, "  %s: %s\r\n", names[ch[i].k], ch[i].text);
+	if (firing)
+		buf_adds(&b, "\r\nYou will get one more mail when it clears.\r\n");
+	buf_free(&nm);
 	struct mail_job *j = xcalloc(1, sizeof(*j));
 	j->text = buf_steal(&b);
 	pool_submit(W->pool, mail_work, mail_done, j);
@@ -136,8 +157,9 @@ hook_done(struct evhttp_request *req, void *arg)
 }
 
 static void
-send_webhook(const char *name, bool firing, const char *text, double value, double threshold)
+send_webhook(bool firing, const struct change *ch, size_t n)
 {
+	const char *name = names[ch[0].k];
 	const struct moat_conf *c = W->conf;
 	struct evhttp_uri *u = evhttp_uri_parse(c->alert_webhook);
 	struct evhttp_connection *cn = NULL;
@@ -170,14 +192,22 @@ send_webhook(const char *name, bool firing, const char *text, double value, doub
 	}
 	evhttp_connection_set_timeout(cn, 10);
 	evhttp_connection_free_on_completion(cn);
+	/* the first change at the top level, all of them in "alerts" */
 	buf_adds(&b, "{\"alert\":");
 	json_str(&b, name);
 	buf_printf(&b, ",\"status\":\"%s\",\"host\":", firing ? "firing" : "resolved");
 	json_str(&b, c->hostname);
-	buf_printf(&b, ",\"value\":%.17g,\"threshold\":%.17g,\"time\":%lld,\"text\":", value,
-	    threshold, (long long)time(NULL));
-	json_str(&b, text);
-	buf_adds(&b, "}\n");
+	buf_printf(&b, ",\"value\":%.17g,\"threshold\":%.17g,\"time\":%lld,\"text\":",
+	    ch[0].value, ch[0].threshold, (long long)time(NULL));
+	json_str(&b, ch[0].text);
+	buf_adds(&b, ",\"alerts\":[");
+	for (size_t i = 0; i < n; i++) {
+		buf_printf(&b, "%s{\"alert\":\"%s\",\"value\":%.17g,\"threshold\":%.17g,\"text\":",
+		    i ? "," : "", names[ch[i].k], ch[i].value, ch[i].threshold);
+		json_str(&b, ch[i].text);
+		buf_addc(&b, '}');
+	}
+	buf_adds(&b, "]}\n");
 	if ((req = evhttp_request_new(hook_done, xstrdup(name))) == NULL) {
 		evhttp_connection_free(cn);
 		goto out;
@@ -198,10 +228,12 @@ out:
 	buf_free(&path);
 }
 
+/* one log line and journal event per change; the mail and the webhook once
+ * per check for all that changed (a storm is one notice) */
 static void
-notify(enum alert_kind k, bool firing, const char *text, double value, double threshold)
+record(enum alert_kind k, bool firing, const char *text, double value, double threshold)
 {
-	const struct moat_conf *c = W->conf;
+	struct change *ch = firing ? &raised[nraised++] : &cleared[ncleared++];
 
 	if (firing) {
 		log_crit("alert event=alert name=%s value=%.17g threshold=%.17g text=\"%s\"", names[k],
@@ -211,10 +243,23 @@ notify(enum alert_kind k, bool firing, const char *text, double value, double th
 		log_crit("alert event=recovered name=%s value=%.17g threshold=%.17g text=\"%s\"",
 		    names[k], value, threshold, esc(text));
 	journal_alert(names[k], firing, text);
+	ch->k = k;
+	ch->value = value;
+	ch->threshold = threshold;
+	moat_strlcpy(ch->text, text, sizeof(ch->text));
+}
+
+static void
+notify(bool firing, const struct change *ch, size_t n)
+{
+	const struct moat_conf *c = W->conf;
+
+	if (n == 0)
+		return;
 	if (c->alert_email)
-		send_mail(names[k], firing, text);
+		send_mail(firing, ch, n);
 	if (c->alert_webhook)
-		send_webhook(names[k], firing, text, value, threshold);
+		send_webhook(firing, ch, n);
 }
 
 /* ---- checks ---- */
@@ -234,13 +279,13 @@ evaluate(enum alert_kind k, bool on, bool over, double value, double threshold, 
 		a->firing = true;
 		a->since = time(NULL);
 		snprintf(text, sizeof(text), "%s: %.17g (threshold %.17g)", what, value, threshold);
-		notify(k, true, text, value, threshold);
+		record(k, true, text, value, threshold);
 	} else if (a->firing && ++a->clear_checks >= 2) {
 		a->firing = false;
 		a->clear_checks = 0;
 		snprintf(text, sizeof(text), "%s: %.17g (threshold %.17g), raised for %llds", what,
 		    value, threshold, (long long)(time(NULL) - a->since));
-		notify(k, false, text, value, threshold);
+		record(k, false, text, value, threshold);
 	}
 }
 
@@ -253,8 +298,9 @@ on_check(evutil_socket_t fd, short ev, void *arg)
 	time_t now = time(NULL);
 	double age;
 
-	if (W->draining)
-		return;
+	if (W->draining || oc->updated == 0)
+		return;         /* (until the first figures are in: checks see them all at once) */
+	nraised = ncleared = 0;
 	memset(&qs, 0, sizeof(qs));
 	if (W->queue)
 		queue_get_stats(W->queue, &qs);
@@ -287,6 +333,8 @@ on_check(evutil_socket_t fd, short ev, void *arg)
 	evaluate(A_WORKER_RESTARTS, c->alert_worker_restarts > 0,
 	    metrics_worker_restarts >= c->alert_worker_restarts, (double)metrics_worker_restarts,
 	    (double)c->alert_worker_restarts, "worker restarts since moatd started");
+	notify(true, raised, nraised);
+	notify(false, cleared, ncleared);
 }
 
 void

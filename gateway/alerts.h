@@ -3,7 +3,8 @@
  * queue size, oldest queued message, deferral rate, free space in the
  * state-dir, AV database age, worker restarts.  A condition that starts
  * gives one log line at crit, one journal event, and, if configured, one
- * mail to the postmaster (through moat's own queue) and one webhook POST;
+ * mail to the postmaster (through moat's own queue) and one webhook POST
+ * (conditions starting at the same check share them);
  * it then stays raised, silent, until it has been clear for two checks in
  * a row, which gives one recovery notice the same ways.  The state is the
  * worker's: a new worker (reload) raises a condition that still holds once

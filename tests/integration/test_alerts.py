@@ -168,13 +168,19 @@ with Moat(domains={"local.test": "store"}, start=False) as m:
              "listen http 127.0.0.1:%d" % hport]
     if hook6:
         lines.append("alert-webhook http://[::1]:%d/v6" % hook6.server_address[1])
+    else:
+        lines.append("alert-webhook http://127.0.0.1:%d/v4" % hook.server_address[1])
+        del posts[:]
     m.write_conf("\n".join(lines))
     m.start()
+
+    def hooks():
+        return [j for h, j in posts6] if hook6 else [json.loads(b) for p, c, b in posts]
     t.ok(m.wait_log(r"crit: alert event=alert name=disk-free value=\d+ threshold=1073741824000000", 20),
          "alert-disk-free: raised when less is free")
+    t.ok(wait(lambda: hooks(), 10) and hooks()[0].get("alert") == "disk-free", "its webhook", hooks())
     if hook6:
-        t.ok(wait(lambda: posts6, 10) and posts6[0][1].get("alert") == "disk-free" and
-             posts6[0][0] == "[::1]:%d" % hook6.server_address[1], "the webhook to [::1]", posts6)
+        t.eq(posts6[0][0], "[::1]:%d" % hook6.server_address[1], "the webhook to [::1] (Host header)")
     else:
         t.ok(True, "# skip no ::1")
     t.ok(not re.search(r"name=worker-restarts", m.log()), "no worker restart yet")
@@ -183,6 +189,12 @@ with Moat(domains={"local.test": "store"}, start=False) as m:
         os.kill(w[0], signal.SIGKILL)
     t.ok(m.wait_log(r"crit: alert event=alert name=worker-restarts value=1 threshold=1", 20),
          "alert-worker-restarts: the restarted worker raises it")
+    # the new worker finds both conditions at its first check: one notice for both
+    t.ok(wait(lambda: len(hooks()) >= 2, 10) and
+         sorted(a["alert"] for a in hooks()[1].get("alerts", [])) == ["disk-free", "worker-restarts"],
+         "two conditions at one check: one webhook POST listing both", hooks())
+    time.sleep(2)
+    t.eq(len(hooks()), 2, "and no more")
     fams = promparse.parse(get("/metrics"))
     t.eq(promparse.value(fams, "moat_worker_restarts_total"), 1, "moat_worker_restarts_total 1")
 hook.shutdown()
