@@ -136,7 +136,10 @@ cmd_trace(struct moat_conf *c, int argc, char **argv)
 				else if (k == 13) {
 					const char *d = safe((const char *)sqlite3_column_text(st, k), tmp,
 					    sizeof(tmp));
-					printf(strchr(d, ' ') || !strchr(d, '=') ? " \"%s\"" : " %s", d);
+					if (strchr(d, ' ') || !strchr(d, '='))
+						printf(" \"%s\"", d);
+					else
+						printf(" %s", d);
 				}
 				else
 					printf(" %s=%s", cols[k], safe((const char *)sqlite3_column_text(st, k),

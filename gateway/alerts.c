@@ -165,8 +165,9 @@ send_webhook(bool firing, const struct change *ch, size_t n)
 	struct evhttp_connection *cn = NULL;
 	struct evhttp_request *req;
 	struct buf b = BUF_INIT, path = BUF_INIT;
-	char hostport[300];
+	char hostport[300], addr[64];
 	const char *host;
+	size_t hl;
 	int port;
 
 	if (u == NULL || (host = evhttp_uri_get_host(u)) == NULL) {
@@ -180,8 +181,7 @@ send_webhook(bool firing, const struct change *ch, size_t n)
 	if (evhttp_uri_get_query(u))
 		buf_printf(&path, "?%s", evhttp_uri_get_query(u));
 	/* the host is an address (checked when the config was read): no DNS here */
-	char addr[64];
-	size_t hl = strlen(host);
+	hl = strlen(host);
 	if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']')
 		snprintf(addr, sizeof(addr), "%.*s", (int)(hl - 2), host + 1);
 	else
@@ -212,7 +212,10 @@ send_webhook(bool firing, const struct change *ch, size_t n)
 		evhttp_connection_free(cn);
 		goto out;
 	}
-	snprintf(hostport, sizeof(hostport), strchr(addr, ':') ? "[%s]:%d" : "%s:%d", addr, port);
+	if (strchr(addr, ':'))
+		snprintf(hostport, sizeof(hostport), "[%s]:%d", addr, port);
+	else
+		snprintf(hostport, sizeof(hostport), "%s:%d", addr, port);
 	evhttp_add_header(evhttp_request_get_output_headers(req), "Host", hostport);
 	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
 	evhttp_add_header(evhttp_request_get_output_headers(req), "User-Agent", "moat/" PACKAGE_VERSION);
