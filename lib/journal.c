@@ -300,7 +300,7 @@ journal_message_id(const char *qid, const char *msg, size_t len)
 		const char *le = nl ? nl : end;
 		if (le == p || (le == p + 1 && *p == '\r'))
 			break;
-		if (le - p > 11 && !ascii_strncasecmp(p, "message-id:", 11)) {
+		if (le - p >= 11 && !ascii_strncasecmp(p, "message-id:", 11)) {
 			const char *s = p + 11;
 			while (s < le && (*s == ' ' || *s == '\t'))
 				s++;
