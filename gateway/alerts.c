@@ -323,7 +323,8 @@ on_check(evutil_socket_t fd, short ev, void *arg)
 	snaps[nsnaps++].total = t;
 	double dt = t - snaps[0].total, dd = d - snaps[0].deferred;
 	double rate = dt > 0 ? 100.0 * dd / dt : 0;
-	if (c->alert_deferral_rate > 0 && (dt >= (double)c->alert_deferral_min || alerts[A_DEFERRAL_RATE].firing))
+	if (c->alert_deferral_rate > 0 &&
+	    (dt >= (double)c->alert_deferral_min || alerts[A_DEFERRAL_RATE].firing))
 		evaluate(A_DEFERRAL_RATE, true, rate >= (double)c->alert_deferral_rate, rate,
 		    (double)c->alert_deferral_rate, "percent of delivery attempts deferred");
 
