@@ -197,6 +197,17 @@ with Moat(domains={"local.test": "store"}, start=False) as m:
     t.eq(len(hooks()), 2, "and no more")
     fams = promparse.parse(get("/metrics"))
     t.eq(promparse.value(fams, "moat_worker_restarts_total"), 1, "moat_worker_restarts_total 1")
+# the deferral rate over the last checks, once there were enough attempts
+with Moat(domains={"relay.test": "relay smtp://127.0.0.1:%d" % free_port()}, start=False) as m:
+    m.write_conf("alert-interval 1\nalert-deferral-rate 50\nalert-deferral-min 3\n"
+                 "queue-retry-min 1\nqueue-retry-max 1\n")
+    m.start()
+    s = smtplib.SMTP("127.0.0.1", m.port, timeout=30)
+    s.sendmail("a@b.example", ["x@relay.test"], b"Subject: d\r\n\r\nbody\r\n")
+    s.quit()
+    t.ok(m.wait_log(r"crit: alert event=alert name=deferral-rate value=100 threshold=50", 20),
+         "alert-deferral-rate: every attempt deferred")
+    t.eq(len(re.findall(r"name=deferral-rate", m.log())), 1, "raised once")
 hook.shutdown()
 if hook6:
     hook6.shutdown()
