@@ -17,6 +17,7 @@
 #include "util.h"
 #include "worker.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -265,6 +266,95 @@ notify(bool firing, const struct change *ch, size_t n)
 		send_webhook(firing, ch, n);
 }
 
+/* ---- the state, kept in <state-dir>/alerts.state so that a new worker
+ * (reload, restart) does not raise again what is already raised ---- */
+
+#define STATE_FILE "alerts.state"
+
+struct state_job {
+	char   *text;
+	bool    ok;
+};
+
+/* BLOCKING (pool thread) */
+static void
+state_work(void *arg)
+{
+	struct state_job *j = arg;
+	char path[PATH_MAX], tmp[PATH_MAX + 8];
+	FILE *f;
+
+	conf_path(W->conf, STATE_FILE, path, sizeof(path));
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	if ((f = fopen(tmp, "w")) == NULL)
+		return;
+	fputs(j->text, f);
+	j->ok = fclose(f) == 0 && rename(tmp, path) == 0;
+}
+
+static void
+state_done(void *arg)
+{
+	struct state_job *j = arg;
+
+	if (!j->ok)
+		log_warnx("alert event=state-write-error file=%s", STATE_FILE);
+	free(j->text);
+	free(j);
+}
+
+static void
+state_save(void)
+{
+	struct buf b = BUF_INIT;
+	struct state_job *j;
+
+	for (int k = 0; k < A_N; k++)
+		if (alerts[k].firing)
+			buf_printf(&b, "%s %lld\n", names[k], (long long)alerts[k].since);
+	j = xcalloc(1, sizeof(*j));
+	j->text = b.data ? buf_steal(&b) : xstrdup("");
+	pool_submit(W->pool, state_work, state_done, j);
+}
+
+static bool
+enabled(enum alert_kind k)
+{
+	const struct moat_conf *c = W->conf;
+
+	switch (k) {
+	case A_QUEUE_SIZE: return c->alert_queue_size > 0;
+	case A_QUEUE_AGE: return c->alert_queue_age > 0;
+	case A_DEFERRAL_RATE: return c->alert_deferral_rate > 0;
+	case A_DISK_FREE: return c->alert_disk_free > 0;
+	case A_AV_AGE: return c->alert_av_age > 0;
+	case A_WORKER_RESTARTS: return c->alert_worker_restarts > 0;
+	default: return false;
+	}
+}
+
+/* at worker start (before the loop runs): a small file; conditions the
+ * configuration no longer checks are dropped */
+static void
+state_load(void)
+{
+	char path[PATH_MAX], line[128], name[64];
+	long long since;
+	FILE *f;
+
+	conf_path(W->conf, STATE_FILE, path, sizeof(path));
+	if ((f = fopen(path, "r")) == NULL)
+		return;
+	while (fgets(line, sizeof(line), f) != NULL)
+		if (sscanf(line, "%63s %lld", name, &since) == 2)
+			for (int k = 0; k < A_N; k++)
+				if (!strcmp(name, names[k]) && enabled((enum alert_kind)k)) {
+					alerts[k].firing = true;
+					alerts[k].since = (time_t)since;
+				}
+	fclose(f);
+}
+
 /* ---- checks ---- */
 
 static void
@@ -339,6 +429,8 @@ on_check(evutil_socket_t fd, short ev, void *arg)
 	    (double)c->alert_worker_restarts, "worker restarts since moatd started");
 	notify(true, raised, nraised);
 	notify(false, cleared, ncleared);
+	if (nraised || ncleared)
+		state_save();
 }
 
 void
@@ -346,12 +438,15 @@ alerts_start(void)
 {
 	const struct moat_conf *c = W->conf;
 	struct timeval tv = { (time_t)c->alert_interval, 0 };
+	bool any = false;
 
 	memset(alerts, 0, sizeof(alerts));
 	nsnaps = 0;
-	if (c->alert_queue_size <= 0 && c->alert_queue_age <= 0 && c->alert_deferral_rate <= 0 &&
-	    c->alert_disk_free <= 0 && c->alert_av_age <= 0 && c->alert_worker_restarts <= 0)
+	for (int k = 0; k < A_N; k++)
+		any |= enabled((enum alert_kind)k);
+	if (!any)
 		return;
+	state_load();
 	ev_check = event_new(W->base, -1, EV_PERSIST, on_check, NULL);
 	evtimer_add(ev_check, &tv);
 }

@@ -6,9 +6,9 @@
  * mail to the postmaster (through moat's own queue) and one webhook POST
  * (conditions starting at the same check share them);
  * it then stays raised, silent, until it has been clear for two checks in
- * a row, which gives one recovery notice the same ways.  The state is the
- * worker's: a new worker (reload) raises a condition that still holds once
- * more.
+ * a row, which gives one recovery notice the same ways.  What is raised
+ * is kept in <state-dir>/alerts.state: a new worker (reload, restart) does
+ * not raise it again.
  */
 #ifndef MOAT_ALERTS_H
 #define MOAT_ALERTS_H

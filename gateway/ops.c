@@ -265,6 +265,13 @@ ops_start(void)
 }
 
 void
+ops_drain(void)
+{
+	http_drain();
+	alerts_stop();
+}
+
+void
 ops_stop(void)
 {
 	if (ev_refresh) {

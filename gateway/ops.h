@@ -30,6 +30,9 @@ struct ops_cache {
 
 /* the worker (worker.c): start after the queue, stop after the pool is freed */
 void ops_start(void);
+/* reload or shutdown: stop serving http and checking alerts (the next
+ * worker takes over); the journal keeps recording until the end */
+void ops_drain(void);
 void ops_stop(void);
 const struct ops_cache *ops_cache(void);
 /* /api/queue was asked for: list the queue at the refreshes of the next

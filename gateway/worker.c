@@ -17,7 +17,6 @@
 #include "buf.h"
 #include "engine.h"
 #include "lists.h"
-#include "http.h"
 #include "ops.h"
 #include "qstore.h"
 #include "mailbox.h"
@@ -309,7 +308,7 @@ on_term(evutil_socket_t sig, short ev, void *arg)
 	log_info("worker event=draining signal=%d sessions=%zu", (int)sig, smtp_session_count());
 	wk.draining = true;
 	control_stop();
-	http_drain();
+	ops_drain();
 	if (ev_drain_timer)
 		event_free(ev_drain_timer);
 	ev_drain_timer = evtimer_new(wk.base, on_drain_timeout, NULL);
@@ -337,7 +336,7 @@ on_usr2(evutil_socket_t sig, short ev, void *arg)
 	log_info("worker event=reload-drain sessions=%zu", smtp_session_count());
 	reloading = true;
 	control_stop();
-	http_drain();
+	ops_drain();
 	ev_drain_timer = evtimer_new(wk.base, on_drain_timeout, NULL);
 	evtimer_add(ev_drain_timer, &tv);
 	smtp_drain(false, on_sessions_done, NULL);

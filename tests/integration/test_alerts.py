@@ -163,9 +163,19 @@ try:
     threading.Thread(target=hook6.serve_forever, daemon=True).start()
 except OSError:
     hook6 = None
-with Moat(domains={"local.test": "store"}, start=False) as m:
-    lines = ["alert-interval 1", "alert-disk-free 1000000G", "alert-worker-restarts 1",
-             "listen http 127.0.0.1:%d" % hport]
+dead = free_port()
+with Moat(domains={"local.test": "store", "relay.test": "relay smtp://127.0.0.1:%d" % dead},
+          start=False) as m:
+    # a message waits in the queue from an earlier run
+    m.write_conf("queue-retry-min 60")
+    m.start()
+    s = smtplib.SMTP("127.0.0.1", m.port, timeout=30)
+    s.sendmail("a@b.example", ["x@relay.test"], b"Subject: old\r\n\r\nbody\r\n")
+    s.quit()
+    m.stop()
+    time.sleep(1.2)
+    lines = ["queue-retry-min 60", "alert-interval 1", "alert-disk-free 1000000G",
+             "alert-queue-age 1", "alert-worker-restarts 1", "listen http 127.0.0.1:%d" % hport]
     if hook6:
         lines.append("alert-webhook http://[::1]:%d/v6" % hook6.server_address[1])
     else:
@@ -176,9 +186,14 @@ with Moat(domains={"local.test": "store"}, start=False) as m:
 
     def hooks():
         return [j for h, j in posts6] if hook6 else [json.loads(b) for p, c, b in posts]
+
+    def names(j):
+        return sorted(a["alert"] for a in j.get("alerts", []))
     t.ok(m.wait_log(r"crit: alert event=alert name=disk-free value=\d+ threshold=1073741824000000", 20),
          "alert-disk-free: raised when less is free")
-    t.ok(wait(lambda: hooks(), 10) and hooks()[0].get("alert") == "disk-free", "its webhook", hooks())
+    t.ok(m.wait_log(r"crit: alert event=alert name=queue-age", 5), "alert-queue-age: raised")
+    t.ok(wait(lambda: hooks(), 10) and names(hooks()[0]) == ["disk-free", "queue-age"],
+         "two conditions at one check: one webhook POST listing both", hooks())
     if hook6:
         t.eq(posts6[0][0], "[::1]:%d" % hook6.server_address[1], "the webhook to [::1] (Host header)")
     else:
@@ -189,14 +204,20 @@ with Moat(domains={"local.test": "store"}, start=False) as m:
         os.kill(w[0], signal.SIGKILL)
     t.ok(m.wait_log(r"crit: alert event=alert name=worker-restarts value=1 threshold=1", 20),
          "alert-worker-restarts: the restarted worker raises it")
-    # the new worker finds both conditions at its first check: one notice for both
-    t.ok(wait(lambda: len(hooks()) >= 2, 10) and
-         sorted(a["alert"] for a in hooks()[1].get("alerts", [])) == ["disk-free", "worker-restarts"],
-         "two conditions at one check: one webhook POST listing both", hooks())
-    time.sleep(2)
-    t.eq(len(hooks()), 2, "and no more")
+    t.ok(wait(lambda: len(hooks()) >= 2, 10) and names(hooks()[1]) == ["worker-restarts"],
+         "the new worker raises only what is new (the state is kept in the state-dir)", hooks())
     fams = promparse.parse(get("/metrics"))
     t.eq(promparse.value(fams, "moat_worker_restarts_total"), 1, "moat_worker_restarts_total 1")
+    t.eq(promparse.value(fams, "moat_alert_firing", alert="disk-free"), 1,
+         "moat_alert_firing{alert=disk-free} 1 in the new worker")
+    before = m.log().count("worker event=started")
+    m.proc.send_signal(signal.SIGHUP)
+    t.ok(wait(lambda: m.log().count("worker event=started") > before, 10), "reload")
+    time.sleep(3)
+    t.eq(len(hooks()), 2, "after the reload: nothing raised again")
+    t.eq(len(re.findall(r"crit: alert event=alert name=disk-free", m.log())), 1,
+         "one disk-free log line in all")
+
 # the deferral rate over the last checks, once there were enough attempts
 with Moat(domains={"relay.test": "relay smtp://127.0.0.1:%d" % free_port()}, start=False) as m:
     m.write_conf("alert-interval 1\nalert-deferral-rate 50\nalert-deferral-min 3\n"
