@@ -243,12 +243,11 @@ handle(struct evhttp_request *req, void *arg)
 	} else if (!strcmp(path, "/api/queue") || !strcmp(path, "/api/quarantine")) {
 		const struct ops_cache *oc = ops_cache();
 		bool q = !strcmp(path, "/api/queue");
-		if (q)
-			ops_want_queue_list();
+		ops_want_lists();
 		const struct buf *src = q ? &oc->queue_json : &oc->quarantine_json;
 		/* updated 0: not listed yet, ask again in a few seconds */
 		buf_printf(&b, "{\"updated\":%lld,\"limit\":%d,\"%s\":",
-		    (long long)(q ? oc->queue_updated : oc->updated), OPS_LIST_MAX, q ? "messages" : "held");
+		    (long long)oc->lists_updated, OPS_LIST_MAX, q ? "messages" : "held");
 		if (src->len)
 			buf_add(&b, src->data, src->len);
 		else

@@ -30,7 +30,7 @@
 static struct ops_cache cur;
 static struct event *ev_refresh;
 static bool refreshing;
-static time_t queue_wanted_until;
+static time_t lists_wanted_until;
 
 const struct ops_cache *
 ops_cache(void)
@@ -133,6 +133,8 @@ quarantine_scan(const struct moat_conf *c, struct ops_cache *oc)
 		}
 		sqlite3_finalize(st);
 	}
+	if (!oc->lists_updated)
+		goto out;       /* nobody asked for the listing */
 	if (sqlite3_prepare_v2(db, "SELECT m.id, m.time, m.sender, m.subject, m.size, m.score, "
 	    "m.symbols, (SELECT group_concat(addr, char(10)) FROM (SELECT addr FROM rcpt r WHERE "
 	    "r.id = m.id LIMIT 100)) FROM msg m WHERE m.state IN ('held','releasing') ORDER BY m.time "
@@ -181,16 +183,18 @@ refresh_work(void *arg)
 		oc->disk_free = (long long)sv.f_bavail * (long long)sv.f_frsize;
 		oc->disk_total = (long long)sv.f_blocks * (long long)sv.f_frsize;
 	}
-	if (oc->queue_updated) {         /* asked for */
+	if (oc->lists_updated) {         /* asked for */
 		struct qlist ql = { &oc->queue_json, 0 };
 		buf_addc(&oc->queue_json, '[');
 		spool_list(queue_one, &ql);
 		buf_addc(&oc->queue_json, ']');
-		oc->queue_updated = time(NULL);
+		buf_addc(&oc->quarantine_json, '[');
 	}
-	buf_addc(&oc->quarantine_json, '[');
 	quarantine_scan(c, oc);
-	buf_addc(&oc->quarantine_json, ']');
+	if (oc->lists_updated) {
+		buf_addc(&oc->quarantine_json, ']');
+		oc->lists_updated = time(NULL);
+	}
 	oc->updated = time(NULL);
 }
 
@@ -212,17 +216,17 @@ on_refresh(evutil_socket_t fd, short ev, void *arg)
 		return;
 	refreshing = true;
 	struct ops_cache *oc = xcalloc(1, sizeof(*oc));
-	oc->queue_updated = time(NULL) < queue_wanted_until;    /* nonzero: list the queue */
+	oc->lists_updated = time(NULL) < lists_wanted_until;    /* nonzero: make the listings */
 	pool_submit(W->pool, refresh_work, refresh_done, oc);
 }
 
 void
-ops_want_queue_list(void)
+ops_want_lists(void)
 {
-	bool idle = time(NULL) >= queue_wanted_until;
+	bool idle = time(NULL) >= lists_wanted_until;
 
-	queue_wanted_until = time(NULL) + OPS_LIST_WANTED;
-	if (idle || cur.queue_updated == 0)
+	lists_wanted_until = time(NULL) + OPS_LIST_WANTED;
+	if (idle || cur.lists_updated == 0)
 		on_refresh(-1, 0, NULL);        /* the next answer has it */
 }
 

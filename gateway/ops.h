@@ -23,8 +23,9 @@ struct ops_cache {
 	long long av_age;               /* seconds since the newest database file; -1 unknown */
 	long long disk_free;            /* bytes available in the state-dir fs; -1 unknown */
 	long long disk_total;
-	struct buf queue_json;          /* JSON array (bounded), built only while asked for */
-	time_t  queue_updated;          /* 0: not built */
+	/* the listings (JSON arrays, bounded): made only while asked for */
+	time_t  lists_updated;          /* 0: not made */
+	struct buf queue_json;
 	struct buf quarantine_json;
 };
 
@@ -35,9 +36,10 @@ void ops_start(void);
 void ops_drain(void);
 void ops_stop(void);
 const struct ops_cache *ops_cache(void);
-/* /api/queue was asked for: list the queue at the refreshes of the next
- * OPS_LIST_WANTED seconds (a listing reads every queued envelope) */
+/* /api/queue or /api/quarantine was asked for: make the listings at the
+ * refreshes of the next OPS_LIST_WANTED seconds (listing the queue reads
+ * every queued envelope) */
 #define OPS_LIST_WANTED 300
-void ops_want_queue_list(void);
+void ops_want_lists(void);
 
 #endif

@@ -211,9 +211,15 @@ with Sink() as sink:
                                   "reject": N_REJ, "tempfail": 0}, "/api/status: messages by action")
         t.eq(st.get("quarantine", {}).get("messages"), N_QUAR, "/api/status: quarantine size")
         t.ok(st.get("listeners") and st["listeners"][0]["kind"] == "smtp", "/api/status: listeners")
-        code, _, body = get(hport, "/api/quarantine", TOKEN)
-        q = json.loads(body) if code == 200 else {}
+        q = {}
+        end = time.time() + 15
+        while time.time() < end and not q.get("updated"):
+            code, _, body = get(hport, "/api/quarantine", TOKEN)
+            q = json.loads(body) if code == 200 else {}
+            time.sleep(0.5)
         t.eq(len(q.get("held", [])), N_QUAR, "/api/quarantine lists the held messages")
+        t.ok(all(h.get("rcpts") == ["x@relay.test"] and h.get("score", 0) >= 10 for h in q.get("held", [])),
+             "with their recipients and scores", q)
         # the queue is listed while someone asks: the first answer may say "not yet"
         q = {}
         end = time.time() + 15
