@@ -158,7 +158,7 @@ cmd_status(struct moat_conf *c, int argc, char **argv)
 		printf("today       (no event journal: %s)\n", path);
 	sqlite3_close(db);
 
-	/* the quarantine index, read-only (qstore_open would repair: not ours to do) */
+	/* the quarantine index, read-only (qstore_open would repair and write) */
 	conf_path(c, "quarantine/index.db", path, sizeof(path));
 	db = NULL;
 	if (access(path, F_OK) != 0)

@@ -104,8 +104,8 @@ queue_one(const char *qid, void *arg)
 
 /*
  * The quarantine's index, read-only.  Not through qstore_open(): that
- * repairs (it empties quarantine/tmp, which a quarantine job may be
- * writing to at that moment); a reader must not.
+ * repairs (empties quarantine/tmp, finishes interrupted releases) and
+ * writes; a figure for /metrics every few seconds must not.
  */
 static void
 quarantine_scan(const struct moat_conf *c, struct ops_cache *oc)
