@@ -137,3 +137,5 @@ EXTRA_DIST += tests/integration/test_dnsbl.py tests/integration/test_helo.py
 # DKIM and DMARC (filters/dkim.c, filters/dmarc.c)
 TESTS += tests/integration/test_dkim.py tests/integration/test_dmarc.py
 EXTRA_DIST += tests/integration/test_dkim.py tests/integration/test_dmarc.py tests/integration/dkimsign.py
+TESTS += tests/integration/test_filter_stage.py
+EXTRA_DIST += tests/integration/test_filter_stage.py
