@@ -228,6 +228,19 @@ engine_free(struct engine *e)
 	free(e);
 }
 
+/* for the metrics (gateway/http.c): NULL if none */
+struct resolver *
+engine_resolver(const struct engine *e)
+{
+	return e ? e->res : NULL;
+}
+
+struct av *
+engine_av(const struct engine *e)
+{
+	return e ? e->av : NULL;
+}
+
 bool
 engine_active(const struct engine *e)
 {

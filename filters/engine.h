@@ -53,6 +53,9 @@ struct engine *engine_new(const struct moat_conf *, char **err);
 void engine_free(struct engine *);
 /* true if any data-stage filter is configured */
 bool engine_active(const struct engine *);
+/* the engine's resolver and antivirus, for the metrics; NULL if none */
+struct resolver *engine_resolver(const struct engine *);
+struct av *engine_av(const struct engine *);
 struct lists;
 /* what the session already knows about the message */
 struct engine_in {

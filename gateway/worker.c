@@ -17,6 +17,7 @@
 #include "buf.h"
 #include "engine.h"
 #include "lists.h"
+#include "ops.h"
 #include "qstore.h"
 #include "mailbox.h"
 #include "mime.h"
@@ -326,6 +327,7 @@ on_term(evutil_socket_t sig, short ev, void *arg)
 	log_info("worker event=draining signal=%d sessions=%zu", (int)sig, smtp_session_count());
 	wk.draining = true;
 	control_stop();
+	ops_drain();
 	if (ev_drain_timer)
 		event_free(ev_drain_timer);
 	ev_drain_timer = evtimer_new(wk.base, on_drain_timeout, NULL);
@@ -353,6 +355,7 @@ on_usr2(evutil_socket_t sig, short ev, void *arg)
 	log_info("worker event=reload-drain sessions=%zu", smtp_session_count());
 	reloading = true;
 	control_stop();
+	ops_drain();
 	ev_drain_timer = evtimer_new(wk.base, on_drain_timeout, NULL);
 	evtimer_add(ev_drain_timer, &tv);
 	smtp_drain(false, on_sessions_done, NULL);
@@ -431,12 +434,14 @@ worker_main(const struct moat_conf *c, struct tls_server *tls)
 	event_add(ev_hup, NULL);
 	queue_start(wk.queue);
 	maint_arm();
+	ops_start();
 	log_info("worker event=started pid=%d threads=%d", (int)getpid(), c->threads);
 
 	event_base_dispatch(wk.base);
 
 	queue_free(wk.queue);
 	pool_free(wk.pool);
+	ops_stop();
 	ratelimit_free(wk.rates);
 	if (wk.engine)
 		engine_autolearn_flush(wk.engine);     /* what is still queued */

@@ -188,6 +188,21 @@ struct moat_conf {
 	bool    smtp_pregreet_score;    /* early talker: PREGREET symbol (else refused) */
 	/* milter (#9) */
 	/* operations (#10) */
+	char   *http_token;             /* bearer token for the http listener; NULL = none */
+	char   *http_token_file;        /* the token read from this file (first line) */
+	bool    journal;                /* the event journal <state-dir>/journal.db (default yes) */
+	long long journal_retention;    /* seconds of events kept */
+	char   *log_json;               /* JSON-lines copy of the journal events; NULL = none */
+	long long alert_interval;       /* seconds between alert checks */
+	long long alert_queue_size;     /* messages queued; 0 = off */
+	long long alert_queue_age;      /* seconds, oldest queued message; 0 = off */
+	long long alert_deferral_rate;  /* percent of delivery attempts deferred; 0 = off */
+	long long alert_deferral_min;   /* attempts in the window before the rate counts */
+	long long alert_disk_free;      /* bytes free in the state-dir file system; 0 = off */
+	long long alert_av_age;         /* seconds since the AV database changed; 0 = off */
+	long long alert_worker_restarts;/* worker restarts since the master started; 0 = off */
+	bool    alert_email;            /* mail alerts to the postmaster (default no) */
+	char   *alert_webhook;          /* http://HOST:PORT/PATH, POSTed a JSON body */
 
 	/* SMTP server limits */
 	char   *smtp_banner;            /* text after "220 hostname " */
