@@ -15,6 +15,18 @@ int cmd_quarantine(struct moat_conf *, int argc, char **argv); /* cli/cmd_quaran
 int cmd_rules(struct moat_conf *, int argc, char **argv);  /* cli/cmd_rules.c */
 int cmd_av(struct moat_conf *, int argc, char **argv);     /* cli/cmd_av.c */
 int cmd_lists(struct moat_conf *, int argc, char **argv);  /* cli/cmd_lists.c */
+int cmd_status(struct moat_conf *, int argc, char **argv); /* cli/cmd_status.c */
+int cmd_report(struct moat_conf *, int argc, char **argv); /* cli/cmd_report.c */
+int cmd_trace(struct moat_conf *, int argc, char **argv);  /* cli/cmd_trace.c */
+
+/* the event journal read-only (drops root to the run user first); NULL
+ * with a message on stderr.  cli/cmd_report.c */
+struct sqlite3;
+struct sqlite3 *cli_journal(const struct moat_conf *, const char *cmd);
+/* --since: "24h", "7d", "90m" or "2026-11-23[ HH:MM[:SS]]" */
+#include <stdbool.h>
+#include <time.h>
+bool cli_parse_since(const char *, time_t *);
 
 /* send one line to the daemon's control socket (<state-dir>/control.sock)
  * and return its reply in a malloc'ed string; NULL if the daemon is not

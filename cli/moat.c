@@ -39,8 +39,6 @@ struct cmd_group {
 	const char *usage;
 };
 
-static int cmd_status(struct moat_conf *, int, char **);
-
 static const struct cmd_group cmd_groups[] = {
 	{ "user",  cmd_user,
 	  "user add ADDRESS         add a mailbox user (password on stdin)\n"
@@ -68,6 +66,10 @@ static const struct cmd_group cmd_groups[] = {
 	  "  quarantine purge [--older-than D] [--max-size S] | check   the quarantine store" },
 	{ "status", cmd_status,
 	  "status                   ask the running moatd how it is doing" },
+	{ "report", cmd_report,
+	  "report [--since DURATION|DATE] [--json]   traffic summary from the event journal" },
+	{ "trace", cmd_trace,
+	  "trace [--json] QUEUEID|MESSAGE-ID|ADDRESS   every event of a message, in order" },
 };
 
 static void
@@ -159,32 +161,6 @@ fail:
 	buf_free(&rep);
 	errno = e;
 	return NULL;
-}
-
-/* `moat status`: one control request, the reply printed as it comes */
-static int
-cmd_status(struct moat_conf *c, int argc, char **argv)
-{
-	char path[PATH_MAX];
-	char *rep;
-
-	if (argc != 1) {
-		fprintf(stderr, "usage: moat [-c FILE] status\n");
-		return 2;
-	}
-	if ((rep = cli_control(c, "status")) == NULL) {
-		conf_path(c, "control.sock", path, sizeof(path));
-		fprintf(stderr, "moat: moatd is not running? (%s: %s)\n", path, strerror(errno));
-		return 1;
-	}
-	if (strncmp(rep, "ok", 2) == 0 && (rep[2] == '\0' || rep[2] == ' ')) {
-		printf("%s\n", rep[2] ? rep + 3 : "ok");
-		free(rep);
-		return 0;
-	}
-	fprintf(stderr, "moat: %s\n", esc(rep));
-	free(rep);
-	return 1;
 }
 
 int

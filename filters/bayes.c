@@ -38,6 +38,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -53,9 +54,34 @@ struct bayes {
 	const struct bayes_store_ops *ops;
 	void              *store;
 	void              *batch;           /* open write txn of a batch */
+	pthread_t          batch_owner;     /* the thread that opened it: only it uses it */
+	pthread_mutex_t    batch_mu;        /* guards batch and batch_owner */
 	struct bayes_params p;
 	char               err[256];
 };
+
+/* the batch's write txn if this thread opened it (the daemon shares one
+ * handle between pool threads: a batch is one thread's) */
+static void *
+mybatch(struct bayes *b)
+{
+	void *t = NULL;
+	pthread_mutex_lock(&b->batch_mu);
+	if (b->batch && pthread_equal(b->batch_owner, pthread_self()))
+		t = b->batch;
+	pthread_mutex_unlock(&b->batch_mu);
+	return t;
+}
+
+static void
+setbatch(struct bayes *b, void *txn)
+{
+	pthread_mutex_lock(&b->batch_mu);
+	b->batch = txn;
+	b->batch_owner = pthread_self();
+	pthread_mutex_unlock(&b->batch_mu);
+}
+
 
 static const char *const band_names[BAYES_NBANDS] = {
 	"BAYES_00", "BAYES_05", "BAYES_20", "BAYES_40", "BAYES_50",
@@ -655,6 +681,7 @@ bayes_open_path(const char *path, bool rdonly, char **err)
 	const char *env = getenv("MOAT_BAYES_PARAMS");
 
 	b->ops = &bayes_store_lmdb;
+	pthread_mutex_init(&b->batch_mu, NULL);
 	bayes_params_default(&b->p);
 	if (env && *env && bayes_params_parse(&b->p, env, err) < 0) {
 		free(b);
@@ -688,6 +715,7 @@ bayes_close(struct bayes **bp)
 		return;
 	if (b->batch)
 		b->ops->abort(b->store, b->batch);
+	pthread_mutex_destroy(&b->batch_mu);
 	b->ops->close(b->store);
 	free(b);
 	*bp = NULL;
@@ -780,7 +808,8 @@ bayes_classify(struct bayes *b, const struct mime_msg *m, struct bayes_result *r
 	tokset_init(&ts, true);
 	bayes_tokenize(m, tokset_emit, &ts);
 	r->ntokens = (unsigned)ts.n;
-	if ((txn = b->batch) == NULL && (txn = b->ops->begin(b->store, false)) == NULL) {
+	void *mine = mybatch(b);
+	if ((txn = mine) == NULL && (txn = b->ops->begin(b->store, false)) == NULL) {
 		seterr(b, "classify");
 		tokset_free(&ts);
 		return -1;
@@ -815,7 +844,7 @@ bayes_classify(struct bayes *b, const struct mime_msg *m, struct bayes_result *r
 		clues[nc].off = ts.off[i];
 		nc++;
 	}
-	if (txn != b->batch)
+	if (txn != mine)
 		b->ops->abort(b->store, txn);
 	if (rc == 0) {
 		qsort(clues, nc, sizeof(*clues), clue_cmp);
@@ -891,15 +920,16 @@ bump_total(struct bayes *b, void *txn, bool spam, int sign)
 static void *
 wtxn(struct bayes *b)
 {
-	if (b->batch)
-		return b->batch;
+	void *t = mybatch(b);
+	if (t)
+		return t;
 	return b->ops->begin(b->store, true);
 }
 
 static int
 wdone(struct bayes *b, void *txn, int rc)
 {
-	if (txn == b->batch)
+	if (txn == mybatch(b))
 		return rc;
 	if (rc < 0) {
 		b->ops->abort(b->store, txn);
@@ -950,10 +980,10 @@ bayes_learn(struct bayes *b, const struct mime_msg *m, bool spam,
 	return wdone(b, txn, rc);
 fail:
 	seterr(b, "learn");
-	if (txn == b->batch) {
+	if (txn == mybatch(b)) {
 		/* a failed write poisons an LMDB txn: the batch is lost */
 		b->ops->abort(b->store, txn);
-		b->batch = NULL;
+		setbatch(b, NULL);
 		return -1;
 	}
 	return wdone(b, txn, -1);
@@ -988,9 +1018,9 @@ bayes_forget(struct bayes *b, const struct mime_msg *m, int want_spam,
 	return wdone(b, txn, BAYES_OK);
 fail:
 	seterr(b, "forget");
-	if (txn == b->batch) {
+	if (txn == mybatch(b)) {
 		b->ops->abort(b->store, txn);
-		b->batch = NULL;
+		setbatch(b, NULL);
 		return -1;
 	}
 	return wdone(b, txn, -1);
@@ -999,23 +1029,26 @@ fail:
 int
 bayes_batch_begin(struct bayes *b)
 {
-	if (b->batch)
+	void *t;
+	if (mybatch(b))
 		return 0;
-	if ((b->batch = b->ops->begin(b->store, true)) == NULL) {
+	/* blocks while another thread's write txn is open (LMDB's writer lock) */
+	if ((t = b->ops->begin(b->store, true)) == NULL) {
 		seterr(b, "begin");
 		return -1;
 	}
+	setbatch(b, t);
 	return 0;
 }
 
 int
 bayes_batch_end(struct bayes *b, bool commit)
 {
-	void *txn = b->batch;
+	void *txn = mybatch(b);
 
 	if (txn == NULL)
 		return commit ? -1 : 0;
-	b->batch = NULL;
+	setbatch(b, NULL);
 	if (!commit) {
 		b->ops->abort(b->store, txn);
 		return 0;

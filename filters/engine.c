@@ -109,6 +109,11 @@ struct engine {
 	void   *state[NFILTERS];        /* NULL: that filter is not configured */
 	bool    early[NFILTERS];        /* filter-stage NAME rcpt */
 	pthread_mutex_t bayes_mu;       /* guards opening bayes for the first learn */
+	/* auto-learn: confident verdicts wait here and are learned in one
+	 * write transaction by engine_autolearn_flush() (a timer, a pool job) */
+	pthread_mutex_t al_mu;
+	struct al_item { char *msg; size_t len; bool spam; } *al;
+	size_t  nal, albytes;
 };
 
 struct engine *
@@ -173,6 +178,7 @@ engine_new(const struct moat_conf *c, char **err)
 		}
 	}
 	pthread_mutex_init(&e->bayes_mu, NULL);
+	pthread_mutex_init(&e->al_mu, NULL);
 	for (size_t i = 0; i < NFILTERS; i++)
 		for (size_t k = 0; k < c->nearly_filters; k++)
 			if (!strcmp(c->early_filters[k], table[i]->name))
@@ -212,11 +218,27 @@ engine_free(struct engine *e)
 	for (size_t i = 0; i < NFILTERS; i++)
 		if (e->state[i] && table[i]->fini)
 			table[i]->fini(e->state[i]);
+	for (size_t i = 0; i < e->nal; i++)
+		free(e->al[i].msg);
+	free(e->al);
 	resolver_free(e->res);
 	rules_free(&e->rules);
 	av_close(&e->av);
 	bayes_close(&e->bayes);
 	free(e);
+}
+
+/* for the metrics (gateway/http.c): NULL if none */
+struct resolver *
+engine_resolver(const struct engine *e)
+{
+	return e ? e->res : NULL;
+}
+
+struct av *
+engine_av(const struct engine *e)
+{
+	return e ? e->av : NULL;
 }
 
 bool
@@ -291,6 +313,129 @@ auth_results(const struct moat_conf *c, const struct msg_ctx *x, struct verdict 
 	if (n)
 		verdict_add_header(v, b.data);
 	buf_free(&b);
+}
+
+#define AL_MAX_MSGS   1000
+#define AL_MAX_BYTES  (32u << 20)
+#define AL_MAX_MSG    (1u << 20)
+
+/*
+ * Learn from a confident verdict, as SpamAssassin's auto-learn: the score
+ * without Bayes' own symbol (no self-reinforcement) at or above the spam
+ * threshold of a message we tag, quarantine or reject, or at or below the
+ * ham threshold of one we accept.  Not for forced verdicts (a virus or a
+ * DMARC policy says nothing about the words).  Queued (bounded), learned
+ * in batches off the message path.
+ */
+static void
+autolearn_maybe(struct engine *e, const char *msg, size_t len, const struct verdict *v)
+{
+	const struct moat_conf *c = e->conf;
+	double base = v->score;
+	bool spam;
+
+	if (v->forced || len > AL_MAX_MSG)
+		return;
+	for (size_t i = 0; i < v->nsym; i++)
+		if (!strncmp(v->sym[i].name, "BAYES_", 6))
+			base -= v->sym[i].score;
+	if (base >= c->bayes_autolearn_spam && v->action != VA_ACCEPT)
+		spam = true;
+	else if (base <= c->bayes_autolearn_ham && v->action == VA_ACCEPT)
+		spam = false;
+	else
+		return;
+	pthread_mutex_lock(&e->al_mu);
+	if (e->nal < AL_MAX_MSGS && e->albytes + len <= AL_MAX_BYTES) {
+		e->al = xreallocarray(e->al, e->nal + 1, sizeof(*e->al));
+		e->al[e->nal].msg = xmalloc(len + 1);
+		memcpy(e->al[e->nal].msg, msg, len);
+		e->al[e->nal].msg[len] = '\0';
+		e->al[e->nal].len = len;
+		e->al[e->nal].spam = spam;
+		e->nal++;
+		e->albytes += len;
+	}
+	pthread_mutex_unlock(&e->al_mu);
+}
+
+bool
+engine_autolearn_pending(struct engine *e)
+{
+	bool p;
+	if (e == NULL)
+		return false;
+	pthread_mutex_lock(&e->al_mu);
+	p = e->nal > 0;
+	pthread_mutex_unlock(&e->al_mu);
+	return p;
+}
+
+void
+engine_autolearn_flush(struct engine *e)
+{
+	struct al_item *v;
+	size_t n, spam = 0, ham = 0, already = 0, failed = 0;
+	struct bayes *b;
+	char *err = NULL;
+
+	pthread_mutex_lock(&e->al_mu);
+	v = e->al;
+	n = e->nal;
+	e->al = NULL;
+	e->nal = e->albytes = 0;
+	pthread_mutex_unlock(&e->al_mu);
+	if (n == 0)
+		return;
+	pthread_mutex_lock(&e->bayes_mu);
+	if ((b = __atomic_load_n(&e->bayes, __ATOMIC_ACQUIRE)) == NULL) {
+		b = bayes_open(e->conf->state_dir, false, &err);
+		if (b == NULL)
+			log_warnx("engine: bayes: %s", err ? err : "cannot open");
+		free(err);
+		err = NULL;
+		__atomic_store_n(&e->bayes, b, __ATOMIC_RELEASE);
+	}
+	pthread_mutex_unlock(&e->bayes_mu);
+	if (b && bayes_batch_begin(b) == 0) {
+		for (size_t i = 0; i < n; i++) {
+			struct mime_limits lim = MIME_LIMITS_DEFAULT;
+			struct mime_msg *m = mime_parse(v[i].msg, v[i].len, &lim, &err);
+			uint8_t d[BAYES_DIGEST_LEN];
+			free(err);
+			err = NULL;
+			if (m == NULL) {
+				failed++;
+				continue;
+			}
+			bayes_digest(v[i].msg, v[i].len, d);
+			switch (bayes_learn(b, m, v[i].spam, d)) {
+			case BAYES_OK:
+				if (v[i].spam)
+					spam++;
+				else
+					ham++;
+				break;
+			case BAYES_ALREADY:
+				already++;
+				break;
+			default:
+				failed++;
+				break;
+			}
+			mime_free(&m);
+		}
+		if (bayes_batch_end(b, true) < 0) {
+			failed += spam + ham;
+			spam = ham = 0;
+		}
+	} else
+		failed = n;
+	log_info("bayes event=autolearn spam=%zu ham=%zu already=%zu failed=%zu", spam, ham, already,
+	    failed);
+	for (size_t i = 0; i < n; i++)
+		free(v[i].msg);
+	free(v);
 }
 
 /* what the filters of the first RCPT found (filter-stage NAME rcpt) */
@@ -527,6 +672,8 @@ engine_run(struct engine *e, const char *msg, size_t len, const struct engine_in
 		v->action = VA_TAG;
 	else
 		v->action = VA_ACCEPT;
+	if (c->bayes && c->bayes_autolearn && !allow && in && in->auth_user == NULL)
+		autolearn_maybe(e, msg, len, v);
 	v->elapsed_ms = (double)(now_ms() - t0);
 }
 

@@ -53,6 +53,9 @@ struct engine *engine_new(const struct moat_conf *, char **err);
 void engine_free(struct engine *);
 /* true if any data-stage filter is configured */
 bool engine_active(const struct engine *);
+/* the engine's resolver and antivirus, for the metrics; NULL if none */
+struct resolver *engine_resolver(const struct engine *);
+struct av *engine_av(const struct engine *);
 struct lists;
 /* what the session already knows about the message */
 struct engine_in {
@@ -94,6 +97,10 @@ void engine_run(struct engine *, const char *msg, size_t len, const struct engin
  * moves); creates the Bayes database on first use.  BAYES_OK,
  * BAYES_ALREADY or BAYES_ERR (filters/bayes.h) */
 int engine_learn(struct engine *, const char *msg, size_t len, bool spam);
+/* auto-learn (bayes-autolearn): anything queued?  BLOCKING (pool thread):
+ * learn the queued messages in one write transaction */
+bool engine_autolearn_pending(struct engine *);
+void engine_autolearn_flush(struct engine *);
 /* the header fields to add for this verdict (CRLF lines), into out */
 void verdict_headers(const struct verdict *, const struct moat_conf *, struct buf *out);
 /* "RULE(2.50),BAYES_99(3.50)" for the log */

@@ -18,6 +18,8 @@
 #include "buf.h"
 #include "conf.h"
 #include "log.h"
+#include "metrics.h"
+#include "journal.h"
 #include "privs.h"
 #include "engine.h"
 #include "lists.h"
@@ -256,6 +258,7 @@ start_worker(struct moat_conf *c, struct tls_server *t)
 	if (pid_fd >= 0)
 		close(pid_fd);
 	log_setident("moatd-worker");
+	journal_open_json(c);           /* as root: the file may be in /var/log */
 	privs_drop(c);
 	exit(worker_main(c, t));
 }
@@ -588,6 +591,7 @@ main(int argc, char **argv)
 					log_crit("master event=worker-died pid=%d signal=%d", (int)p, WTERMSIG(st));
 				else
 					log_crit("master event=worker-exited pid=%d status=%d", (int)p, WEXITSTATUS(st));
+				metrics_worker_restarts++;      /* the next worker inherits it */
 				backoff = time(NULL) - worker_started < 10 ? MIN(backoff * 2, 30) : 1;
 				restart_at = time(NULL) + (backoff > 1 ? backoff : 1);
 				if (backoff <= 2)

@@ -36,6 +36,7 @@
 #include "buf.h"
 #include "conf.h"
 #include "dsn.h"
+#include "journal.h"
 #include "local.h"
 #include "log.h"
 #include "pool.h"
@@ -465,6 +466,7 @@ record(struct delivery *d, size_t i, int code, bool remote_reply, const char *re
 		event = "deferred";
 	log_notice("qid=%s event=%s to=<%s> relay=%s delay=%.2f attempts=%d reply=\"%s\"",
 	    d->env.qid, event, esc(rc->addr), relay, delay_of(&d->env), r->attempts, esc(r->reply));
+	journal_delivery(d->env.qid, event, rc->addr, relay, r->attempts, r->reply);
 }
 
 static void delivery_complete(struct delivery *);
@@ -769,12 +771,15 @@ finish_done(void *arg)
 	if (d->dsn_qid[0])
 		log_notice("qid=%s event=dsn-sent dsn_qid=%s to=<%s> rcpts=%zu", d->env.qid,
 		    d->dsn_qid, esc(d->env.sender), d->dsn_n);
+	if (d->dsn_qid[0])
+		journal_dsn(d->env.qid, d->dsn_qid, d->env.sender);
 	if (d->dsn_err)
 		log_warnx("qid=%s event=dsn-error reason=\"%s\"", d->env.qid, esc(d->dsn_err));
 	m->active = false;
 	q->nactive--;
 	if (d->removed) {
 		log_notice("qid=%s event=removed", d->env.qid);
+		journal_removed(d->env.qid);
 		qforget(q, m);
 	} else {
 		m->next = d->st.next;
@@ -814,6 +819,7 @@ delivery_complete(struct delivery *d)
 				r->dsn = RD_FAILED;
 			log_notice("qid=%s event=expired to=<%s> delay=%.2f attempts=%d status=4.4.7 reply=\"%s\"",
 			    d->env.qid, esc(rc->addr), delay_of(&d->env), r->attempts, esc(r->reply));
+			journal_delivery(d->env.qid, "expired", rc->addr, "-", r->attempts, r->reply);
 			continue;
 		}
 		d->all_final = false;

@@ -25,6 +25,8 @@
 #include "pool.h"
 #include "queue.h"
 #include "engine.h"
+#include "journal.h"
+#include "metrics.h"
 #include "filter.h"
 #include "greylist.h"
 #include "lists.h"
@@ -317,6 +319,7 @@ log_reject(struct session *s, const char *stage, const char *rcpt, const char *r
 	log_esc(rep, strlen(rep), r, sizeof(r));
 	log_info("sid=%s qid=NOQUEUE event=reject stage=%s ip=%s from=<%s> to=<%s> helo=<%s> reply=\"%s\"",
 	    s->sid, stage, s->ip, esc(s->env.sender), esc(rcpt), esc(s->helo), r);
+	journal_reject(s->sid, stage, s->ip, s->env.sender, rcpt, rep);
 }
 
 static bool
@@ -1049,6 +1052,7 @@ auth_done(void *arg)
 		s->auth_user = xstrdup(sasl_server_authenticated(s->sasl));
 		log_info("sid=%s event=auth ip=%s user=<%s> mech=%s result=ok", s->sid, s->ip,
 		    esc(s->auth_user), mech);
+		metric_inc(M_AUTH, "ok", NULL);
 		/* SCRAM's server-final rides on the 235 (RFC 4954 4) */
 		if (s->sasl_out && s->sasl_out[0])
 			reply(s, "235 2.7.0 %s", s->sasl_out);
@@ -1062,6 +1066,7 @@ auth_done(void *arg)
 		s->auth_failures++;
 		log_info("sid=%s event=auth ip=%s user=<%s> mech=%s result=failed failures=%d", s->sid,
 		    s->ip, esc(user ? user : ""), mech, s->auth_failures);
+		metric_inc(M_AUTH, "failed", NULL);
 		struct timeval tv = { (time_t)secs, 0 };
 		s->delay = evtimer_new(W->base, auth_failed_reply, s);
 		evtimer_add(s->delay, &tv);
@@ -1577,6 +1582,7 @@ commit_done(void *arg)
 		    (long long)spool_size(s->w), s->env.proto, esc(s->helo),
 		    s->tls ? " tls=" : "", s->tls ? s->tlsinfo : "");
 		s->nmsgs++;
+		journal_queued(s->sid, s->ip, &s->env, (long long)spool_size(s->w), W->engine == NULL);
 		if (W->queue)
 			queue_submit(W->queue, s->env.qid);
 		if (!s->dead)
@@ -1650,6 +1656,7 @@ filter_work(void *arg)
 		in.nearly = 1;
 	}
 	engine_run(W->engine, msg, (size_t)len, &in, &s->verdict);
+	journal_message_id(s->env.qid, msg, (size_t)len);
 	free(rcpts);
 	if (s->verdict.action == VA_QUARANTINE) {
 		s->qmsg = msg;          /* the quarantine job stores it */
@@ -1702,6 +1709,7 @@ quarantine_done(void *arg)
 	if (s->quarantined) {
 		log_info("sid=%s qid=%s event=quarantined ip=%s from=<%s> nrcpt=%zu score=%.2f",
 		    s->sid, s->env.qid, s->ip, esc(s->env.sender), s->env.nrcpts, s->verdict.score);
+		journal_quarantined(s->sid, s->ip, &s->env, s->verdict.score);
 		s->nmsgs++;
 		if (!s->dead)   /* the sender is not told: no probing for the quarantine */
 			reply(s, "250 2.0.0 Ok: queued as %s", s->env.qid);
@@ -1761,6 +1769,7 @@ filter_done(void *arg)
 	    v->force_why[0] ? esc(v->force_why) : "", v->force_why[0] ? "\"" : "",
 	    syms.len ? syms.data : "-", v->elapsed_ms);
 	buf_free(&syms);
+	journal_verdict(s->sid, s->ip, &s->env, v);
 	if (s->dead) {
 		verdict_clear(v);
 		xfree(s->qmsg);
@@ -2052,12 +2061,14 @@ session_event(struct bufferevent *bev, short what, void *arg)
 		/* TLS handshake done (implicit TLS or after STARTTLS) */
 		tls_short(bev, s->tlsinfo, sizeof(s->tlsinfo));
 		log_info("sid=%s event=tls ip=%s tls=%s", s->sid, s->ip, s->tlsinfo);
+		metric_inc(M_TLS, "ok", NULL);
 		return;
 	}
 	if ((what & BEV_EVENT_ERROR) && s->tls && s->tlsinfo[0] == '\0') {
 		char e[256];
 		tls_errors(e, sizeof(e));
 		log_info("sid=%s event=tls-handshake-failed ip=%s error=\"%s\"", s->sid, s->ip, esc(e));
+		metric_inc(M_TLS, "failed", NULL);
 	}
 	if ((what & BEV_EVENT_TIMEOUT) && s->state == S_CLOSING) {
 		session_free(s);
@@ -2099,6 +2110,7 @@ session_free(struct session *s)
 	if (s->next)
 		s->next->prev = s->prev;
 	nsessions--;
+	journal_disconnect(s->listen->spec);
 	if (!s->exempt)
 		ip_count(s->ip, -1);
 	if (s->bev)                 /* NULL if switching to TLS failed */
@@ -2154,22 +2166,26 @@ on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, i
 	int perip = s->exempt ? 0 : ip_count(s->ip, 1);
 	log_info("sid=%s event=connect ip=%s port=%d listener=%s sessions=%zu", s->sid, s->ip,
 	    s->port, l->spec, nsessions);
+	journal_connect(s->sid, s->ip, l->spec);
 	if (!listen_admits(l, sa)) {
 		reply(s, "554 5.7.1 %s Error: access denied for %s", C()->hostname, s->ip);
 		log_info("sid=%s event=reject-connection ip=%s reason=access-list listener=%s", s->sid,
 		    s->ip, l->spec);
+		journal_refused(s->sid, s->ip, "access-list");
 		close_after(s);
 		return;
 	}
 	if (nsessions > (size_t)C()->smtp_max_sessions) {
 		reply(s, "421 4.7.0 %s Error: too many connections", C()->hostname);
 		log_info("sid=%s event=reject-connection ip=%s reason=max-sessions", s->sid, s->ip);
+		journal_refused(s->sid, s->ip, "max-sessions");
 		close_after(s);
 		return;
 	}
 	if (perip > C()->smtp_max_sessions_per_ip) {
 		reply(s, "421 4.7.0 %s Error: too many connections from %s", C()->hostname, s->ip);
 		log_info("sid=%s event=reject-connection ip=%s reason=max-sessions-per-ip", s->sid, s->ip);
+		journal_refused(s->sid, s->ip, "max-sessions-per-ip");
 		close_after(s);
 		return;
 	}
@@ -2185,6 +2201,7 @@ on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, i
 	if (lists_match_ip(worker_lists(), LK_BLOCK, sa)) {
 		reply(s, "554 5.7.1 %s Error: your address %s is blocked (ref %s)", C()->hostname, s->ip, s->sid);
 		log_info("sid=%s event=reject-connection ip=%s reason=block-list", s->sid, s->ip);
+		journal_refused(s->sid, s->ip, "block-list");
 		close_after(s);
 		return;
 	}

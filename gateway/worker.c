@@ -17,6 +17,7 @@
 #include "buf.h"
 #include "engine.h"
 #include "lists.h"
+#include "ops.h"
 #include "qstore.h"
 #include "mailbox.h"
 #include "mime.h"
@@ -250,9 +251,28 @@ worker_lists(void)
 /* every 2 s: a changed list file is re-read in the background */
 static struct event *ev_lists;
 
+static bool autolearning;
+
+static void
+autolearn_work(void *arg)
+{
+	engine_autolearn_flush(wk.engine);
+}
+
+static void
+autolearn_done(void *arg)
+{
+	autolearning = false;
+}
+
 static void
 on_lists_timer(evutil_socket_t fd, short ev, void *arg)
 {
+	/* the same 2 s tick learns what auto-learn queued, in one batch */
+	if (!autolearning && engine_autolearn_pending(wk.engine)) {
+		autolearning = true;
+		pool_submit(wk.pool, autolearn_work, autolearn_done, NULL);
+	}
 	if (wk.lists == NULL || lists_loading || !lists_changed(wk.lists))
 		return;
 	lists_loading = true;
@@ -307,6 +327,7 @@ on_term(evutil_socket_t sig, short ev, void *arg)
 	log_info("worker event=draining signal=%d sessions=%zu", (int)sig, smtp_session_count());
 	wk.draining = true;
 	control_stop();
+	ops_drain();
 	if (ev_drain_timer)
 		event_free(ev_drain_timer);
 	ev_drain_timer = evtimer_new(wk.base, on_drain_timeout, NULL);
@@ -334,6 +355,7 @@ on_usr2(evutil_socket_t sig, short ev, void *arg)
 	log_info("worker event=reload-drain sessions=%zu", smtp_session_count());
 	reloading = true;
 	control_stop();
+	ops_drain();
 	ev_drain_timer = evtimer_new(wk.base, on_drain_timeout, NULL);
 	evtimer_add(ev_drain_timer, &tv);
 	smtp_drain(false, on_sessions_done, NULL);
@@ -374,7 +396,8 @@ worker_main(const struct moat_conf *c, struct tls_server *tls)
 			fatalx("worker: %s", err);
 	}
 	wk.pool = pool_new(wk.base, c->threads);
-	if (wk.lists) {
+	{
+		/* lists re-read and auto-learn batches */
 		struct timeval ltv = { 2, 0 };
 		ev_lists = event_new(wk.base, -1, EV_PERSIST, on_lists_timer, NULL);
 		evtimer_add(ev_lists, &ltv);
@@ -411,13 +434,17 @@ worker_main(const struct moat_conf *c, struct tls_server *tls)
 	event_add(ev_hup, NULL);
 	queue_start(wk.queue);
 	maint_arm();
+	ops_start();
 	log_info("worker event=started pid=%d threads=%d", (int)getpid(), c->threads);
 
 	event_base_dispatch(wk.base);
 
 	queue_free(wk.queue);
 	pool_free(wk.pool);
+	ops_stop();
 	ratelimit_free(wk.rates);
+	if (wk.engine)
+		engine_autolearn_flush(wk.engine);     /* what is still queued */
 	engine_free(wk.engine);
 	lists_unref(wk.lists);
 	rl_auth_free(wk.auth_throttle);

@@ -114,7 +114,19 @@ static const struct setting settings[] = {
 	/* -- milter (#9) -- */
 	{ "milter-subject-prefix",  CT_STRING,   OFF(milter_subject_prefix), NULL, 0, 0 },
 	/* -- operations (#10) -- */
-
+	{ "http-token",             CT_STRING,   OFF(http_token), NULL, 0, 0 },
+	{ "journal",                CT_BOOL,     OFF(journal), "yes", 0, 0 },
+	{ "journal-retention",      CT_DURATION, OFF(journal_retention), "30d", 3600, 315360000 },
+	{ "log-json",               CT_STRING,   OFF(log_json), NULL, 0, 0 },
+	{ "alert-interval",         CT_DURATION, OFF(alert_interval), "60", 1, 86400 },
+	{ "alert-queue-size",       CT_INT,      OFF(alert_queue_size), "0", 0, 100000000 },
+	{ "alert-queue-age",        CT_DURATION, OFF(alert_queue_age), "0", 0, 31536000 },
+	{ "alert-deferral-rate",    CT_INT,      OFF(alert_deferral_rate), "0", 0, 100 },
+	{ "alert-deferral-min",     CT_INT,      OFF(alert_deferral_min), "20", 1, 100000000 },
+	{ "alert-disk-free",        CT_SIZE,     OFF(alert_disk_free), "0", 0, 1125899906842624LL },
+	{ "alert-av-age",           CT_DURATION, OFF(alert_av_age), "0", 0, 31536000 },
+	{ "alert-worker-restarts",  CT_INT,      OFF(alert_worker_restarts), "0", 0, 1000000 },
+	{ "alert-email",            CT_BOOL,     OFF(alert_email), "no", 0, 0 },
 };
 
 struct pending_action {                 /* "action X N domain D": resolved in finish() */
@@ -376,8 +388,8 @@ d_listen(struct parser *p, int n, char **w)
 		} else
 			perr(p, "listen: unknown option \"%s\" (tls=, auth=, allow=, deny=)", esc(w[a]));
 	}
-	if (l.kind == LISTEN_HTTP) {
-		perr(p, "listen %s: not supported by this version of moat yet", w[1]);
+	if (l.kind == LISTEN_HTTP && (l.tls_set || l.auth_set)) {   /* operations (#10) */
+		perr(p, "listen http: tls= and auth= do not apply (plain HTTP; see http-token)");
 		goto out;
 	}
 	if (l.kind == LISTEN_MILTER) {
@@ -885,6 +897,38 @@ d_rules(struct parser *p, int n, char **w)
 }
 
 static void
+d_bayes_autolearn(struct parser *p, int n, char **w)
+{
+	struct moat_conf *c = p->c;
+
+	if (n < 2 || (strcmp(w[1], "yes") && strcmp(w[1], "no"))) {
+		perr(p, "bayes-autolearn: expected \"bayes-autolearn yes|no [spam N] [ham N]\"");
+		return;
+	}
+	c->bayes_autolearn = !strcmp(w[1], "yes");
+	for (int a = 2; a < n; a += 2) {
+		char *end;
+		double v;
+		if (a + 1 >= n || (strcmp(w[a], "spam") && strcmp(w[a], "ham"))) {
+			perr(p, "bayes-autolearn: \"%s\": expected spam N or ham N", esc(w[a]));
+			return;
+		}
+		v = strtod(w[a + 1], &end);
+		if (*end || end == w[a + 1] || v < -1000 || v > 1000) {
+			perr(p, "bayes-autolearn %s: \"%s\" is not a score", w[a], esc(w[a + 1]));
+			return;
+		}
+		if (!strcmp(w[a], "spam"))
+			c->bayes_autolearn_spam = v;
+		else
+			c->bayes_autolearn_ham = v;
+	}
+	if (c->bayes_autolearn_ham >= c->bayes_autolearn_spam)
+		perr(p, "bayes-autolearn: the ham score (%.2f) must be below the spam score (%.2f)",
+		    c->bayes_autolearn_ham, c->bayes_autolearn_spam);
+}
+
+static void
 d_antivirus(struct parser *p, int n, char **w)
 {
 	struct moat_conf *c = p->c;
@@ -1282,6 +1326,85 @@ d_milter_socket_mode(struct parser *p, int n, char **w)
 
 /* -- directive parsers: operations (#10) -- */
 
+/* http-token-file PATH: the bearer token is the file's first line (read now,
+ * by the master, which may be root) */
+static void
+d_http_token_file(struct parser *p, int n, char **w)
+{
+	char line[512];
+	FILE *f;
+
+	if (n != 2) {
+		perr(p, "http-token-file: expected \"http-token-file PATH\"");
+		return;
+	}
+	if ((f = fopen(w[1], "r")) == NULL) {
+		perr(p, "http-token-file: cannot read %s: %s", esc(w[1]), strerror(errno));
+		return;
+	}
+	if (fgets(line, sizeof(line), f) == NULL)
+		line[0] = '\0';
+	fclose(f);
+	line[strcspn(line, "\r\n")] = '\0';
+	if (strlen(line) < 16) {
+		perr(p, "http-token-file: %s: the token must be at least 16 characters", esc(w[1]));
+		return;
+	}
+	free(p->c->http_token);
+	p->c->http_token = xstrdup(line);
+	free(p->c->http_token_file);
+	p->c->http_token_file = xstrdup(w[1]);
+}
+
+/* alert-webhook http://HOST:PORT/PATH (plain http: a local relay or collector) */
+static void
+d_alert_webhook(struct parser *p, int n, char **w)
+{
+	const char *h, *e;
+
+	if (n != 2) {
+		perr(p, "alert-webhook: expected \"alert-webhook http://HOST[:PORT]/PATH\"");
+		return;
+	}
+	if (strncmp(w[1], "http://", 7) != 0) {
+		perr(p, "alert-webhook: \"%s\" is not an http:// URL (https is not supported; "
+		    "use a local relay)", esc(w[1]));
+		return;
+	}
+	h = w[1] + 7;
+	e = h + strcspn(h, "/?#");
+	if (e == h || strlen(w[1]) > 1000 || strpbrk(w[1], " \"\\<>") != NULL) {
+		perr(p, "alert-webhook: \"%s\" has no host or bad characters", esc(w[1]));
+		return;
+	}
+	/* an address, not a name: the worker must not wait for DNS */
+	{
+		char host[64];
+		unsigned char a[16];
+		const char *hs = h, *he;
+		if (*hs == '[') {
+			hs++;
+			he = memchr(hs, ']', (size_t)(e - hs));
+		} else
+			he = memchr(hs, ':', (size_t)(e - hs));
+		if (he == NULL)
+			he = e;
+		if ((size_t)(he - hs) >= sizeof(host)) {
+			perr(p, "alert-webhook: \"%s\": the host must be an IP address", esc(w[1]));
+			return;
+		}
+		memcpy(host, hs, (size_t)(he - hs));
+		host[he - hs] = '\0';
+		if (inet_pton(AF_INET, host, a) != 1 && inet_pton(AF_INET6, host, a) != 1) {
+			perr(p, "alert-webhook: \"%s\": the host must be an IP address (no DNS lookups "
+			    "in the worker)", esc(w[1]));
+			return;
+		}
+	}
+	free(p->c->alert_webhook);
+	p->c->alert_webhook = xstrdup(w[1]);
+}
+
 static const struct {
 	const char *name;
 	void (*fn)(struct parser *, int, char **);
@@ -1306,8 +1429,11 @@ static const struct {
 	{ "milter-reject-action", d_milter_reject_action },
 	{ "milter-socket-mode", d_milter_socket_mode },
 	/* -- operations (#10) -- */
+	{ "http-token-file", d_http_token_file },
+	{ "alert-webhook", d_alert_webhook },
 
 	{ "score", d_score },
+	{ "bayes-autolearn", d_bayes_autolearn },
 	{ "filter-stage", d_filter_stage },
 	{ "action", d_action },
 	{ "rules", d_rules },
@@ -1365,6 +1491,8 @@ set_defaults(struct parser *p, struct moat_conf *c)
 	c->action_tag = 5;
 	c->action_quarantine = 0;
 	c->action_reject = 15;
+	c->bayes_autolearn_spam = 12;   /* SpamAssassin's bayes_auto_learn thresholds */
+	c->bayes_autolearn_ham = 0.1;
 	for (size_t i = 0; i < ARRAY_SIZE(settings); i++)
 		if (settings[i].def)
 			set_scalar(&dp, &settings[i], settings[i].def, c);
@@ -1621,6 +1749,8 @@ conf_free(struct moat_conf *c)
 	/* -- free: milter (#9) -- */
 
 	/* -- free: operations (#10) -- */
+	free(c->http_token_file);
+	free(c->alert_webhook);
 
 	for (size_t i = 0; i < c->ntls_certs; i++) {
 		free(c->tls_certs[i].cert);

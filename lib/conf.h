@@ -192,6 +192,21 @@ struct moat_conf {
 	int     milter_socket_mode;     /* unix socket mode | MILTER_SOCKET_MODE_SET; 0 = 0660 */
 #define MILTER_SOCKET_MODE_SET 0x10000
 	/* operations (#10) */
+	char   *http_token;             /* bearer token for the http listener; NULL = none */
+	char   *http_token_file;        /* the token read from this file (first line) */
+	bool    journal;                /* the event journal <state-dir>/journal.db (default yes) */
+	long long journal_retention;    /* seconds of events kept */
+	char   *log_json;               /* JSON-lines copy of the journal events; NULL = none */
+	long long alert_interval;       /* seconds between alert checks */
+	long long alert_queue_size;     /* messages queued; 0 = off */
+	long long alert_queue_age;      /* seconds, oldest queued message; 0 = off */
+	long long alert_deferral_rate;  /* percent of delivery attempts deferred; 0 = off */
+	long long alert_deferral_min;   /* attempts in the window before the rate counts */
+	long long alert_disk_free;      /* bytes free in the state-dir file system; 0 = off */
+	long long alert_av_age;         /* seconds since the AV database changed; 0 = off */
+	long long alert_worker_restarts;/* worker restarts since the master started; 0 = off */
+	bool    alert_email;            /* mail alerts to the postmaster (default no) */
+	char   *alert_webhook;          /* http://HOST:PORT/PATH, POSTed a JSON body */
 
 	/* SMTP server limits */
 	char   *smtp_banner;            /* text after "220 hostname " */
@@ -213,6 +228,9 @@ struct moat_conf {
 	size_t  nlimit_exempt;
 	char   *recipient_delimiter;    /* "+" ; NULL/"" = none */
 	bool    store_junk;             /* tagged spam to the user's Junk folder */
+	bool    bayes_autolearn;        /* learn from confident verdicts */
+	double  bayes_autolearn_spam;   /* total without Bayes at or above: spam */
+	double  bayes_autolearn_ham;    /* at or below: ham */
 
 	/* queue and delivery */
 	long long queue_retry_min;      /* seconds */

@@ -92,6 +92,15 @@ check_PROGRAMS += tests/unit/test_qstore
 tests_unit_test_qstore_LDADD = $(MOAT_LIBS)
 TESTS += tests/unit/test_qstore
 
+# ---- operations (#10): metrics, alerts, journal/trace ----
+check_PROGRAMS += tests/unit/test_metrics tests/unit/test_journal
+tests_unit_test_metrics_LDADD = $(MOAT_LIBS)
+tests_unit_test_journal_LDADD = $(MOAT_LIBS)
+TESTS += tests/unit/test_metrics tests/unit/test_journal
+TESTS += tests/integration/test_metrics.py tests/integration/test_alerts.py tests/integration/test_trace.py
+EXTRA_DIST += tests/integration/test_metrics.py tests/integration/test_alerts.py tests/integration/test_trace.py \
+	tests/integration/promparse.py
+
 # ---- rule files (filters/rules.c, rules/, moat rules) ----
 check_PROGRAMS += tests/unit/test_rules
 tests_unit_test_rules_LDADD = $(MOAT_LIBS)
@@ -130,3 +139,5 @@ TESTS += tests/integration/test_dkim.py tests/integration/test_dmarc.py
 EXTRA_DIST += tests/integration/test_dkim.py tests/integration/test_dmarc.py tests/integration/dkimsign.py
 TESTS += tests/integration/test_filter_stage.py
 EXTRA_DIST += tests/integration/test_filter_stage.py
+TESTS += tests/integration/test_bayes_autolearn.py
+EXTRA_DIST += tests/integration/test_bayes_autolearn.py
