@@ -15,6 +15,7 @@ int cmd_quarantine(struct moat_conf *, int argc, char **argv); /* cli/cmd_quaran
 int cmd_rules(struct moat_conf *, int argc, char **argv);  /* cli/cmd_rules.c */
 int cmd_av(struct moat_conf *, int argc, char **argv);     /* cli/cmd_av.c */
 int cmd_lists(struct moat_conf *, int argc, char **argv);  /* cli/cmd_lists.c */
+int cmd_spf(struct moat_conf *, int argc, char **argv);    /* cli/cmd_spf.c */
 
 /* send one line to the daemon's control socket (<state-dir>/control.sock)
  * and return its reply in a malloc'ed string; NULL if the daemon is not

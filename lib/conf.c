@@ -94,6 +94,7 @@ static const struct setting settings[] = {
 	/* -- dnsbl.c, helo.c -- */
 
 	/* -- spf.c -- */
+	{ "spf",                    CT_BOOL,     OFF(spf), "yes", 0, 0 },
 
 	/* -- dkim.c, dmarc.c -- */
 

@@ -149,6 +149,7 @@ struct moat_conf {
 	size_t  nscores;
 	/* network filters (#4) -- dnsbl.c, helo.c */
 	/* network filters (#4) -- spf.c */
+	bool    spf;                    /* SPF checks (filters/spf.c) */
 	/* network filters (#4) -- dkim.c, dmarc.c */
 	/* network filters (#4) -- geoip.c, greylist.c */
 	/* milter (#9) */

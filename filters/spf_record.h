@@ -1,0 +1,47 @@
+/*
+ * spf_record.h - our own RFC 7208 checks in front of libspf2 (docs/spf.md).
+ *
+ * Pure functions over (pointer, length): no I/O, no globals.  Every SPF
+ * record fetched from DNS passes spf_record_check() before libspf2 sees
+ * it; libspf2 only ever compiles the canonical text built here.
+ */
+#ifndef MOAT_SPF_RECORD_H
+#define MOAT_SPF_RECORD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+/* the longest record we accept (RFC 7208 3.4 advises < 450 bytes; TXT
+ * records of several strings can be longer: bounded anyway) */
+#define SPF_RECORD_MAX  4096
+
+/* true if the TXT string is an SPF version 1 record: "v=spf1" followed by
+ * a space or the end (RFC 7208 4.5; case-insensitive) */
+bool spf_record_is_v1(const char *txt, size_t len);
+
+/*
+ * Checks the record against the ABNF of RFC 7208 section 12 and the rules
+ * of sections 4.6 (terms), 5 (mechanisms), 6 (modifiers: redirect and exp
+ * at most once) and 7 (macros).  On success writes into canon (NUL
+ * terminated) the record as libspf2 may see it:
+ *   - mechanisms in order, up to and including the first "all";
+ *   - "redirect=" last, and only when there is no "all" (RFC 7208 6.1);
+ *   - "exp=" kept; unknown modifiers (checked, then) dropped;
+ *   - ip4/ip6 with a /0 prefix written as two /1 networks (libspf2 takes
+ *     a prefix of 0 as "none given");
+ *   - "a"/"a:D" with an IPv4 /0 prefix and an IPv4 client written as
+ *     "exists:D" (the same query, the same match) when v6client is false.
+ * Returns 0, or -1 with *why set to a static description.
+ */
+int spf_record_check(const char *rec, size_t len, bool v6client, char *canon, size_t canonsz,
+    const char **why);
+
+/* a domain-spec (macro-string domain-end, RFC 7208 7.1) */
+bool spf_domain_spec_ok(const char *s, size_t len, bool exp, const char **why);
+
+/* a domain name usable as an SPF identity (RFC 7208 4.3): ASCII labels of
+ * 1..63 characters, at least two labels, 253 characters at most; one
+ * final dot allowed */
+bool spf_domain_ok(const char *d);
+
+#endif
