@@ -403,13 +403,20 @@ engine_run(struct engine *e, const char *msg, size_t len, const struct engine_in
 		mime_free(&m);
 	}
 	/* thresholds; a forced action overrides them */
+	double th_tag = c->action_tag, th_q = c->action_quarantine, th_rej = c->action_reject;
+	if (in && in->th_set) {
+		th_tag = in->th_tag;
+		th_q = in->th_quarantine;
+		th_rej = in->th_reject;
+	}
+	v->required = th_tag > 0 ? th_tag : th_rej;
 	if (v->forced)
 		v->action = v->force;
-	else if (c->action_reject > 0 && v->score >= c->action_reject)
+	else if (th_rej > 0 && v->score >= th_rej)
 		v->action = VA_REJECT;
-	else if (c->action_quarantine > 0 && v->score >= c->action_quarantine)
+	else if (th_q > 0 && v->score >= th_q)
 		v->action = VA_QUARANTINE;
-	else if (c->action_tag > 0 && v->score >= c->action_tag)
+	else if (th_tag > 0 && v->score >= th_tag)
 		v->action = VA_TAG;
 	else
 		v->action = VA_ACCEPT;
@@ -434,7 +441,7 @@ void
 verdict_headers(const struct verdict *v, const struct moat_conf *c, struct buf *out)
 {
 	bool spam = v->action == VA_TAG || v->action == VA_QUARANTINE || v->action == VA_REJECT;
-	double req = c->action_tag > 0 ? c->action_tag : c->action_reject;
+	double req = v->required > 0 ? v->required : c->action_tag > 0 ? c->action_tag : c->action_reject;
 	struct buf tests = BUF_INIT;
 
 	if (v->hdrslen)

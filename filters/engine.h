@@ -40,6 +40,7 @@ struct verdict {
 	char    force_why[200];     /* for the reply and the log ("virus Eicar-Test") */
 	enum verdict_action action; /* final */
 	double  elapsed_ms;
+	double  required;           /* the tag (else reject) threshold applied */
 	char   *hdrs;               /* header fields filters add (CRLF lines), or NULL */
 	size_t  hdrslen;
 };
@@ -67,6 +68,9 @@ struct engine_in {
 	size_t  nrcpts;
 	const char *auth_user;
 	bool    tls;
+	/* per-domain thresholds (the recipients' domain); else the global ones */
+	bool    th_set;
+	double  th_tag, th_quarantine, th_reject;
 };
 /* BLOCKING (pool thread): run the data filters on the message bytes */
 void engine_run(struct engine *, const char *msg, size_t len, const struct engine_in *,

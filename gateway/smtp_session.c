@@ -112,6 +112,10 @@ struct session {
 	size_t  header_bytes;
 	char    linehead[10];
 	size_t  lineheadlen;
+	struct buf hold;            /* the header field being received (see emit) */
+	const struct domain_conf *th_domain; /* the first recipient's: its thresholds apply */
+	enum { HOLD_PASS, HOLD_FIELD, HOLD_DROP } hold_mode;
+	bool    at_line_start;
 	int     nreceived;
 	bool    header_too_big;
 
@@ -237,6 +241,7 @@ reset_transaction(struct session *s)
 		s->w = NULL;
 	}
 	envelope_clear(&s->env);
+	s->th_domain = NULL;
 	xfree(s->rcvhdr);
 	s->msg_allow = false;
 	memset(&s->mp, 0, sizeof(s->mp));
@@ -469,6 +474,19 @@ cmd_rcpt(struct session *s, const struct smtp_command *c)
 		log_reject(s, "rcpt", addr, rbuf);
 		return;
 	}
+	/* one verdict per message: recipients whose domains have different
+	 * thresholds go in separate transactions (the client retries a 452
+	 * recipient at once, in its next transaction: RFC 5321 4.5.3.1.10) */
+	if (s->env.nrcpts > 0 && s->th_domain &&
+	    (s->th_domain->th_tag != d->th_tag || s->th_domain->th_quarantine != d->th_quarantine ||
+	    s->th_domain->th_reject != d->th_reject)) {
+		snprintf(rbuf, sizeof(rbuf),
+		    "452 4.5.3 <%s>: Recipient of another filter policy: send it in a separate transaction",
+		    addr);
+		reply(s, "%s", rbuf);
+		log_reject(s, "rcpt", addr, rbuf);
+		return;
+	}
 	if (d->deliver == DELIVER_STORE && d != C()->smarthost) {
 		struct users *u = worker_users();
 		int r = u ? users_exists(u, addr, C()->recipient_delimiter) : -1;
@@ -506,8 +524,90 @@ cmd_rcpt(struct session *s, const struct smtp_command *c)
 			return;
 		}
 	envelope_add_rcpt(&s->env, addr, rp.orcpt, rp.notify);
+	if (s->env.nrcpts == 1)
+		s->th_domain = d;
 	s->state = S_RCPT;
 	reply(s, "250 2.1.5 Ok");
+}
+
+/*
+ * Header fields dropped while receiving (docs/filter-engine.md): an
+ * Authentication-Results field that claims our authserv-id (RFC 8601 5:
+ * only we may write those) and, when the filters run, the X-Spam-* fields
+ * we write ourselves, so a sender cannot pre-label its own message.  The
+ * decision needs the field name and the start of its value: a field is held
+ * until it ends or HDR_HOLD_MAX bytes arrived, then written or dropped
+ * (the rest of a long field follows the same decision).
+ */
+#define HDR_HOLD_MAX 4096
+
+static bool
+drop_field(struct session *s, const char *f, size_t len)
+{
+	static const char *const ours[] = { "X-Spam-Flag", "X-Spam-Status", "X-Spam-Score",
+	    "X-Spam-Report", "X-Spam-Level" };
+	const char *colon = memchr(f, ':', len);
+	size_t nl;
+
+	if (colon == NULL)
+		return false;
+	nl = (size_t)(colon - f);
+	while (nl > 0 && (f[nl - 1] == ' ' || f[nl - 1] == '\t'))
+		nl--;
+	if (nl == 22 && !ascii_strncasecmp(f, "Authentication-Results", 22)) {
+		const char *id = C()->authserv_id ? C()->authserv_id : C()->hostname;
+		const char *p = colon + 1, *e = f + len;
+		int depth = 0;
+		/* skip CFWS: blanks, line folding, (comments) */
+		while (p < e) {
+			if (*p == '(')
+				depth++;
+			else if (*p == ')' && depth > 0)
+				depth--;
+			else if (depth == 0 && *p != ' ' && *p != '\t' && *p != '\r' && *p != '\n')
+				break;
+			p++;
+		}
+		const char *q = p;
+		while (q < e && *q != ';' && *q != ' ' && *q != '\t' && *q != '\r' && *q != '\n' && *q != '(')
+			q++;
+		return (size_t)(q - p) == strlen(id) && !ascii_strncasecmp(p, id, (size_t)(q - p));
+	}
+	if (W->engine && engine_active(W->engine))
+		for (size_t i = 0; i < ARRAY_SIZE(ours); i++)
+			if (nl == strlen(ours[i]) && !ascii_strncasecmp(f, ours[i], nl))
+				return true;
+	return false;
+}
+
+/* decide on the held field: write it (and what follows) or drop it */
+static void
+field_decide(struct session *s)
+{
+	if (drop_field(s, s->hold.data ? s->hold.data : "", s->hold.len)) {
+		char name[40];
+		size_t n = 0;
+		while (n < s->hold.len && n + 1 < sizeof(name) && s->hold.data[n] != ':')
+			name[n] = s->hold.data[n], n++;
+		name[n] = '\0';
+		log_info("sid=%s qid=%s event=header-removed ip=%s field=\"%s\"", s->sid, s->env.qid,
+		    s->ip, esc(name));
+		s->hold_mode = HOLD_DROP;
+	} else {
+		spool_write(s->w, s->hold.data, s->hold.len);
+		s->hold_mode = HOLD_PASS;
+	}
+	s->hold.len = 0;
+}
+
+/* the end of the header section, or of the message: settle the last field */
+static void
+field_flush(struct session *s)
+{
+	if (s->hold_mode == HOLD_FIELD && s->hold.len)
+		field_decide(s);
+	s->hold.len = 0;
+	s->hold_mode = HOLD_PASS;
 }
 
 /* message bytes from the DATA/BDAT reader: to the spool, and the header scan */
@@ -515,12 +615,31 @@ static void
 emit(void *arg, const char *p, size_t len)
 {
 	struct session *s = arg;
+	size_t i, from = 0;     /* p[from..i) not yet written, in HOLD_PASS */
 
-	spool_write(s->w, p, len);
-	if (!s->in_headers)
+	if (!s->in_headers) {
+		spool_write(s->w, p, len);
 		return;
-	for (size_t i = 0; i < len && s->in_headers; i++) {
+	}
+	for (i = 0; i < len && s->in_headers; i++) {
 		char ch = p[i];
+		if (s->at_line_start && ch != ' ' && ch != '\t') {
+			/* the previous field is complete */
+			if (s->hold_mode == HOLD_PASS && i > from)
+				spool_write(s->w, p + from, i - from);
+			field_flush(s);
+			from = i;
+			/* a new field (or the empty line: then pass-through) */
+			s->hold_mode = (ch == '\r' || ch == '\n') ? HOLD_PASS : HOLD_FIELD;
+		}
+		s->at_line_start = ch == '\n';
+		if (s->hold_mode == HOLD_FIELD) {
+			buf_add(&s->hold, &ch, 1);
+			if (s->hold.len >= HDR_HOLD_MAX)
+				field_decide(s);
+			from = i + 1;
+		} else if (s->hold_mode == HOLD_DROP)
+			from = i + 1;
 		if (++s->header_bytes > (size_t)C()->smtp_max_header_size)
 			s->header_too_big = true;
 		if (ch == '\n') {
@@ -533,6 +652,11 @@ emit(void *arg, const char *p, size_t len)
 		} else if (s->lineheadlen < sizeof(s->linehead))
 			s->linehead[s->lineheadlen++] = ch;
 	}
+	/* the rest of this chunk: written unless held or dropped */
+	if (s->hold_mode == HOLD_PASS && len > from)
+		spool_write(s->w, p + from, len - from);
+	else if (!s->in_headers && len > i)
+		spool_write(s->w, p + i, len - i);
 }
 
 static void
@@ -595,6 +719,9 @@ begin_message(struct session *s)
 	s->in_headers = true;
 	s->header_bytes = 0;
 	s->lineheadlen = 0;
+	s->hold.len = 0;
+	s->hold_mode = HOLD_PASS;
+	s->at_line_start = true;
 	s->nreceived = 0;
 	s->header_too_big = false;
 	return true;
@@ -1159,6 +1286,12 @@ filter_work(void *arg)
 		.helo = s->helo ? s->helo : "", .sender = s->env.sender ? s->env.sender : "",
 		.rcpts = rcpts, .nrcpts = s->env.nrcpts, .auth_user = s->auth_user, .tls = s->tls,
 	};
+	if (s->th_domain) {
+		in.th_set = true;
+		in.th_tag = s->th_domain->th_tag;
+		in.th_quarantine = s->th_domain->th_quarantine;
+		in.th_reject = s->th_domain->th_reject;
+	}
 	engine_run(W->engine, msg, (size_t)len, &in, &s->verdict);
 	free(rcpts);
 	if (s->verdict.action == VA_QUARANTINE) {
@@ -1321,6 +1454,9 @@ end_of_message(struct session *s)
 	const char *err = NULL;
 	unsigned f = s->dr.flags;
 	char why[128];
+
+	if (s->w)
+		field_flush(s);         /* a message that is all header */
 
 	if (f & SMTP_DATA_TOO_BIG)
 		err = "552 5.3.4 Error: message file too big";
@@ -1612,6 +1748,7 @@ session_free(struct session *s)
 	free(s->sasl_in);
 	free(s->sasl_out);
 	free(s->auth_user);
+	buf_free(&s->hold);
 	free(s);
 	if (drain_cb && nsessions == 0) {
 		void (*cb)(void *) = drain_cb;

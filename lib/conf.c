@@ -106,9 +106,19 @@ static const struct setting settings[] = {
 
 };
 
+struct pending_action {                 /* "action X N domain D": resolved in finish() */
+	char   *domain;
+	int     which;                  /* 0 tag, 1 quarantine, 2 reject */
+	double  v;
+	const char *file;
+	int     line;
+};
+
 struct parser {
 	const char *file;
 	int         line;
+	struct pending_action *pa;
+	size_t      npa;
 	struct buf *errs;
 	int         nerr;
 	struct moat_conf *c;
@@ -818,9 +828,11 @@ d_action(struct parser *p, int n, char **w)
 {
 	char *end;
 	double v;
+	int which;
 
-	if (n != 3 || (strcmp(w[1], "tag") && strcmp(w[1], "quarantine") && strcmp(w[1], "reject"))) {
-		perr(p, "action: expected \"action tag|quarantine|reject SCORE\" (0 turns it off)");
+	if ((n != 3 && !(n >= 5 && !strcmp(w[3], "domain"))) ||
+	    (strcmp(w[1], "tag") && strcmp(w[1], "quarantine") && strcmp(w[1], "reject"))) {
+		perr(p, "action: expected \"action tag|quarantine|reject SCORE [domain NAME ...]\" (0 turns it off)");
 		return;
 	}
 	v = strtod(w[2], &end);
@@ -828,9 +840,17 @@ d_action(struct parser *p, int n, char **w)
 		perr(p, "action %s: \"%s\" is not a score from 0 to 1000", w[1], esc(w[2]));
 		return;
 	}
-	if (!strcmp(w[1], "tag")) p->c->action_tag = v;
-	else if (!strcmp(w[1], "quarantine")) p->c->action_quarantine = v;
-	else p->c->action_reject = v;
+	which = !strcmp(w[1], "tag") ? 0 : !strcmp(w[1], "quarantine") ? 1 : 2;
+	if (n == 3) {
+		if (which == 0) p->c->action_tag = v;
+		else if (which == 1) p->c->action_quarantine = v;
+		else p->c->action_reject = v;
+		return;
+	}
+	for (int i = 4; i < n; i++) {
+		p->pa = xreallocarray(p->pa, p->npa + 1, sizeof(*p->pa));
+		p->pa[p->npa++] = (struct pending_action){ xstrdup(w[i]), which, v, p->file, p->line };
+	}
 }
 
 static void
@@ -1060,6 +1080,37 @@ finish(struct parser *p, struct moat_conf *c)
 	}
 	if (c->tls_min_version == 0)
 		c->tls_min_version = 0x0303;
+	/* per-domain thresholds: the global ones, then the overrides */
+	for (size_t i = 0; i < c->ndomains; i++) {
+		c->domains[i].th_tag = c->action_tag;
+		c->domains[i].th_quarantine = c->action_quarantine;
+		c->domains[i].th_reject = c->action_reject;
+	}
+	if (c->smarthost) {
+		c->smarthost->th_tag = c->action_tag;
+		c->smarthost->th_quarantine = c->action_quarantine;
+		c->smarthost->th_reject = c->action_reject;
+	}
+	for (size_t i = 0; i < p->npa; i++) {
+		struct pending_action *a = &p->pa[i];
+		struct domain_conf *d = (struct domain_conf *)conf_find_domain(c, a->domain);
+		if (d == NULL) {
+			buf_printf(p->errs, "%s:%d: action %s ... domain %s: not a domain of this gateway "
+			    "(add \"domain %s deliver ...\")\n", a->file, a->line,
+			    a->which == 0 ? "tag" : a->which == 1 ? "quarantine" : "reject", esc(a->domain),
+			    esc(a->domain));
+			p->nerr++;
+		} else if (a->which == 0)
+			d->th_tag = a->v;
+		else if (a->which == 1)
+			d->th_quarantine = a->v;
+		else
+			d->th_reject = a->v;
+		free(a->domain);
+	}
+	free(p->pa);
+	p->pa = NULL;
+	p->npa = 0;
 	if (c->recipient_delimiter && strlen(c->recipient_delimiter) > 1) {
 		buf_printf(p->errs, "%s: recipient-delimiter must be one character\n", p->file);
 		p->nerr++;

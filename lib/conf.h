@@ -64,6 +64,9 @@ struct domain_conf {
 	char   *name;                   /* lowercase, no trailing dot */
 	enum deliver_kind deliver;
 	struct relay_dest relay;        /* DELIVER_RELAY */
+	/* the action thresholds for mail to this domain: the global ones,
+	 * or "action tag|quarantine|reject N domain NAME" */
+	double  th_tag, th_quarantine, th_reject;
 };
 
 struct cidr {

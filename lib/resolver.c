@@ -94,6 +94,29 @@ resolver_new(const struct moat_conf *c, char **err)
 		else
 			snprintf(fwd, sizeof(fwd), "%s", c->resolver);
 		e = ub_ctx_set_fwd(r->ctx, fwd);
+		/* forwarding: the admin's resolver (or a test's) answers for
+		 * everything, including the names unbound would otherwise answer
+		 * itself (RFC 6761 test./invalid., loopback and private reverse
+		 * zones, documentation networks) */
+		static const char *const nodefault[] = {
+			"localhost.", "test.", "invalid.", "onion.", "home.arpa.", "resolver.arpa.",
+			"service.arpa.", "127.in-addr.arpa.", "0.in-addr.arpa.", "254.169.in-addr.arpa.",
+			"2.0.192.in-addr.arpa.", "100.51.198.in-addr.arpa.", "113.0.203.in-addr.arpa.",
+			"255.255.255.255.in-addr.arpa.",
+			"1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.ip6.arpa.",
+			"0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.ip6.arpa.",
+			"d.f.ip6.arpa.", "8.e.f.ip6.arpa.", "9.e.f.ip6.arpa.", "a.e.f.ip6.arpa.",
+			"b.e.f.ip6.arpa.", "8.b.d.0.1.0.0.2.ip6.arpa.",
+		};
+		for (size_t i = 0; e == 0 && i < sizeof(nodefault) / sizeof(nodefault[0]); i++) {
+			char z[128];
+			snprintf(z, sizeof(z), "%s transparent", nodefault[i]);
+			e = ub_ctx_set_option(r->ctx, "local-zone:", z);
+		}
+		if (e == 0)
+			e = ub_ctx_set_option(r->ctx, "unblock-lan-zones:", "yes");
+		if (e == 0)
+			e = ub_ctx_set_option(r->ctx, "insecure-lan-zones:", "yes");
 	} else {
 		e = ub_ctx_resolvconf(r->ctx, NULL);
 		if (e == 0)
@@ -101,6 +124,8 @@ resolver_new(const struct moat_conf *c, char **err)
 	}
 	if (e == 0)
 		e = ub_ctx_async(r->ctx, 1);
+	if (getenv("MOAT_DEBUG_UNBOUND"))
+		ub_ctx_debuglevel(r->ctx, atoi(getenv("MOAT_DEBUG_UNBOUND")));
 	if (e != 0) {
 		char m[300];
 		snprintf(m, sizeof(m), "resolver: %s", ub_strerror(e));

@@ -12,7 +12,7 @@ AM_TESTS_ENVIRONMENT = \
 	MOAT_BUILDDIR='$(abs_top_builddir)'; export MOAT_BUILDDIR; \
 	MOAT_SRCDIR='$(abs_top_srcdir)'; export MOAT_SRCDIR; \
 	PYTHONDONTWRITEBYTECODE=1; export PYTHONDONTWRITEBYTECODE;
-EXTRA_DIST += tests/unit/t.h tests/integration/moattest.py
+EXTRA_DIST += tests/unit/t.h tests/integration/moattest.py tests/integration/dnsserver.py
 
 # ---- unit tests: core (lib/, smtp parser, spool) ----
 check_PROGRAMS += tests/unit/test_util tests/unit/test_conf tests/unit/test_smtp_parse tests/unit/test_spool
@@ -99,3 +99,7 @@ TESTS += tests/unit/test_rules tests/integration/test_rules_cli.py
 EXTRA_DIST += tests/integration/test_rules_cli.py rules
 TESTS += tests/integration/test_quarantine_cli.py
 EXTRA_DIST += tests/integration/test_quarantine_cli.py
+TESTS += tests/integration/test_authres.py
+EXTRA_DIST += tests/integration/test_authres.py
+TESTS += tests/integration/test_domain_action.py
+EXTRA_DIST += tests/integration/test_domain_action.py

@@ -10,6 +10,7 @@ stops it.  No traffic leaves 127.0.0.0/8.
         ...
     t.done()
 """
+import json
 import os
 import re
 import shutil
@@ -94,7 +95,8 @@ class Moat:
     extra:   more config lines (str)
     """
 
-    def __init__(self, domains=None, extra="", port=None, tmpdir=None, start=True):
+    def __init__(self, domains=None, extra="", port=None, tmpdir=None, start=True, dns=None):
+        self.dns = dns
         self.tmp = tmpdir or make_tmpdir()
         self.own_tmp = tmpdir is None
         self.port = port or free_port()
@@ -115,6 +117,11 @@ class Moat:
                  "listen smtp 127.0.0.1:%d" % self.port, "log-level debug"]
         for d, how in self.domains.items():
             lines.append("domain %s deliver %s" % (d, how))
+        # the filters' DNS never leaves loopback: the test's own server, or
+        # a shared empty one (every name NXDOMAIN)
+        if not re.search(r"^\s*resolver\s", self.extra or "", re.M):
+            dns = self.dns or null_dns()
+            lines.append("resolver 127.0.0.1:%d" % (dns.port if dns else 9))
         lines.append(self.extra)
         with open(self.conf, "w") as f:
             f.write("\n".join(lines) + "\n")
@@ -216,6 +223,101 @@ class Moat:
         self.stop()
         if self.own_tmp and not os.environ.get("MOAT_KEEP_TMP"):
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+DNSSERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dnsserver.py")
+SYS_PYTHON = "/usr/bin/python3"
+
+
+def have_dnslib():
+    try:
+        return subprocess.run([SYS_PYTHON, "-c", "import dnslib"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL).returncode == 0
+    except OSError:
+        return False
+
+
+class DNSServer:
+    """tests/integration/dnsserver.py (dnslib, under /usr/bin/python3) on
+    127.0.0.1, serving a zone given as a dict (see dnsserver.py for the
+    record forms).  Change it with set()/update()/remove(); the server
+    re-reads the file on the next query.
+
+        with DNSServer({"example.test": [["TXT", "v=spf1 -all"]]}) as dns:
+            Moat(..., dns=dns)
+    """
+
+    def __init__(self, zone=None, tmpdir=None):
+        self.tmp = tmpdir or make_tmpdir("moat-dns-")
+        self.path = os.path.join(self.tmp, "zone.json")
+        self.zone = {}
+        for k, v in (zone or {}).items():
+            self.zone[k.lower().rstrip(".")] = v
+        self._write()
+        self.proc = subprocess.Popen([SYS_PYTHON, DNSSERVER, "--zone", self.path],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        line = self.proc.stdout.readline().decode().split()
+        if len(line) != 2 or line[0] != "ready":
+            self.proc.kill()
+            raise RuntimeError("dnsserver.py did not start (is python3-dnslib installed?)")
+        self.port = int(line[1])
+
+    def _write(self):
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.zone, f)
+        # a new mtime even within the same clock tick
+        st = os.stat(tmp)
+        os.utime(tmp, ns=(st.st_atime_ns, max(st.st_mtime_ns, getattr(self, "_mt", 0) + 1000)))
+        self._mt = os.stat(tmp).st_mtime_ns
+        os.rename(tmp, self.path)
+
+    def set(self, name, rrs):
+        self.zone[name.lower().rstrip(".")] = rrs
+        self._write()
+
+    def remove(self, name):
+        self.zone.pop(name.lower().rstrip("."), None)
+        self._write()
+
+    def update(self, d):
+        for k, v in d.items():
+            self.zone[k.lower().rstrip(".")] = v
+        self._write()
+
+    def stop(self):
+        if self.proc:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.stop()
+
+
+_null_dns = []
+
+
+def null_dns():
+    """a process-wide empty DNS server (every name NXDOMAIN), or None
+    without dnslib (then moatd is pointed at the discard port)"""
+    if not _null_dns:
+        try:
+            d = DNSServer({})
+            import atexit
+            atexit.register(d.stop)
+            _null_dns.append(d)
+        except (RuntimeError, OSError):
+            _null_dns.append(None)
+    return _null_dns[0]
 
 
 def children(pid):
