@@ -59,6 +59,8 @@ struct job {
 	 * of that term, not terms of their own */
 	char    target[SPF_LIMIT_TARGETS][256];
 	int     ntarget, itarget;
+	bool    target_ptr;             /* they came from PTR: errors skip */
+	unsigned char addr[16];         /* the client, 4 or 16 bytes */
 	char    cur[256];               /* storage for the first cur_dom */
 	/* libspf2's objects (here, not in locals: a longjmp may come back) */
 	SPF_server_t *srv;
@@ -145,7 +147,8 @@ query_name(const char *in, char *out, size_t outsz)
 			if (lab == 0 || lab > 63)
 				return false;
 			lab = 0;
-		} else if ((unsigned char)in[i] <= 0x20 || (unsigned char)in[i] >= 0x7f)
+		} else if ((unsigned char)in[i] < 0x20 || (unsigned char)in[i] >= 0x7f ||
+		    in[i] == '\\')
 			return false;
 		else
 			lab++;
@@ -163,14 +166,30 @@ rr_status(SPF_dns_server_t *d, const char *name, ns_type type, int herrno)
 	return SPF_dns_rr_new_init(d, name, type, 0, herrno);
 }
 
+/* the suffix spf_record.c puts on the domain of an a or mx term whose
+ * prefix length for the client's family is 0 (see spf_record.h) */
+static bool
+strip_cidr0(const char *in, char *out, size_t outsz)
+{
+	size_t l = strlen(in), sl = strlen(SPF_CIDR0_SUFFIX);
+
+	if (l > 0 && in[l - 1] == '.')
+		l--;
+	if (l <= sl || strncasecmp(in + l - sl, SPF_CIDR0_SUFFIX, sl) != 0 || l - sl >= outsz)
+		return false;
+	memcpy(out, in, l - sl);
+	out[l - sl] = '\0';
+	return true;
+}
+
 static SPF_dns_rr_t *
 layer_lookup(SPF_dns_server_t *d, const char *domain, ns_type type, int should_cache)
 {
 	struct job *j = d->hook;
 	struct dns_answer a;
 	SPF_dns_rr_t *rr;
-	char name[256];
-	bool counted = false;
+	char name[256], base[300];
+	bool counted = false, target = false, zero;
 	int herrno, n = 0;
 
 	(void)should_cache;
@@ -186,6 +205,7 @@ layer_lookup(SPF_dns_server_t *d, const char *domain, ns_type type, int should_c
 	case ns_t_aaaa:
 		if (j->itarget < j->ntarget && strcasecmp(domain, j->target[j->itarget]) == 0) {
 			j->itarget++;
+			target = true;
 			break;
 		}
 		/* FALLTHROUGH */
@@ -202,7 +222,8 @@ layer_lookup(SPF_dns_server_t *d, const char *domain, ns_type type, int should_c
 		job_why(j, "more than %d DNS-querying terms (RFC 7208 4.6.4)", SPF_LIMIT_LOOKUPS);
 		return rr_status(d, domain, type, TRY_AGAIN);
 	}
-	if (!query_name(domain, name, sizeof(name))) {
+	zero = strip_cidr0(domain, base, sizeof(base));
+	if (!query_name(zero ? base : domain, name, sizeof(name))) {
 		if (counted && ++j->voids > SPF_LIMIT_VOIDS) {
 			j->limit = true;
 			job_why(j, "more than %d void lookups (RFC 7208 4.6.4)", SPF_LIMIT_VOIDS);
@@ -221,9 +242,13 @@ layer_lookup(SPF_dns_server_t *d, const char *domain, ns_type type, int should_c
 		herrno = NO_DATA;
 		break;
 	default:
+		dns_answer_free(&a);
+		if (target && j->target_ptr) {
+			/* RFC 7208 5.5: a PTR name that fails is skipped */
+			return rr_status(d, domain, type, HOST_NOT_FOUND);
+		}
 		j->temp = true;
 		job_why(j, "DNS %s for %.100s", a.why[0] ? a.why : "failure", name);
-		dns_answer_free(&a);
 		return rr_status(d, domain, type, TRY_AGAIN);
 	}
 	if (counted && herrno != NETDB_SUCCESS && ++j->voids > SPF_LIMIT_VOIDS) {
@@ -248,15 +273,16 @@ layer_lookup(SPF_dns_server_t *d, const char *domain, ns_type type, int should_c
 		size_t l;
 		switch (type) {
 		case ns_t_a:
-			if (a.len[i] != 4 || SPF_dns_rr_buf_realloc(rr, n, sizeof(struct in_addr)))
+		case ns_t_aaaa: {
+			size_t al = type == ns_t_a ? 4 : 16;
+			if (a.len[i] != al || SPF_dns_rr_buf_realloc(rr, n, al))
 				continue;
-			memcpy(&rr->rr[n]->a, a.data[i], 4);
+			/* prefix 0: any address of the name matches (RFC 7208
+			 * 5.3), which libspf2 cannot express: the client's */
+			memcpy(type == ns_t_a ? (void *)&rr->rr[n]->a : (void *)&rr->rr[n]->aaaa,
+			    zero && j->v6 == (type == ns_t_aaaa) ? j->addr : a.data[i], al);
 			break;
-		case ns_t_aaaa:
-			if (a.len[i] != 16 || SPF_dns_rr_buf_realloc(rr, n, sizeof(struct in6_addr)))
-				continue;
-			memcpy(&rr->rr[n]->aaaa, a.data[i], 16);
-			break;
+		}
 		case ns_t_mx:
 			/* "PREF NAME" */
 			if ((t = strchr(t, ' ')) == NULL)
@@ -266,8 +292,10 @@ layer_lookup(SPF_dns_server_t *d, const char *domain, ns_type type, int should_c
 		case ns_t_ptr:
 			if (n >= SPF_LIMIT_TARGETS)
 				continue;       /* RFC 7208 5.5: the first 10 names */
-			if (!query_name(t, j->target[n], sizeof(j->target[n])))
-				moat_strlcpy(j->target[n], "invalid.", sizeof(j->target[n]));
+			if (!query_name(t, base, sizeof(base) - sizeof(SPF_CIDR0_SUFFIX)))
+				moat_strlcpy(base, "invalid.", sizeof(base));
+			snprintf(j->target[n], sizeof(j->target[n]), "%s%s", base,
+			    zero && type == ns_t_mx ? SPF_CIDR0_SUFFIX : "");
 			t = j->target[n];
 			/* FALLTHROUGH */
 		default:
@@ -283,6 +311,7 @@ layer_lookup(SPF_dns_server_t *d, const char *domain, ns_type type, int should_c
 	if (type == ns_t_mx || type == ns_t_ptr) {
 		j->ntarget = n;
 		j->itarget = 0;
+		j->target_ptr = type == ns_t_ptr;
 	}
 	dns_answer_free(&a);
 	return rr;
@@ -295,9 +324,9 @@ layer_get_spf(SPF_server_t *srv, SPF_request_t *req, SPF_response_t *resp,
 {
 	struct job *j = srv->resolver->hook;
 	struct dns_answer a;
-	char name[256], *canon;
-	const char *rec = NULL, *why;
-	size_t nrec = 0;
+	char name[256], *canon, *rec = NULL;
+	const char *why;
+	size_t nrec = 0, reclen = 0;
 	SPF_errcode_t err;
 
 	*recp = NULL;
@@ -344,33 +373,50 @@ layer_get_spf(SPF_server_t *srv, SPF_request_t *req, SPF_response_t *resp,
 		dns_answer_free(&a);
 		return SPF_E_DNS_ERROR;
 	}
-	for (size_t i = 0; i < a.n; i++)
-		if (spf_record_is_v1(a.text[i], strlen(a.text[i]))) {
-			rec = a.text[i];
-			nrec++;
+	/* the character-strings of each RR joined (RFC 7208 3.3), from the
+	 * wire: a NUL inside is kept and makes the record invalid */
+	for (size_t i = 0; i < a.n; i++) {
+		size_t k = 0, o = 0;
+		char *t = xmalloc(a.len[i] + 1);
+		while (k < a.len[i]) {
+			size_t l = a.data[i][k++];
+			if (k + l > a.len[i])
+				break;
+			memcpy(t + o, a.data[i] + k, l);
+			o += l;
+			k += l;
 		}
+		t[o] = '\0';
+		if (spf_record_is_v1(t, o)) {
+			nrec++;
+			free(rec);
+			rec = t;
+			reclen = o;
+		} else
+			free(t);
+	}
+	dns_answer_free(&a);
 	if (nrec == 0) {
-		dns_answer_free(&a);
 		resp->result = SPF_RESULT_NONE;
 		if (!top)
 			job_why(j, "no SPF record at %.100s", name);
 		return SPF_E_NOT_SPF;
 	}
 	if (nrec > 1) {
-		dns_answer_free(&a);
+		free(rec);
 		j->perm = true;
 		job_why(j, "more than one SPF record at %.100s (RFC 7208 4.5)", name);
 		return SPF_E_MULTIPLE_RECORDS;
 	}
 	canon = xmalloc(SPF_RECORD_MAX + 64);
-	if (spf_record_check(rec, strlen(rec), j->v6, canon, SPF_RECORD_MAX + 64, &why) < 0) {
+	if (spf_record_check(rec, reclen, j->v6, canon, SPF_RECORD_MAX + 64, &why) < 0) {
 		j->perm = true;
 		job_why(j, "%s at %.100s", why, name);
 		free(canon);
-		dns_answer_free(&a);
+		free(rec);
 		return SPF_E_SYNTAX;
 	}
-	dns_answer_free(&a);
+	free(rec);
 	err = SPF_record_compile(srv, resp, recp, canon);
 	free(canon);
 	if (err != SPF_E_SUCCESS) {
@@ -452,6 +498,7 @@ spf_check_host(struct resolver *res, const struct spf_in *in, const char *domain
 	j = xcalloc(1, sizeof(*j));
 	j->res = res;
 	j->v6 = v6;
+	memcpy(j->addr, bin, v6 ? 16 : 4);
 	j->deadline = now_ms() + (uint64_t)(in->budget_ms > 0 ? in->budget_ms : 20000);
 	j->layer.destroy = NULL;        /* ours: SPF_server_free leaves it */
 	j->layer.lookup = layer_lookup;

@@ -322,11 +322,17 @@ spf_record_check(const char *rec, size_t len, bool v6client, char *canon, size_t
 		*why = "not an SPF version 1 record";
 		return -1;
 	}
-	for (i = 0; i < len; i++)
+	for (i = 0; i < len; i++) {
 		if ((unsigned char)rec[i] < 0x20 || (unsigned char)rec[i] > 0x7e) {
 			*why = "control or non-ASCII character in the record (RFC 7208 12)";
 			return -1;
 		}
+		if (rec[i] == '_' && len - i >= sizeof(SPF_CIDR0_SUFFIX) - 2 &&
+		    strncasecmp(rec + i, SPF_CIDR0_SUFFIX + 1, sizeof(SPF_CIDR0_SUFFIX) - 2) == 0) {
+			*why = "the record holds a name moat reserves";
+			return -1;
+		}
+	}
 	outf(&w, "v=spf1");
 	i = 6;
 	while (i < len) {
@@ -442,12 +448,11 @@ spf_record_check(const char *rec, size_t len, bool v6client, char *canon, size_t
 				c4 = -2;
 			else
 				c6 = -2;
-			if (c4 == 0 && m == M_A) {
-				/* any A record of the name: same query as exists */
+			if (c4 == 0 || c6 == 0) {
 				if (sl > 0)
-					outf(&w, " %sexists:%.*s", qs, (int)(sl - 1), arg + 1);
+					outf(&w, " %s%s%.*s%s", qs, mn, (int)sl, arg, SPF_CIDR0_SUFFIX);
 				else
-					outf(&w, " %sexists:%%{d}", qs);
+					outf(&w, " %s%s:%%{d}%s", qs, mn, SPF_CIDR0_SUFFIX);
 				break;
 			}
 			outf(&w, " %s%s%.*s", qs, mn, (int)sl, arg);

@@ -15,6 +15,12 @@
  * records of several strings can be longer: bounded anyway) */
 #define SPF_RECORD_MAX  4096
 
+/* appended to the domain of an a or mx term whose prefix length is 0 for
+ * the client's family: spf.c's DNS layer answers such a name's address
+ * queries with the client's address when the name has any (RFC 7208 5.3:
+ * "a/0" matches any address); a record holding it is refused */
+#define SPF_CIDR0_SUFFIX "._moat-cidr0"
+
 /* true if the TXT string is an SPF version 1 record: "v=spf1" followed by
  * a space or the end (RFC 7208 4.5; case-insensitive) */
 bool spf_record_is_v1(const char *txt, size_t len);
@@ -29,8 +35,8 @@ bool spf_record_is_v1(const char *txt, size_t len);
  *   - "exp=" kept; unknown modifiers (checked, then) dropped;
  *   - ip4/ip6 with a /0 prefix written as two /1 networks (libspf2 takes
  *     a prefix of 0 as "none given");
- *   - "a"/"a:D" with an IPv4 /0 prefix and an IPv4 client written as
- *     "exists:D" (the same query, the same match) when v6client is false.
+ *   - a and mx: only the prefix length of the client's family kept; a
+ *     prefix of 0 written as the domain (or %{d}) + SPF_CIDR0_SUFFIX.
  * Returns 0, or -1 with *why set to a static description.
  */
 int spf_record_check(const char *rec, size_t len, bool v6client, char *canon, size_t canonsz,
