@@ -525,9 +525,24 @@ spf_check_host(struct resolver *res, const struct spf_in *in, const char *domain
 		SPF_request_set_ipv6_str(req, ip);
 	else
 		SPF_request_set_ipv4_str(req, ip);
-	if (SPF_request_set_env_from(req, sender) != 0 ||
-	    SPF_request_set_helo_dom(req, in->helo && *in->helo ? in->helo : "unknown") != 0)
-		goto nomem;
+	/* what the macros expand (%{s} %{l} %{o} %{h}) is bounded and plain
+	 * ASCII before libspf2 sees it: an oversized or 8-bit local part
+	 * becomes "postmaster", a HELO name that is not a domain "unknown" */
+	{
+		char from[400];
+		const char *at = strrchr(sender, '@');
+		size_t ll = at ? (size_t)(at - sender) : 0;
+		bool plain = ll <= 64;
+		for (size_t i = 0; plain && i < ll; i++)
+			if ((unsigned char)sender[i] <= 0x20 || (unsigned char)sender[i] >= 0x7f)
+				plain = false;
+		snprintf(from, sizeof(from), "%.*s@%s", plain && ll ? (int)ll : 10,
+		    plain && ll ? sender : "postmaster", j->cur);
+		if (SPF_request_set_env_from(req, from) != 0 ||
+		    SPF_request_set_helo_dom(req, in->helo && spf_domain_ok(in->helo) ?
+		    in->helo : "unknown") != 0)
+			goto nomem;
+	}
 	if ((resp = j->resp = SPF_response_new(req)) == NULL)
 		goto nomem;
 	req->cur_dom = j->cur;
