@@ -83,7 +83,8 @@ cmd_spf(struct moat_conf *c, int argc, char **argv)
 	show("mailfrom", &mf);
 	show("helo", &he);
 	if (mf.res == AR_FAIL && mf.expl[0])
-		printf("explanation: %s\n", mf.expl);
+		printf("explanation: %s\nexplanation-source: %s\n", mf.expl,
+		    mf.expl_default ? "default" : "exp");
 	resolver_free(res);
 	return 0;
 }

@@ -35,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include <spf2/spf.h>
 #include <spf2/spf_dns.h>
@@ -66,6 +67,7 @@ struct job {
 	SPF_server_t *srv;
 	SPF_request_t *req;
 	SPF_response_t *resp;
+	bool    have_exp;               /* the explanation came from exp= */
 };
 
 static void
@@ -431,6 +433,89 @@ layer_get_spf(SPF_server_t *srv, SPF_request_t *req, SPF_response_t *resp,
 	return SPF_E_SUCCESS;
 }
 
+/* the explanation of a fail (RFC 7208 6.2): the TXT record of the exp=
+ * name, expanded by us (libspf2 mangles spaces and macros in it); any
+ * problem means no explanation, and the caller uses its default */
+static SPF_errcode_t
+layer_get_exp(SPF_server_t *srv, const char *domain, char **bufp, size_t *buflenp)
+{
+	struct job *j = srv->resolver->hook;
+	SPF_request_t *req = j->req;
+	struct spf_macro_vals mv;
+	struct dns_answer a;
+	char name[256], ipdots[80], ipc[INET6_ADDRSTRLEN], ts[24], out[1024], *t;
+	const char *why;
+	size_t k = 0, o = 0;
+
+	if (req == NULL || domain == NULL || !query_name(domain, name, sizeof(name)))
+		return SPF_E_NOT_SPF;
+	if (resolver_query(j->res, name, DNS_T_TXT, &a) != DNS_OK || a.n != 1) {
+		dns_answer_free(&a);
+		return SPF_E_NOT_SPF;
+	}
+	t = xmalloc(a.len[0] + 1);
+	while (k < a.len[0]) {
+		size_t l = a.data[0][k++];
+		if (k + l > a.len[0])
+			break;
+		memcpy(t + o, a.data[0] + k, l);
+		o += l;
+		k += l;
+	}
+	t[o] = '\0';
+	dns_answer_free(&a);
+
+	memset(&mv, 0, sizeof(mv));
+	mv.s = req->env_from;
+	mv.l = req->env_from_lp;
+	mv.o = req->env_from_dp;
+	mv.d = req->cur_dom;
+	mv.h = req->helo_dom;
+	mv.r = srv->rec_dom;
+	snprintf(ts, sizeof(ts), "%lld", (long long)time(NULL));
+	mv.t = ts;
+	if (j->v6) {
+		static const char hx[] = "0123456789abcdef";
+		for (int i = 0; i < 16; i++) {
+			ipdots[i * 4] = hx[j->addr[i] >> 4];
+			ipdots[i * 4 + 1] = '.';
+			ipdots[i * 4 + 2] = hx[j->addr[i] & 15];
+			ipdots[i * 4 + 3] = '.';
+		}
+		ipdots[63] = '\0';
+		inet_ntop(AF_INET6, j->addr, ipc, sizeof(ipc));
+		mv.v = "ip6";
+	} else {
+		inet_ntop(AF_INET, j->addr, ipc, sizeof(ipc));
+		moat_strlcpy(ipdots, ipc, sizeof(ipdots));
+		mv.v = "in-addr";
+	}
+	mv.i = ipdots;
+	mv.c = ipc;
+	/* %{p} costs DNS queries: only when the text asks for it */
+	mv.p = "unknown";
+	if (strstr(t, "%{p") || strstr(t, "%{P")) {
+		const char *p = SPF_request_get_client_dom(req);
+		if (p && *p)
+			mv.p = p;
+	}
+	if (spf_expand_exp(t, o, &mv, out, sizeof(out), &why) < 0) {
+		free(t);
+		return SPF_E_NOT_SPF;
+	}
+	free(t);
+	if (*buflenp < strlen(out) + 1) {
+		char *nb = realloc(*bufp, strlen(out) + 1);
+		if (nb == NULL)
+			return SPF_E_NO_MEMORY;
+		*bufp = nb;
+		*buflenp = strlen(out) + 1;
+	}
+	memcpy(*bufp, out, strlen(out) + 1);
+	j->have_exp = true;
+	return SPF_E_SUCCESS;
+}
+
 static enum auth_res
 map_result(SPF_result_t r)
 {
@@ -503,6 +588,7 @@ spf_check_host(struct resolver *res, const struct spf_in *in, const char *domain
 	j->layer.destroy = NULL;        /* ours: SPF_server_free leaves it */
 	j->layer.lookup = layer_lookup;
 	j->layer.get_spf = layer_get_spf;
+	j->layer.get_exp = layer_get_exp;
 	j->layer.name = "moat";
 	j->layer.hook = j;
 	moat_strlcpy(j->cur, domain, sizeof(j->cur));
@@ -534,7 +620,7 @@ spf_check_host(struct resolver *res, const struct spf_in *in, const char *domain
 		size_t ll = at ? (size_t)(at - sender) : 0;
 		bool plain = ll <= 64;
 		for (size_t i = 0; plain && i < ll; i++)
-			if ((unsigned char)sender[i] <= 0x20 || (unsigned char)sender[i] >= 0x7f)
+			if ((unsigned char)sender[i] < 0x20 || (unsigned char)sender[i] >= 0x7f)
 				plain = false;
 		snprintf(from, sizeof(from), "%.*s@%s", plain && ll ? (int)ll : 10,
 		    plain && ll ? sender : "postmaster", j->cur);
@@ -551,8 +637,16 @@ spf_check_host(struct resolver *res, const struct spf_in *in, const char *domain
 		resp->spf_record_exp = rec;
 		err = SPF_record_interpret(rec, req, resp, 0);
 		o->res = map_result(SPF_response_result(resp));
-		if (o->res == AR_FAIL && SPF_response_get_explanation(resp))
-			moat_strlcpy(o->expl, SPF_response_get_explanation(resp), sizeof(o->expl));
+		if (o->res == AR_FAIL) {
+			if (j->have_exp && SPF_response_get_explanation(resp))
+				moat_strlcpy(o->expl, SPF_response_get_explanation(resp),
+				    sizeof(o->expl));
+			else {
+				o->expl_default = true;
+				snprintf(o->expl, sizeof(o->expl),
+				    "%s does not designate %s as permitted sender", o->domain, ip);
+			}
+		}
 		if (!j->why[0])
 			snprintf(j->why, sizeof(j->why), "%s",
 			    SPF_response_reason(resp) == SPF_REASON_DEFAULT ? "no term matched" :

@@ -19,6 +19,7 @@ struct spf_out {
 	char    domain[256];    /* the domain checked */
 	char    why[160];       /* what decided: "matched -all", "DNS timeout" ... */
 	char    expl[256];      /* fail: the explanation (exp= or ours) */
+	bool    expl_default;   /* expl is ours: no usable exp= */
 	unsigned lookups;       /* DNS-querying terms evaluated */
 	unsigned voids;         /* of which void */
 };

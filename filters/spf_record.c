@@ -525,3 +525,157 @@ spf_record_check(const char *rec, size_t len, bool v6client, char *canon, size_t
 	}
 	return 0;
 }
+
+/* RFC 7208 7.3: URL-escape all but the unreserved characters of RFC 3986 */
+static bool
+put_escaped(struct out *w, const char *s, size_t len, bool esc)
+{
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (!esc || is_alnum(c) || c == '-' || c == '.' || c == '_' || c == '~')
+			outf(w, "%c", c);
+		else
+			outf(w, "%%%02X", c);
+	}
+	return !w->over;
+}
+
+/* one macro: split on the delimiters, reverse, keep the rightmost n */
+static bool
+put_macro(struct out *w, const char *val, unsigned n, bool rev, const char *delims,
+    bool esc)
+{
+	const char *part[128];
+	size_t plen[128], np = 0, vl = strlen(val);
+	size_t start = 0;
+
+	for (size_t i = 0; i <= vl; i++) {
+		if (i == vl || strchr(delims, val[i]) != NULL) {
+			if (np == 128)
+				return false;
+			part[np] = val + start;
+			plen[np++] = i - start;
+			start = i + 1;
+		}
+	}
+	if (rev)
+		for (size_t a = 0, b = np - 1; a < b; a++, b--) {
+			const char *tp = part[a];
+			size_t tl = plen[a];
+			part[a] = part[b];
+			plen[a] = plen[b];
+			part[b] = tp;
+			plen[b] = tl;
+		}
+	size_t first = n > 0 && n < np ? np - n : 0;
+	for (size_t k = first; k < np; k++) {
+		if (k > first)
+			put_escaped(w, ".", 1, false);
+		put_escaped(w, part[k], plen[k], esc);
+	}
+	return !w->over;
+}
+
+int
+spf_expand_exp(const char *in, size_t len, const struct spf_macro_vals *v, char *out,
+    size_t outsz, const char **why)
+{
+	struct out w = { out, outsz, 0, false };
+	size_t i = 0;
+
+	*why = "invalid explanation";
+	if (outsz == 0)
+		return -1;
+	out[0] = '\0';
+	while (i < len) {
+		unsigned char c = (unsigned char)in[i];
+		if (c == ' ') {
+			outf(&w, " ");
+			i++;
+			continue;
+		}
+		if (c != '%') {
+			if (c < 0x21 || c > 0x7e) {
+				*why = "invalid character in the explanation";
+				return -1;
+			}
+			outf(&w, "%c", c);
+			i++;
+			continue;
+		}
+		if (i + 1 >= len) {
+			*why = "a lone % in the explanation";
+			return -1;
+		}
+		c = (unsigned char)in[i + 1];
+		if (c == '%' || c == '_' || c == '-') {
+			outf(&w, "%s", c == '%' ? "%" : c == '_' ? " " : "%20");
+			i += 2;
+			continue;
+		}
+		if (c != '{' || i + 2 >= len) {
+			*why = "invalid % escape in the explanation";
+			return -1;
+		}
+		i += 2;
+		char letter = in[i++];
+		const char *val;
+		switch (letter | 0x20) {
+		case 's': val = v->s; break;
+		case 'l': val = v->l; break;
+		case 'o': val = v->o; break;
+		case 'd': val = v->d; break;
+		case 'i': val = v->i; break;
+		case 'p': val = v->p; break;
+		case 'v': val = v->v; break;
+		case 'h': val = v->h; break;
+		case 'c': val = v->c; break;
+		case 'r': val = v->r; break;
+		case 't': val = v->t; break;
+		default:
+			*why = "invalid macro letter in the explanation";
+			return -1;
+		}
+		unsigned n = 0;
+		size_t d0 = i;
+		while (i < len && is_digit(in[i])) {
+			n = n * 10 + (unsigned)(in[i] - '0');
+			if (n > 1000) {
+				*why = "macro transformer out of range";
+				return -1;
+			}
+			i++;
+		}
+		if (i > d0 && n == 0) {
+			*why = "macro transformer of 0";
+			return -1;
+		}
+		bool rev = false;
+		if (i < len && (in[i] == 'r' || in[i] == 'R')) {
+			rev = true;
+			i++;
+		}
+		char delims[8];
+		size_t nd = 0;
+		while (i < len && strchr(".-+,/_=", in[i]) != NULL) {
+			if (nd + 1 < sizeof(delims) && memchr(delims, in[i], nd) == NULL)
+				delims[nd++] = in[i];
+			i++;
+		}
+		delims[nd] = '\0';
+		if (i >= len || in[i] != '}') {
+			*why = "invalid macro in the explanation";
+			return -1;
+		}
+		i++;
+		if (!put_macro(&w, val ? val : "", n, rev, nd ? delims : ".",
+		    letter >= 'A' && letter <= 'Z'))
+			break;
+	}
+	if (w.over) {
+		*why = "explanation too long";
+		out[0] = '\0';
+		return -1;
+	}
+	return 0;
+}

@@ -50,4 +50,27 @@ bool spf_domain_spec_ok(const char *s, size_t len, bool exp, const char **why);
  * final dot allowed */
 bool spf_domain_ok(const char *d);
 
+/* the values of the macro letters (RFC 7208 7.3), as text */
+struct spf_macro_vals {
+	const char *s;          /* sender: local@domain */
+	const char *l;          /* local part */
+	const char *o;          /* domain of the sender */
+	const char *d;          /* current domain */
+	const char *i;          /* IP: dotted quad, or 32 dot-separated nibbles */
+	const char *p;          /* validated name of the IP, or "unknown" */
+	const char *v;          /* "in-addr" or "ip6" */
+	const char *h;          /* HELO name */
+	const char *c;          /* IP, readable (exp only) */
+	const char *r;          /* receiving host (exp only) */
+	const char *t;          /* seconds since the epoch (exp only) */
+};
+
+/*
+ * Expands an explain-string (exp text, RFC 7208 6.2 and 7: macro-strings
+ * and spaces) into out.  Returns 0, or -1 with *why on a syntax error or
+ * when out is too small.
+ */
+int spf_expand_exp(const char *in, size_t len, const struct spf_macro_vals *,
+    char *out, size_t outsz, const char **why);
+
 #endif

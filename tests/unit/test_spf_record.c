@@ -2,7 +2,8 @@
  * test_spf_record.c - unit tests of filters/spf_record.c: the RFC 7208
  * grammar checks moat applies before libspf2 sees a record, and the
  * canonical text it hands libspf2 (redirect last and dropped beside "all",
- * /0 prefixes, unknown modifiers dropped), byte by byte on hostile input.
+ * /0 prefixes, unknown modifiers dropped), byte by byte on hostile input;
+ * the expansion of explanation text (RFC 7208 7.4's examples).
  */
 #include "config.h"
 #include "spf_record.h"
@@ -141,11 +142,54 @@ test_hostile(void)
 	    "spf_domain_ok: empty labels, one label, a label over 63");
 }
 
+static void
+test_expand(void)
+{
+	struct spf_macro_vals v = {
+		.s = "strong-bad@email.example.com", .l = "strong-bad", .o = "email.example.com",
+		.d = "email.example.com", .i = "192.0.2.3", .p = "unknown", .v = "in-addr",
+		.h = "mx.example.org", .c = "192.0.2.3", .r = "mx.example.net", .t = "1",
+	};
+	char out[256], small[8];
+	const char *why;
+	static const struct { const char *in, *want; } t[] = {
+		/* RFC 7208 7.4 examples */
+		{ "%{s}", "strong-bad@email.example.com" },
+		{ "%{o}", "email.example.com" },
+		{ "%{d4}", "email.example.com" },
+		{ "%{d2}", "example.com" },
+		{ "%{d1}", "com" },
+		{ "%{dr}", "com.example.email" },
+		{ "%{d2r}", "example.email" },
+		{ "%{l}", "strong-bad" },
+		{ "%{l-}", "strong.bad" },
+		{ "%{lr}", "strong-bad" },
+		{ "%{lr-}", "bad.strong" },
+		{ "%{l1r-}", "strong" },
+		{ "%{ir}.%{v}._spf.%{d2}", "3.2.0.192.in-addr._spf.example.com" },
+		{ "%{S}", "strong-bad%40email.example.com" },
+		{ "a %% b %_ c %- d", "a % b   c %20 d" },
+		{ "from %{c} to %{r}", "from 192.0.2.3 to mx.example.net" },
+	};
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+		int rc = spf_expand_exp(t[i].in, strlen(t[i].in), &v, out, sizeof(out), &why);
+		ok(rc == 0 && strcmp(out, t[i].want) == 0, "expand %s -> %s (got %s)", t[i].in,
+		    t[i].want, rc == 0 ? out : why);
+	}
+	ok(spf_expand_exp("The%{x}-files.", 14, &v, out, sizeof(out), &why) < 0, "expand: bad letter");
+	ok(spf_expand_exp("50%", 3, &v, out, sizeof(out), &why) < 0, "expand: lone %%");
+	ok(spf_expand_exp("caf\xc3\xa9", 5, &v, out, sizeof(out), &why) < 0, "expand: 8-bit text");
+	ok(spf_expand_exp("%{d0}", 5, &v, out, sizeof(out), &why) < 0, "expand: transformer 0");
+	ok(spf_expand_exp("%{s}", 4, &v, small, sizeof(small), &why) < 0 && small[0] == '\0',
+	    "expand: output bounded");
+}
+
 int
 main(void)
 {
 	test_valid();
 	test_invalid();
 	test_hostile();
+	test_expand();
 	return t_done();
 }
