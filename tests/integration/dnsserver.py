@@ -162,7 +162,12 @@ def serve_udp(sock):
             data, addr = sock.recvfrom(4096)
         except OSError:
             return
-        threading.Thread(target=handle_udp, args=(sock, data, addr), daemon=True).start()
+        try:
+            threading.Thread(target=handle_udp, args=(sock, data, addr), daemon=True).start()
+        except RuntimeError:
+            # no thread to be had on a loaded machine: answer inline
+            # rather than let the server's loop die
+            handle_udp(sock, data, addr)
 
 
 def handle_udp(sock, data, addr):
@@ -193,7 +198,10 @@ def serve_tcp(lsock):
             c, _ = lsock.accept()
         except OSError:
             return
-        threading.Thread(target=handle_tcp, args=(c,), daemon=True).start()
+        try:
+            threading.Thread(target=handle_tcp, args=(c,), daemon=True).start()
+        except RuntimeError:
+            handle_tcp(c)
 
 
 def recv_exact(c, n):
