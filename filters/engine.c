@@ -20,6 +20,7 @@
 #include "util.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -106,6 +107,7 @@ struct engine {
 	bool    attach;
 	struct resolver *res;
 	void   *state[NFILTERS];        /* NULL: that filter is not configured */
+	pthread_mutex_t bayes_mu;       /* guards opening bayes for the first learn */
 };
 
 struct engine *
@@ -161,12 +163,15 @@ engine_new(const struct moat_conf *c, char **err)
 		char path[4096], *berr = NULL;
 		conf_path(c, "bayes.lmdb", path, sizeof(path));
 		if (access(path, F_OK) == 0) {
-			e->bayes = bayes_open(c->state_dir, true, &berr);
+			/* read-write: IMAP Junk moves learn through the same
+			 * environment (LMDB allows one open per process) */
+			e->bayes = bayes_open(c->state_dir, false, &berr);
 			if (e->bayes == NULL)
 				log_warnx("engine: bayes disabled: %s", berr ? berr : "cannot open");
 			free(berr);
 		}
 	}
+	pthread_mutex_init(&e->bayes_mu, NULL);
 	for (size_t i = 0; i < NFILTERS; i++) {
 		char *ferr = NULL;
 		if (table[i]->init == NULL)
@@ -391,10 +396,11 @@ engine_run(struct engine *e, const char *msg, size_t len, const struct engine_in
 					verdict_add(v, h.v[i].name, h.v[i].score, h.v[i].desc);
 			rules_hits_free(&h);
 		}
-		if (e->bayes) {
+		struct bayes *bay = __atomic_load_n(&e->bayes, __ATOMIC_ACQUIRE);
+		if (bay) {
 			struct bayes_result br;
 			memset(&br, 0, sizeof(br));
-			if (bayes_classify(e->bayes, m, &br) == 0 && br.ready) {
+			if (bayes_classify(bay, m, &br) == 0 && br.ready) {
 				char r[64];
 				snprintf(r, sizeof(r), "spam probability %.3f", br.prob);
 				verdict_add(v, br.symbol, br.score, r);
@@ -421,6 +427,40 @@ engine_run(struct engine *e, const char *msg, size_t len, const struct engine_in
 	else
 		v->action = VA_ACCEPT;
 	v->elapsed_ms = (double)(now_ms() - t0);
+}
+
+int
+engine_learn(struct engine *e, const char *msg, size_t len, bool spam)
+{
+	struct mime_limits lim = MIME_LIMITS_DEFAULT;
+	struct mime_msg *m;
+	uint8_t d[BAYES_DIGEST_LEN];
+	char *err = NULL;
+	int rc;
+
+	if (e == NULL || !e->conf->bayes)
+		return BAYES_ERR;
+	pthread_mutex_lock(&e->bayes_mu);
+	if (e->bayes == NULL) {
+		/* the first learn creates the database */
+		struct bayes *nb = bayes_open(e->conf->state_dir, false, &err);
+		if (nb == NULL)
+			log_warnx("engine: bayes: %s", err ? err : "cannot open");
+		__atomic_store_n(&e->bayes, nb, __ATOMIC_RELEASE);
+		free(err);
+		err = NULL;
+	}
+	pthread_mutex_unlock(&e->bayes_mu);
+	if (e->bayes == NULL)
+		return BAYES_ERR;
+	if ((m = mime_parse(msg, len, &lim, &err)) == NULL) {
+		free(err);
+		return BAYES_ERR;
+	}
+	bayes_digest(msg, len, d);
+	rc = bayes_learn(e->bayes, m, spam, d);
+	mime_free(&m);
+	return rc;
 }
 
 const char *

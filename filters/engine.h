@@ -75,6 +75,10 @@ struct engine_in {
 /* BLOCKING (pool thread): run the data filters on the message bytes */
 void engine_run(struct engine *, const char *msg, size_t len, const struct engine_in *,
     struct verdict *);
+/* BLOCKING (pool thread): learn a message as spam or ham (IMAP Junk
+ * moves); creates the Bayes database on first use.  BAYES_OK,
+ * BAYES_ALREADY or BAYES_ERR (filters/bayes.h) */
+int engine_learn(struct engine *, const char *msg, size_t len, bool spam);
 /* the header fields to add for this verdict (CRLF lines), into out */
 void verdict_headers(const struct verdict *, const struct moat_conf *, struct buf *out);
 /* "RULE(2.50),BAYES_99(3.50)" for the log */

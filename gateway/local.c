@@ -128,6 +128,19 @@ local_deliver(const struct moat_conf *c, const char *rcpt, int fd, off_t off, of
 		log_warn("local: to=<%s> cannot create mailbox %s", canon, box);
 		return local_ioerr(reply, canon, e);
 	}
+	/* mail our filters tagged as spam goes to the user's Junk folder */
+	if (c->store_junk && prepend && (!strncmp(prepend, "X-Spam-Flag: YES\r\n", 18) ||
+	    strstr(prepend, "\nX-Spam-Flag: YES\r\n"))) {
+		size_t bl = strlen(box);
+		if (bl + 7 < sizeof(box)) {
+			memcpy(box + bl, "/.Junk", 7);
+			if (!maildir_exists(box) && maildir_create_folder(box) < 0) {
+				e = errno;
+				log_warn("local: to=<%s> cannot create folder %s", canon, box);
+				return local_ioerr(reply, canon, e);
+			}
+		}
+	}
 	if (maildir_open(&m, box) < 0) {
 		e = errno;
 		log_warn("local: to=<%s> cannot open %s/tmp", canon, box);

@@ -157,6 +157,12 @@ prepare_state_dir(const struct moat_conf *c)
 		privs_chown(c, path);
 	}
 	/* files the worker must write that may exist from an earlier run as another user */
+	static const char *const lmdb[] = { "bayes.lmdb", "bayes.lmdb/data.mdb", "bayes.lmdb/lock.mdb" };
+	for (size_t i = 0; i < ARRAY_SIZE(lmdb); i++) {
+		conf_path(c, lmdb[i], path, sizeof(path));
+		if (access(path, F_OK) == 0)
+			privs_chown(c, path);
+	}
 	conf_path(c, "moat.db", path, sizeof(path));
 	if (access(path, F_OK) == 0) {
 		privs_chown(c, path);

@@ -177,6 +177,7 @@ struct moat_conf {
 	struct cidr *limit_exempt;      /* per-IP limits do not apply (default loopback) */
 	size_t  nlimit_exempt;
 	char   *recipient_delimiter;    /* "+" ; NULL/"" = none */
+	bool    store_junk;             /* tagged spam to the user's Junk folder */
 
 	/* queue and delivery */
 	long long queue_retry_min;      /* seconds */

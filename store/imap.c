@@ -20,6 +20,8 @@
  */
 #include "config.h"
 #include "imap.h"
+#include "engine.h"
+#include "bayes.h"
 #include "imap_parse.h"
 #include "buf.h"
 #include "conf.h"
@@ -73,7 +75,7 @@ enum { F_FLAGS, F_UID, F_INTERNALDATE, F_SIZE, F_ENVELOPE, F_BODY, F_BODYSTRUCTU
 enum { S_ALL, S_HEADER, S_TEXT, S_FIELDS, S_FIELDS_NOT, S_MIME };
 
 /* search program */
-enum { Q_ALL, Q_FLAG, Q_NOFLAG, Q_NEW, Q_OLD, Q_HEADER, Q_BODY, Q_TEXT, Q_BEFORE, Q_ON, Q_SINCE,
+enum { Q_ALL, Q_KEYWORD, Q_UNKEYWORD, Q_FLAG, Q_NOFLAG, Q_NEW, Q_OLD, Q_HEADER, Q_BODY, Q_TEXT, Q_BEFORE, Q_ON, Q_SINCE,
 	Q_SENTBEFORE, Q_SENTON, Q_SENTSINCE, Q_LARGER, Q_SMALLER, Q_UID, Q_SEQ, Q_NOT, Q_OR, Q_AND, Q_NONE };
 struct query {
 	int     op;
@@ -99,6 +101,8 @@ struct job {
 	bool    setseen;
 	char    mode;
 	unsigned flags;
+	char  **kw;                 /* keyword names (STORE, APPEND, SEARCH) */
+	size_t  nkw;
 	bool    silent;
 	struct query q;
 	struct mbox *mb;            /* the session's, or a new one (SELECT) */
@@ -146,6 +150,7 @@ struct imap {
 	bool    readonly;
 	uint32_t *vuid;
 	unsigned *vflags;
+	unsigned kwsent;            /* keywords announced in FLAGS (bit mask) */
 	size_t  vn, vcap;
 	struct job *job;
 	struct event *timer;        /* IDLE polls, failed-login delays */
@@ -221,7 +226,7 @@ set_timeout(struct imap *s)
 /* ---- flags ---- */
 
 static void
-add_flags(struct buf *b, unsigned f)
+add_flags(struct buf *b, unsigned f, const struct mbox *mb)
 {
 	bool sp = false;
 	static const struct { unsigned f; const char *n; } names[] = {
@@ -236,10 +241,46 @@ add_flags(struct buf *b, unsigned f)
 			buf_adds(b, names[i].n);
 			sp = true;
 		}
+	for (int k = 0; k < MBOX_KW_MAX; k++)
+		if ((f & MBOX_F_KW(k)) && mb && mb->kw[k]) {
+			if (sp)
+				buf_addc(b, ' ');
+			buf_adds(b, mb->kw[k]);
+			sp = true;
+		}
 	buf_addc(b, ')');
 }
 
-/* one flag name -> bit; 0 for a keyword (accepted, not kept); -1 bad */
+/* the keywords defined in a folder, as a bit mask */
+static unsigned
+kw_defined(const struct mbox *mb)
+{
+	unsigned m = 0;
+	for (int k = 0; mb && k < MBOX_KW_MAX; k++)
+		if (mb->kw[k])
+			m |= MBOX_F_KW(k);
+	return m;
+}
+
+/* "* FLAGS (...)" and PERMANENTFLAGS with the folder's keywords */
+static void
+flags_announce(struct buf *b, const struct mbox *mb, bool readonly)
+{
+	struct buf kw = BUF_INIT;
+	for (int k = 0; mb && k < MBOX_KW_MAX; k++)
+		if (mb->kw[k])
+			buf_printf(&kw, " %s", mb->kw[k]);
+	buf_printf(b, "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft%s)\r\n",
+	    kw.data ? kw.data : "");
+	if (readonly)
+		buf_adds(b, "* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n");
+	else
+		buf_printf(b, "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft%s \\*)] "
+		    "Flags permitted\r\n", kw.data ? kw.data : "");
+	buf_free(&kw);
+}
+
+/* one flag name -> bit; 0 for a keyword; -1 bad */
 static int
 flag_bit(const struct imap_arg *a)
 {
@@ -254,11 +295,29 @@ flag_bit(const struct imap_arg *a)
 			return (int)names[i].f;
 	if (a->len > 0 && a->s[0] == '\\')
 		return imap_arg_is(a, "\\Recent") ? 0 : -1;
+	/* a keyword: an atom without ] or wildcards (RFC 3501 flag-keyword) */
+	if (a->len == 0 || a->len >= MBOX_KW_LEN)
+		return -1;
+	for (size_t i = 0; i < a->len; i++)
+		if ((unsigned char)a->s[i] <= 0x20 || (unsigned char)a->s[i] >= 0x7f ||
+		    strchr("(){%*\"\\]", a->s[i]))
+			return -1;
 	return 0;
 }
 
+#define KW_PER_COMMAND 32
+
+static void
+kw_free(char **kw, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(kw[i]);
+	free(kw);
+}
+
+/* system flags into *out, keyword names into kw[] (at most KW_PER_COMMAND) */
 static bool
-parse_flags(const struct imap_arg *a, size_t n, unsigned *out)
+parse_flags(const struct imap_arg *a, size_t n, unsigned *out, char ***kw, size_t *nkw)
 {
 	*out = 0;
 	for (size_t i = 0; i < n; i++) {
@@ -266,8 +325,29 @@ parse_flags(const struct imap_arg *a, size_t n, unsigned *out)
 		if (b < 0)
 			return false;
 		*out |= (unsigned)b;
+		if (b == 0 && a[i].s[0] != '\\') {
+			if (*nkw >= KW_PER_COMMAND)
+				return false;
+			*kw = xreallocarray(*kw, *nkw + 1, sizeof(**kw));
+			(*kw)[(*nkw)++] = xstrndup(a[i].s, a[i].len);
+		}
 	}
 	return true;
+}
+
+/* keyword names -> bits of mb (creating them if create); false if a new
+ * keyword does not fit (26 per folder) */
+static bool
+kw_bits(struct mbox *mb, char **kw, size_t nkw, bool create, unsigned *bits)
+{
+	bool ok = true;
+	for (size_t i = 0; i < nkw; i++) {
+		unsigned b = mbox_keyword_bit(mb, kw[i], create);
+		if (b == 0 && create)
+			ok = false;
+		*bits |= b;
+	}
+	return ok;
 }
 
 /* ---- message text helpers (pool threads) ---- */
@@ -987,7 +1067,7 @@ fetch_one(struct job *j, struct mbox_msg *mm, uint32_t seq)
 		switch (it->kind) {
 		case F_FLAGS:
 			buf_adds(b, "FLAGS ");
-			add_flags(b, mm->flags);
+			add_flags(b, mm->flags, j->mb);
 			break;
 		case F_UID:
 			buf_printf(b, "UID %u", mm->uid);
@@ -1104,6 +1184,12 @@ query_eval(struct query *q, struct sctx *c)
 		return true;
 	case Q_NONE:
 		return false;
+	case Q_KEYWORD:
+	case Q_UNKEYWORD: {
+		unsigned b = mbox_keyword_bit(c->j->mb, q->value, false);
+		bool has = b != 0 && (c->m->flags & b) != 0;
+		return q->op == Q_KEYWORD ? has : !has;
+	}
 	case Q_FLAG:
 		return (c->m->flags & q->flag) != 0;
 	case Q_NOFLAG:
@@ -1286,10 +1372,10 @@ query_parse(const struct imap_arg *a, size_t n, size_t *i, struct query *q, int 
 		return true;
 	}
 	if (imap_arg_is(k, "KEYWORD") || imap_arg_is(k, "UNKEYWORD")) {
-		if (*i >= n)
+		if (*i >= n || flag_bit(&a[*i]) != 0)
 			return false;
-		(*i)++;
-		q->op = imap_arg_is(k, "KEYWORD") ? Q_NONE : Q_ALL;    /* no keywords are kept */
+		q->op = imap_arg_is(k, "KEYWORD") ? Q_KEYWORD : Q_UNKEYWORD;
+		q->value = imap_arg_str(&a[(*i)++]);
 		return true;
 	}
 	if (imap_arg_is(k, "LARGER") || imap_arg_is(k, "SMALLER")) {
@@ -1343,6 +1429,9 @@ job_free(struct job *j)
 	}
 	free(j->seqs);
 	free(j->uids);
+	for (size_t i = 0; i < j->nkw; i++)
+		free(j->kw[i]);
+	free(j->kw);
 	for (size_t i = 0; i < j->nitems; i++) {
 		for (size_t k = 0; k < j->items[i].nfields; k++)
 			free(j->items[i].fields[k]);
@@ -1391,6 +1480,46 @@ wild_match(const char *pat, const char *s)
 	return *s != '\0' && *pat == *s && wild_match(pat + 1, s + 1);
 }
 
+/*
+ * BLOCKING (pool): a message moved or copied into Junk is learned as spam,
+ * out of Junk (except into Trash) as ham, through the engine's Bayes
+ * (Dovecot's antispam plugin semantics).  The copies in dst are read: they
+ * are the same bytes.  Learning the same message twice is refused by the
+ * digest (BAYES_ALREADY); a relearn as the other class undoes the first.
+ */
+static void
+junk_train(struct imap *s, struct mbox *src, struct mbox *dst, const uint32_t *newuids, size_t n)
+{
+	const char *su = mbox_special_use(src->name), *du = mbox_special_use(dst->name);
+	bool sj = su && !strcmp(su, "\\Junk"), dj = du && !strcmp(du, "\\Junk");
+	bool dt = du && !strcmp(du, "\\Trash");
+	bool spam;
+	size_t learned = 0, already = 0, failed = 0;
+
+	if (W->engine == NULL || !W->conf->bayes || sj == dj || (sj && dt))
+		return;
+	spam = dj;
+	for (size_t i = 0; i < n; i++) {
+		struct mbox_msg *m;
+		struct buf raw = BUF_INIT;
+		if (newuids[i] == 0 || (m = mbox_find(dst, newuids[i])) == NULL)
+			continue;
+		if (mbox_msg_read(dst, m, &raw) < 0) {
+			failed++;
+			buf_free(&raw);
+			continue;
+		}
+		switch (engine_learn(W->engine, raw.data ? raw.data : "", raw.len, spam)) {
+		case BAYES_OK: learned++; break;
+		case BAYES_ALREADY: already++; break;
+		default: failed++; break;
+		}
+		buf_free(&raw);
+	}
+	log_info("imap event=junk-learn user=%s class=%s from=%s to=%s learned=%zu already=%zu failed=%zu",
+	    esc(s->user), spam ? "spam" : "ham", esc(src->name), esc(dst->name), learned, already, failed);
+}
+
 static void
 job_work(void *arg)
 {
@@ -1432,10 +1561,20 @@ job_work(void *arg)
 		}
 		break;
 	}
-	case J_STORE:
-		if (mbox_sync(j->mb, false, &err) < 0 || mbox_store(j->mb, j->uids, j->n, j->mode, j->flags, &err) < 0)
+	case J_STORE: {
+		unsigned bits = j->flags;
+		if (mbox_sync(j->mb, false, &err) < 0) {
+			jtext(j, 1, "[SERVERBUG] Cannot sync");
+			break;
+		}
+		if (!kw_bits(j->mb, j->kw, j->nkw, j->mode != '-', &bits)) {
+			jtext(j, 1, "[LIMIT] Too many keywords in this mailbox (26)");
+			break;
+		}
+		if (mbox_store(j->mb, j->uids, j->n, j->mode, bits, &err) < 0)
 			jtext(j, 1, "[SERVERBUG] Cannot store flags");
 		break;
+	}
 	case J_SEARCH: {
 		if (mbox_sync(j->mb, !j->mb->readonly, &err) < 0) {
 			jtext(j, 1, "[SERVERBUG] Cannot sync the mailbox");
@@ -1502,6 +1641,7 @@ job_work(void *arg)
 				jtext(j, 1, "[SERVERBUG] Copied but not removed");
 			free(sv);
 		}
+		junk_train(s, j->mb, dst, j->res, j->n);
 		mbox_close(dst);
 		break;
 	}
@@ -1621,7 +1761,14 @@ job_work(void *arg)
 			jtext(j, 1, "[TRYCREATE] No such mailbox");
 			break;
 		}
-		if (mbox_append(dst, j->data, j->datalen, j->flags, j->date, &uid, &err) < 0) {
+		unsigned bits = j->flags;
+		if (!kw_bits(dst, j->kw, j->nkw, true, &bits)) {
+			jtext(j, 1, "[LIMIT] Too many keywords in this mailbox (26)");
+			if (own)
+				mbox_close(dst);
+			break;
+		}
+		if (mbox_append(dst, j->data, j->datalen, bits, j->date, &uid, &err) < 0) {
 			jtext(j, 1, "[SERVERBUG] Cannot append");
 		} else {
 			struct buf t = BUF_INIT;
@@ -1670,6 +1817,11 @@ reconcile(struct imap *s, bool expunge_ok)
 
 	if (mb == NULL)
 		return;
+	if (kw_defined(mb) != s->kwsent) {
+		/* keywords created (here or by another session): RFC 3501 7.2.6 */
+		flags_announce(&b, mb, s->readonly);
+		s->kwsent = kw_defined(mb);
+	}
 	if (expunge_ok) {
 		for (size_t i = s->vn; i-- > 0;) {
 			if (mbox_find(mb, s->vuid[i]) != NULL)
@@ -1686,7 +1838,7 @@ reconcile(struct imap *s, bool expunge_ok)
 			continue;
 		s->vflags[i] = m->flags;
 		buf_printf(&b, "* %zu FETCH (UID %u FLAGS ", i + 1, m->uid);
-		add_flags(&b, m->flags);
+		add_flags(&b, m->flags, mb);
 		buf_adds(&b, ")\r\n");
 	}
 	{
@@ -1806,9 +1958,13 @@ job_done(void *arg)
 				if (!unseen && !(s->mb->msgs[i].flags & MBOX_F_SEEN))
 					unseen = i + 1;
 			}
-			out(s, "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)");
-			out(s, "* OK [PERMANENTFLAGS (%s)] Flags permitted",
-			    s->readonly ? "" : "\\Answered \\Flagged \\Deleted \\Seen \\Draft");
+			{
+				struct buf fb = BUF_INIT;
+				flags_announce(&fb, s->mb, s->readonly);
+				evbuffer_add(bufferevent_get_output(s->bev), fb.data, fb.len);
+				buf_free(&fb);
+				s->kwsent = kw_defined(s->mb);
+			}
 			out(s, "* %zu EXISTS", s->vn);
 			out(s, "* %zu RECENT", recent);
 			if (unseen)
@@ -1858,6 +2014,13 @@ job_done(void *arg)
 		tagged(s, j, j->uid ? "UID FETCH" : "FETCH");
 		break;
 	case J_STORE:
+		if (kw_defined(s->mb) != s->kwsent) {
+			struct buf fb = BUF_INIT;
+			flags_announce(&fb, s->mb, s->readonly);
+			evbuffer_add(o, fb.data, fb.len);
+			buf_free(&fb);
+			s->kwsent = kw_defined(s->mb);
+		}
 		for (size_t i = 0; i < j->n && j->result == 0; i++) {
 			struct mbox_msg *m = mbox_find(s->mb, j->uids[i]);
 			if (m == NULL)
@@ -1871,7 +2034,7 @@ job_done(void *arg)
 				if (j->uid)
 					buf_printf(&b, "UID %u ", m->uid);
 				buf_adds(&b, "FLAGS ");
-				add_flags(&b, m->flags);
+				add_flags(&b, m->flags, s->mb);
 				buf_adds(&b, ")\r\n");
 				evbuffer_add(o, b.data, b.len);
 				buf_free(&b);
@@ -2509,8 +2672,8 @@ cmd_store(struct imap *s, struct cmd *c)
 		bad(s, c->tag, "Unknown STORE item");
 		return;
 	}
-	if (c->a[2].type == IA_LIST ? !parse_flags(c->a[2].list, c->a[2].nlist, &j->flags)
-	    : !parse_flags(&c->a[2], 1, &j->flags)) {
+	if (c->a[2].type == IA_LIST ? !parse_flags(c->a[2].list, c->a[2].nlist, &j->flags, &j->kw, &j->nkw)
+	    : !parse_flags(&c->a[2], 1, &j->flags, &j->kw, &j->nkw)) {
 		job_free(j);
 		bad(s, c->tag, "Invalid flag");
 		return;
@@ -2643,14 +2806,17 @@ cmd_append(struct imap *s, struct cmd *c)
 	unsigned flags = 0;
 	time_t date = 0;
 	char *name;
+	char **kw = NULL;
+	size_t nkw = 0;
 
 	if (c->n < 2 || (name = mbox_arg(&c->a[0])) == NULL) {
 		bad(s, c->tag, "Usage: APPEND mailbox [(flags)] [date] literal");
 		return;
 	}
 	if (c->a[i].type == IA_LIST) {
-		if (!parse_flags(c->a[i].list, c->a[i].nlist, &flags)) {
+		if (!parse_flags(c->a[i].list, c->a[i].nlist, &flags, &kw, &nkw)) {
 			free(name);
+			kw_free(kw, nkw);
 			bad(s, c->tag, "Invalid flag");
 			return;
 		}
@@ -2659,6 +2825,7 @@ cmd_append(struct imap *s, struct cmd *c)
 	if (i < c->n && c->a[i].type == IA_STRING) {
 		if (!imap_datetime_parse(c->a[i].s, c->a[i].len, &date)) {
 			free(name);
+			kw_free(kw, nkw);
 			bad(s, c->tag, "Invalid date-time");
 			return;
 		}
@@ -2666,17 +2833,21 @@ cmd_append(struct imap *s, struct cmd *c)
 	}
 	if (i + 1 != c->n || c->a[i].type != IA_LITERAL) {
 		free(name);
+		kw_free(kw, nkw);
 		bad(s, c->tag, "Usage: APPEND mailbox [(flags)] [date] literal");
 		return;
 	}
 	if (c->a[i].len == 0) {
 		free(name);
+		kw_free(kw, nkw);
 		out(s, "%s NO Empty message", c->tag);
 		return;
 	}
 	j = newjob(J_APPEND, c->tag);
 	j->a1 = name;
 	j->flags = flags;
+	j->kw = kw;
+	j->nkw = nkw;
 	j->date = date;
 	j->data = xmalloc(c->a[i].len);
 	memcpy(j->data, c->a[i].s, c->a[i].len);

@@ -227,6 +227,8 @@ mbox_close(struct mbox *mb)
 	if (mb == NULL)
 		return;
 	mbox_free_msgs(mb->msgs, mb->nmsgs);
+	for (size_t i = 0; i < MBOX_KW_MAX; i++)
+		free(mb->kw[i]);
 	free(mb);
 }
 
@@ -245,10 +247,15 @@ mbox_info_flags(const char *file)
 
 	if (info == NULL)
 		return 0;
-	for (info += 3; *info; info++)
+	for (info += 3; *info; info++) {
+		if (*info >= 'a' && *info <= 'z') {
+			f |= MBOX_F_KW(*info - 'a');
+			continue;
+		}
 		for (size_t i = 0; i < ARRAY_SIZE(mbox_letters); i++)
 			if (*info == mbox_letters[i].c)
 				f |= mbox_letters[i].f;
+	}
 	return f;
 }
 
@@ -259,14 +266,14 @@ mbox_baselen(const char *file)
 	return info ? (size_t)(info - file) : strlen(file);
 }
 
-/* file name for base + flags, keeping other (keyword) info letters of old */
+/* file name for base + flags: system letters, then keyword letters, in
+ * ASCII order as the Maildir spec asks */
 static int
 mbox_flagname(const char *old, size_t baselen, unsigned flags, char *out, size_t outsz)
 {
-	const char *info = strstr(old, ":2,");
 	size_t o;
 
-	if (baselen + 4 + 32 > outsz)
+	if (baselen + 4 + 5 + MBOX_KW_MAX > outsz)
 		return -1;
 	memcpy(out, old, baselen);
 	o = baselen;
@@ -275,13 +282,149 @@ mbox_flagname(const char *old, size_t baselen, unsigned flags, char *out, size_t
 	for (size_t i = 0; i < ARRAY_SIZE(mbox_letters); i++)
 		if (flags & mbox_letters[i].f)
 			out[o++] = mbox_letters[i].c;
-	if (info) {
-		for (info += 3; *info && o + 1 < outsz; info++)
-			if (*info >= 'a' && *info <= 'z')
-				out[o++] = *info;
-	}
+	for (int k = 0; k < MBOX_KW_MAX; k++)
+		if (flags & MBOX_F_KW(k))
+			out[o++] = (char)('a' + k);
 	out[o] = '\0';
 	return 0;
+}
+
+/* ---- keywords (dovecot-keywords: "INDEX NAME" lines) ---- */
+
+static int mbox_lock(const struct mbox *);
+static void mbox_unlock(int);
+
+static bool
+mbox_kw_valid(const char *n)
+{
+	size_t l = strlen(n);
+	if (l == 0 || l >= MBOX_KW_LEN)
+		return false;
+	for (; *n; n++)
+		if ((unsigned char)*n <= 0x20 || (unsigned char)*n >= 0x7f || strchr("(){%*\"\\]", *n))
+			return false;
+	return true;
+}
+
+void
+mbox_keywords_load(struct mbox *mb)
+{
+	char path[PATH_MAX], line[256];
+	struct stat st;
+	FILE *f;
+
+	if ((size_t)snprintf(path, sizeof(path), "%s/dovecot-keywords", mb->dir) >= sizeof(path))
+		return;
+	if (stat(path, &st) < 0) {
+		if (mb->kw_mtime != 0)
+			for (size_t i = 0; i < MBOX_KW_MAX; i++) {
+				free(mb->kw[i]);
+				mb->kw[i] = NULL;
+			}
+		mb->kw_mtime = 0;
+		return;
+	}
+	long long mt = (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec + 1;
+	if (mt == mb->kw_mtime || (f = fopen(path, "re")) == NULL)
+		return;
+	for (size_t i = 0; i < MBOX_KW_MAX; i++) {
+		free(mb->kw[i]);
+		mb->kw[i] = NULL;
+	}
+	while (fgets(line, sizeof(line), f)) {
+		char *sp, *end;
+		long idx;
+		line[strcspn(line, "\r\n")] = '\0';
+		if ((sp = strchr(line, ' ')) == NULL)
+			continue;
+		*sp = '\0';
+		idx = strtol(line, &end, 10);
+		if (*end || idx < 0 || idx >= MBOX_KW_MAX || !mbox_kw_valid(sp + 1) || mb->kw[idx])
+			continue;
+		mb->kw[idx] = xstrdup(sp + 1);
+	}
+	fclose(f);
+	mb->kw_mtime = mt;
+}
+
+static int
+mbox_keywords_write(struct mbox *mb)
+{
+	char path[PATH_MAX], tmp[PATH_MAX + 8];
+	struct buf b = BUF_INIT;
+	int fd, r = -1;
+
+	snprintf(path, sizeof(path), "%s/dovecot-keywords", mb->dir);
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	for (size_t i = 0; i < MBOX_KW_MAX; i++)
+		if (mb->kw[i])
+			buf_printf(&b, "%zu %s\n", i, mb->kw[i]);
+	if ((fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) >= 0) {
+		if (write_full(fd, b.data ? b.data : "", b.len) >= 0 && fsync(fd) == 0 &&
+		    close(fd) == 0 && rename(tmp, path) == 0) {
+			struct stat st;
+			r = 0;
+			if (stat(path, &st) == 0)
+				mb->kw_mtime = (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec + 1;
+		} else {
+			close(fd);
+			unlink(tmp);
+		}
+	}
+	buf_free(&b);
+	return r;
+}
+
+/* lock held when create */
+static unsigned
+mbox_keyword_bit_locked(struct mbox *mb, const char *name, bool create)
+{
+	int free_i = -1;
+
+	if (!mbox_kw_valid(name))
+		return 0;
+	mbox_keywords_load(mb);
+	for (int i = 0; i < MBOX_KW_MAX; i++) {
+		if (mb->kw[i] && !ascii_strcasecmp(mb->kw[i], name))
+			return MBOX_F_KW(i);
+		if (!mb->kw[i] && free_i < 0)
+			free_i = i;
+	}
+	if (!create || free_i < 0)
+		return 0;
+	mb->kw[free_i] = xstrdup(name);
+	if (mbox_keywords_write(mb) < 0) {
+		free(mb->kw[free_i]);
+		mb->kw[free_i] = NULL;
+		return 0;
+	}
+	return MBOX_F_KW(free_i);
+}
+
+unsigned
+mbox_keyword_bit(struct mbox *mb, const char *name, bool create)
+{
+	int lk;
+	unsigned b;
+
+	if (!create)
+		return mbox_keyword_bit_locked(mb, name, false);
+	if ((lk = mbox_lock(mb)) < 0)
+		return 0;
+	b = mbox_keyword_bit_locked(mb, name, true);
+	mbox_unlock(lk);
+	return b;
+}
+
+/* the keyword bits of a message of src as bits of dst (by name) */
+static unsigned
+mbox_kw_remap(struct mbox *src, struct mbox *dst, unsigned flags)
+{
+	unsigned out = flags & ~MBOX_F_KWMASK;
+	for (int i = 0; i < MBOX_KW_MAX; i++)
+		if ((flags & MBOX_F_KW(i)) && src->kw[i])
+			out |= mbox_keyword_bit_locked(dst, src->kw[i], true);
+	return out;
 }
 
 /* ",S=123" / ",W=456" in a base name; -1 if absent */
@@ -576,6 +719,8 @@ mbox_sync_locked(struct mbox *mb, bool take_recent, char **err)
 	size_t nfresh = 0, nmoved = 0;
 	bool changed = false;
 	char from[PATH_MAX], to[PATH_MAX];
+
+	mbox_keywords_load(mb);
 
 	index_read(mb, &ix);
 	if (!ix.valid) {
@@ -1144,6 +1289,7 @@ mbox_copy(struct mbox *src, const uint32_t *uids, size_t n, struct mbox *dst,
 
 	if (n == 0)
 		return 0;
+	mbox_keywords_load(src);
 	bases = xcalloc(n, sizeof(*bases));
 	if ((lk = mbox_lock(dst)) < 0) {
 		free(bases);
@@ -1161,7 +1307,8 @@ mbox_copy(struct mbox *src, const uint32_t *uids, size_t n, struct mbox *dst,
 		if (!maildir_unique(uniq, sizeof(uniq)) ||
 		    (size_t)snprintf(bases[i], sizeof(bases[i]), "%s,S=%lld,W=%lld", uniq,
 		        (long long)m->size, (long long)m->vsize) >= sizeof(bases[i]) ||
-		    mbox_flagname(bases[i], strlen(bases[i]), m->flags & MBOX_F_STORED, name, sizeof(name)) < 0 ||
+		    mbox_flagname(bases[i], strlen(bases[i]),
+		        mbox_kw_remap(src, dst, m->flags & MBOX_F_STORED), name, sizeof(name)) < 0 ||
 		    (size_t)snprintf(to, sizeof(to), "%s/cur/%s", dst->dir, name) >= sizeof(to))
 			goto fail;
 		for (int tries = 0; tries < 3 && done < 0; tries++) {

@@ -40,7 +40,13 @@ struct buf;
 #define MBOX_F_DELETED  0x08u   /* T */
 #define MBOX_F_DRAFT    0x10u   /* D */
 #define MBOX_F_RECENT   0x20u   /* session-only: moved from new/ by this mbox */
-#define MBOX_F_STORED   0x1fu   /* the ones kept in the file name */
+/* keywords: info letters a..z, named per folder in its dovecot-keywords
+ * file ("0 $Forwarded" ...), as Dovecot keeps them */
+#define MBOX_KW_MAX     26
+#define MBOX_F_KW(i)    (0x40u << (i))
+#define MBOX_F_KWMASK   0xffffffc0u
+#define MBOX_F_STORED   (0x1fu | MBOX_F_KWMASK)  /* the ones kept in the file name */
+#define MBOX_KW_LEN     64      /* bytes of a keyword name */
 
 #define MBOX_NAME_MAX   200     /* bytes of an IMAP folder name */
 
@@ -63,6 +69,8 @@ struct mbox {
 	struct mbox_msg *msgs;      /* sorted by uid */
 	size_t  nmsgs;
 	bool    readonly;
+	char   *kw[MBOX_KW_MAX];    /* keyword names by index, NULL = unused */
+	long long kw_mtime;         /* of dovecot-keywords when read (ns) */
 };
 
 /*
@@ -100,6 +108,13 @@ int  mbox_msg_open(struct mbox *, struct mbox_msg *);
 int  mbox_msg_read(struct mbox *, struct mbox_msg *, struct buf *out);
 /* read at most the header section (up to and incl. the empty line); 0 or -1 */
 int  mbox_msg_read_header(struct mbox *, struct mbox_msg *, struct buf *out);
+
+/* keyword name -> bit, reading dovecot-keywords; with create, a new name
+ * takes a free index (written under the folder's lock).  0 when unknown
+ * (and not created) or all 26 are taken. */
+unsigned mbox_keyword_bit(struct mbox *, const char *name, bool create);
+/* re-read dovecot-keywords if it changed */
+void mbox_keywords_load(struct mbox *);
 
 /* set the stored flags of one message to `flags` (rename); 0, 1 gone, -1 error */
 int  mbox_set_flags(struct mbox *, struct mbox_msg *, unsigned flags);

@@ -233,6 +233,12 @@ maildir_create(const char *path, void (*created)(const char *, void *), void *ar
 	return maildir_subscriptions(path, created, arg);
 }
 
+int
+maildir_create_folder(const char *path)
+{
+	return maildir_make_box(path, true, NULL, NULL);
+}
+
 bool
 maildir_exists(const char *path)
 {

@@ -29,6 +29,8 @@ int maildir_create(const char *path, void (*created)(const char *path, void *arg
 
 /* true if path looks like a Maildir (has cur/ new/ tmp/) */
 bool maildir_exists(const char *path);
+/* a Maildir++ folder (ROOT/.NAME) with its maildirfolder marker */
+int maildir_create_folder(const char *path);
 
 /* a message being delivered */
 struct maildir_msg {

@@ -103,6 +103,10 @@ TESTS += tests/integration/test_authres.py
 EXTRA_DIST += tests/integration/test_authres.py
 TESTS += tests/integration/test_domain_action.py
 EXTRA_DIST += tests/integration/test_domain_action.py
+TESTS += tests/integration/test_imap_junk.py
+EXTRA_DIST += tests/integration/test_imap_junk.py
+TESTS += tests/integration/test_imap_keywords.py
+EXTRA_DIST += tests/integration/test_imap_keywords.py
 
 # ---- SPF (filters/spf.c, filters/spf_record.c; issue #4) ----
 check_PROGRAMS += tests/unit/test_spf_record
