@@ -797,6 +797,9 @@ received_spf(const struct msg_ctx *x, const char *receiver, const struct spf_out
 	char ip[64], from[300], helo[300], rcv[300];
 	const char *res = auth_res_name(o->res);
 
+	char dom[256];
+
+	hval(dom, sizeof(dom), o->domain);
 	hval(ip, sizeof(ip), x->client_ip);
 	hval(from, sizeof(from), x->sender[0] ? x->sender : "<>");
 	hval(helo, sizeof(helo), x->helo[0] ? x->helo : "unknown");
@@ -804,26 +807,26 @@ received_spf(const struct msg_ctx *x, const char *receiver, const struct spf_out
 	buf_printf(&b, "Received-SPF: %s (%s: ", res, rcv);
 	switch (o->res) {
 	case AR_PASS:
-		buf_printf(&b, "domain of %s designates %s as permitted sender", o->domain, ip);
+		buf_printf(&b, "domain of %s designates %s as permitted sender", dom, ip);
 		break;
 	case AR_FAIL:
-		buf_printf(&b, "domain of %s does not designate %s as permitted sender", o->domain, ip);
+		buf_printf(&b, "domain of %s does not designate %s as permitted sender", dom, ip);
 		break;
 	case AR_SOFTFAIL:
 		buf_printf(&b, "domain of transitioning %s does not designate %s as permitted sender",
-		    o->domain, ip);
+		    dom, ip);
 		break;
 	case AR_NEUTRAL:
-		buf_printf(&b, "%s is neither permitted nor denied by domain of %s", ip, o->domain);
+		buf_printf(&b, "%s is neither permitted nor denied by domain of %s", ip, dom);
 		break;
 	case AR_NONE:
-		buf_printf(&b, "domain of %s does not provide an SPF record", o->domain);
+		buf_printf(&b, "domain of %s does not provide an SPF record", dom);
 		break;
 	case AR_TEMPERROR:
-		buf_printf(&b, "temporary error evaluating %s", o->domain);
+		buf_printf(&b, "temporary error evaluating %s", dom);
 		break;
 	default:
-		buf_printf(&b, "permanent error in the SPF record of %s", o->domain);
+		buf_printf(&b, "permanent error in the SPF record of %s", dom);
 		break;
 	}
 	buf_printf(&b, ")\r\n\tclient-ip=%s; envelope-from=\"%s\"; helo=%s;\r\n\treceiver=%s;"
@@ -850,7 +853,7 @@ spf_check(void *state, struct msg_ctx *x, struct verdict *v)
 	const struct sym_def *s;
 	char reason[200];
 
-	if (x->trusted || x->client_ip == NULL || x->client_ip[0] == '\0')
+	if (x->trusted || x->res == NULL || x->client_ip == NULL || x->client_ip[0] == '\0')
 		return;
 	memset(&in, 0, sizeof(in));
 	in.ip = x->client_ip;
@@ -876,9 +879,14 @@ spf_check(void *state, struct msg_ctx *x, struct verdict *v)
 		verdict_add(v, s->helo, filter_score(c, s->helo, s->dhelo), reason);
 	}
 	received_spf(x, c->hostname ? c->hostname : "localhost", &mf, v);
-	log_info("spf: qid=%s ip=%s identity=%s domain=%s result=%s lookups=%u voids=%u why=\"%s\"",
-	    x->qid, x->client_ip, mf.helo ? "helo" : "mailfrom", mf.domain,
-	    auth_res_name(mf.res), mf.lookups, mf.voids, mf.why);
+	{
+		char d[300], w[400];
+		log_esc(mf.domain, strlen(mf.domain), d, sizeof(d));
+		log_esc(mf.why, strlen(mf.why), w, sizeof(w));
+		log_info("spf: qid=%s ip=%s identity=%s domain=%s result=%s lookups=%u voids=%u why=\"%s\"",
+		    x->qid, x->client_ip, mf.helo ? "helo" : "mailfrom", d,
+		    auth_res_name(mf.res), mf.lookups, mf.voids, w);
+	}
 }
 
 const struct filter filter_spf = { "spf", FLT_MAIL, spf_init, spf_check, spf_fini };
