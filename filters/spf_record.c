@@ -328,7 +328,7 @@ spf_record_check(const char *rec, size_t len, bool v6client, char *canon, size_t
 			return -1;
 		}
 		if (rec[i] == '_' && len - i >= sizeof(SPF_CIDR0_SUFFIX) - 2 &&
-		    strncasecmp(rec + i, SPF_CIDR0_SUFFIX + 1, sizeof(SPF_CIDR0_SUFFIX) - 2) == 0) {
+		    strncasecmp(rec + i, &SPF_CIDR0_SUFFIX[1], sizeof(SPF_CIDR0_SUFFIX) - 2) == 0) {
 			*why = "the record holds a name moat reserves";
 			return -1;
 		}
