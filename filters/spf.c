@@ -698,6 +698,7 @@ spf_eval(struct resolver *res, const struct spf_in *in, struct spf_out *mfrom,
 {
 	const char *h = in->helo ? in->helo : "";
 	const char *s = in->sender ? in->sender : "";
+	uint64_t t0 = now_ms();
 	char pm[300];
 
 	memset(mfrom, 0, sizeof(*mfrom));
@@ -719,7 +720,20 @@ spf_eval(struct resolver *res, const struct spf_in *in, struct spf_out *mfrom,
 	}
 	const char *at = strrchr(s, '@');
 	const char *dom = at ? at + 1 : s;
-	spf_check_host(res, in, dom, s, mfrom);
+	/* one time budget for both identities: the client is waiting */
+	struct spf_in rest = *in;
+	uint64_t spent = now_ms() - t0;
+	long long budget = in->budget_ms > 0 ? in->budget_ms : 20000;
+	rest.budget_ms = budget - (long long)spent;
+	if (rest.budget_ms < 1) {
+		memset(mfrom, 0, sizeof(*mfrom));
+		mfrom->res = AR_TEMPERROR;
+		moat_strlcpy(mfrom->domain, dom, sizeof(mfrom->domain));
+		clean(mfrom->domain);
+		snprintf(mfrom->why, sizeof(mfrom->why), "time budget exhausted");
+		return;
+	}
+	spf_check_host(res, &rest, dom, s, mfrom);
 }
 
 /* ---- the filter ---- */

@@ -30,7 +30,7 @@ struct spf_in {
 	const char *helo;       /* as given ("" if none) */
 	const char *sender;     /* envelope sender, "" for <> */
 	const char *receiver;   /* our name, for %{r} and the header */
-	long long budget_ms;    /* wall clock for one identity; 0 = 20 s */
+	long long budget_ms;    /* wall clock for both identities; 0 = 20 s */
 };
 
 /*
