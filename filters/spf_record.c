@@ -273,6 +273,35 @@ outf(struct out *w, const char *fmt, ...)
 	w->o += (size_t)n;
 }
 
+/* a checked domain-spec, with macro transformers over 128 written as 128
+ * (a name has at most 127 labels: the same expansion; libspf2 refuses
+ * more than 128) */
+static void
+out_spec(struct out *w, const char *s, size_t len)
+{
+	size_t i = 0;
+
+	while (i < len) {
+		if (s[i] == '%' && i + 2 < len && s[i + 1] == '{') {
+			unsigned n = 0;
+			size_t d;
+			outf(w, "%%{%c", s[i + 2]);
+			for (d = i + 3; d < len && is_digit(s[d]); d++)
+				n = n * 10 + (unsigned)(s[d] - '0');
+			if (d > i + 3)
+				outf(w, "%u", n > 128 ? 128 : n);
+			i = d;
+			continue;
+		}
+		if (s[i] == '%' && i + 1 < len) {
+			outf(w, "%c%c", s[i], s[i + 1]);
+			i += 2;
+			continue;
+		}
+		outf(w, "%c", s[i++]);
+	}
+}
+
 enum mech { M_ALL, M_INCLUDE, M_A, M_MX, M_PTR, M_IP4, M_IP6, M_EXISTS, M_BAD };
 
 static enum mech
@@ -411,9 +440,10 @@ spf_record_check(const char *rec, size_t len, bool v6client, char *canon, size_t
 			}
 			if (!spf_domain_spec_ok(arg + 1, argl - 1, false, why))
 				return -1;
-			if (!all)
-				outf(&w, " %s%s:%.*s", qs, m == M_INCLUDE ? "include" : "exists",
-				    (int)(argl - 1), arg + 1);
+			if (!all) {
+				outf(&w, " %s%s:", qs, m == M_INCLUDE ? "include" : "exists");
+				out_spec(&w, arg + 1, argl - 1);
+			}
 			break;
 		case M_PTR:
 			if (argl && arg[0] != ':') {
@@ -422,8 +452,10 @@ spf_record_check(const char *rec, size_t len, bool v6client, char *canon, size_t
 			}
 			if (argl && !spf_domain_spec_ok(arg + 1, argl - 1, false, why))
 				return -1;
-			if (!all)
-				outf(&w, " %sptr%.*s", qs, (int)argl, arg);
+			if (!all) {
+				outf(&w, " %sptr", qs);
+				out_spec(&w, arg, argl);
+			}
 			break;
 		case M_A:
 		case M_MX: {
@@ -449,13 +481,16 @@ spf_record_check(const char *rec, size_t len, bool v6client, char *canon, size_t
 			else
 				c6 = -2;
 			if (c4 == 0 || c6 == 0) {
+				outf(&w, " %s%s", qs, mn);
 				if (sl > 0)
-					outf(&w, " %s%s%.*s%s", qs, mn, (int)sl, arg, SPF_CIDR0_SUFFIX);
+					out_spec(&w, arg, sl);
 				else
-					outf(&w, " %s%s:%%{d}%s", qs, mn, SPF_CIDR0_SUFFIX);
+					outf(&w, ":%%{d}");
+				outf(&w, "%s", SPF_CIDR0_SUFFIX);
 				break;
 			}
-			outf(&w, " %s%s%.*s", qs, mn, (int)sl, arg);
+			outf(&w, " %s%s", qs, mn);
+			out_spec(&w, arg, sl);
 			if (c4 >= 0)
 				outf(&w, "/%d", c4);
 			if (c6 >= 0)
@@ -514,10 +549,14 @@ spf_record_check(const char *rec, size_t len, bool v6client, char *canon, size_t
 			break;
 		}
 	}
-	if (redirect && !all)
-		outf(&w, " redirect=%.*s", (int)redirectlen, redirect);
-	if (exp)
-		outf(&w, " exp=%.*s", (int)explen, exp);
+	if (redirect && !all) {
+		outf(&w, " redirect=");
+		out_spec(&w, redirect, redirectlen);
+	}
+	if (exp) {
+		outf(&w, " exp=");
+		out_spec(&w, exp, explen);
+	}
 	if (w.over) {
 		*why = "record too long";
 		canon[0] = '\0';

@@ -29,7 +29,19 @@ ZONE = {
     "helo-ok.test": [["TXT", "v=spf1 a -all"], ["A", "127.0.0.1"]],
     "helo-bad.test": [["TXT", "v=spf1 -all"]],
     "inc.test": [["TXT", "v=spf1 include:pass.test -all"]],
+    # hostile data: none of it may reach libspf2 as is
+    "nul.test": [["TXT", "v=spf1 a:foo.example.com\u0000 -all"]],
+    "eight.test": [["TXT", "v=spf1 a:b\u00e4r.example.com -all"]],
+    "big.test": [["TXT", "v=spf1 " + "ip4:192.0.2.1 " * 400 + "-all"]],
+    "mx20.test": [["TXT", "v=spf1 mx -all"]] + [["MX", i, "mx%d.mx20.test" % i] for i in range(20)],
+    "loop.test": [["TXT", "v=spf1 include:loop.test -all"]],
+    "void.test": [["TXT", "v=spf1 a:n1.void.test a:n2.void.test a:n3.void.test -all"]],
+    "macro.test": [["TXT", "v=spf1 exists:%{L50r+-=}.%{S}.%{d1000r}.macro.test -all"]],
+    "many.test": [["TXT", "v=spf1 " + " ".join("a:h%d.many.test" % i for i in range(11)) + " -all"]]
+                 + [["A", "192.0.2.%d" % i] for i in range(1, 3)],
 }
+for i in range(11):
+    ZONE["h%d.many.test" % i] = [["A", "192.0.2.99"]]
 MSG = (b"From: a@example.org\r\nTo: x@relay.test\r\nSubject: spf\r\n"
        b"Message-ID: <%d@example.org>\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n\r\nhello\r\n")
 seq = [0]
@@ -99,6 +111,23 @@ with DNSServer(ZONE) as dns, Sink() as sink:
             t.ok(re.search(r"\b%s\(" % sym, v) is not None, "%s: %s in the verdict log line" % (sender, sym), v)
         t.ok(m.wait_log(r"spf: qid=\S+ ip=127\.0\.0\.1 identity=mailfrom domain=slow\.test "
                         r"result=temperror") is not None, "the timeout is logged with the queue id")
+
+        # hostile records: permerror (our checks and limits), never a crash
+        for sender, why in [("a@nul.test", "NUL"), ("a@eight.test", "8-bit"),
+                            ("a@big.test", "record over 4096 octets"), ("a@mx20.test", "20 MX"),
+                            ("a@loop.test", "include loop"), ("a@void.test", "3 void lookups"),
+                            ("a@many.test", "11 DNS-querying terms")]:
+            code, _ = send(m, sender)
+            n += 1
+            hdr = delivered(sink, n)
+            t.ok(code == 250 and re.search(r"^Received-SPF: permerror \(", hdr, re.M) is not None,
+                 "%s (%s): accepted, permerror" % (sender, why), hdr[:700])
+        code, _ = send(m, "x.y+z=w@macro.test")
+        n += 1
+        hdr = delivered(sink, n)
+        t.ok(code == 250 and re.search(r"^Received-SPF: (fail|permerror) \(", hdr, re.M) is not None,
+             "macro transformers at their bounds: evaluated", hdr[:700])
+        t.ok("Sanitizer" not in m.log() and m.proc.poll() is None, "moatd alive, no sanitizer report")
 
         # the null sender: the HELO identity, postmaster@HELO (RFC 7208 2.4)
         code, _ = send(m, "", helo="helo-ok.test")

@@ -51,6 +51,9 @@ test_valid(void)
 	is_str(canon("v=spf1 a:macro%%percent%_%_space%-url-space.example.com", false),
 	    "v=spf1 a:macro%%percent%_%_space%-url-space.example.com", "%s", "%% %_ %-");
 	is_str(canon("v=spf1 a:example.com. -all", false), "v=spf1 a:example.com. -all", "final dot");
+	is_str(canon("v=spf1 exists:%{d1000r}.%{L129r+-=}.%{i128}.x.example redirect=%{o200}", false),
+	    "v=spf1 exists:%{d128r}.%{L128r+-=}.%{i128}.x.example redirect=%{o128}",
+	    "transformers over 128 written as 128");
 	is_str(canon("v=spf1 a:foo-bar.123-4 -all", false), "v=spf1 a:foo-bar.123-4 -all",
 	    "numeric toplabel with a hyphen");
 }
