@@ -8,6 +8,7 @@ MAIL FROM identity; `score SPF_FAIL 20` + `action reject 15` refuses with
 550 5.7.1; `spf no` turns it off; `moat spf check` gives the same answers."""
 import re
 import smtplib
+import threading
 import time
 
 from moattest import TAP, Moat, Sink, DNSServer, have_dnslib, SYS_PYTHON
@@ -127,6 +128,34 @@ with DNSServer(ZONE) as dns, Sink() as sink:
         hdr = delivered(sink, n)
         t.ok(code == 250 and re.search(r"^Received-SPF: (fail|permerror) \(", hdr, re.M) is not None,
              "macro transformers at their bounds: evaluated", hdr[:700])
+        # pool threads evaluate at once: each message keeps its own result
+        senders = ["c%d@%s" % (i, ("pass.test", "fail.test", "soft.test", "inc.test")[i % 4])
+                   for i in range(24)]
+        codes = []
+
+        def one(snd):
+            try:
+                codes.append(send(m, snd)[0])
+            except Exception as e:  # noqa: BLE001 - reported below
+                codes.append(repr(e))
+        th = [threading.Thread(target=one, args=(x,)) for x in senders]
+        for x in th:
+            x.start()
+        for x in th:
+            x.join()
+        n0 = n
+        n += len(senders)
+        ok_all = sink.wait_messages(n, 60)
+        want = {"pass.test": "pass", "fail.test": "fail", "soft.test": "softfail", "inc.test": "pass"}
+        bad = []
+        with sink.lock:
+            msgs = [x["data"].decode("utf-8", "replace") for x in sink.messages[n0:n]]
+        for d in msgs:
+            mm = re.search(r'^Received-SPF: (\w+) .*?envelope-from="c\d+@([a-z.]+)"', d, re.M | re.S)
+            if mm is None or want.get(mm.group(2)) != mm.group(1):
+                bad.append(d[:300])
+        t.ok(ok_all and codes.count(250) == len(senders) and not bad and len(msgs) == len(senders),
+             "24 concurrent messages: each has its own sender's result", "codes=%s bad=%s" % (codes, bad[:2]))
         t.ok("Sanitizer" not in m.log() and m.proc.poll() is None, "moatd alive, no sanitizer report")
 
         # the null sender: the HELO identity, postmaster@HELO (RFC 7208 2.4)
