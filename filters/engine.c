@@ -254,7 +254,7 @@ auth_results(const struct moat_conf *c, const struct msg_ctx *x, struct verdict 
 	struct buf b = BUF_INIT;
 	size_t n = 0;
 
-	if (a->spf == AR_UNSET && a->ndkim == 0 && a->dmarc == AR_UNSET)
+	if (a->spf == AR_UNSET && a->ndkim == 0 && !a->dkim_none && a->dmarc == AR_UNSET)
 		return;
 	buf_printf(&b, "Authentication-Results: %s", c->authserv_id ? c->authserv_id : c->hostname);
 	if (a->spf != AR_UNSET) {
@@ -300,6 +300,8 @@ engine_run(struct engine *e, const char *msg, size_t len, const struct engine_in
 	uint64_t t0 = now_ms();
 
 	memset(v, 0, sizeof(*v));
+	for (size_t i = 0; in && i < in->nearly; i++)
+		verdict_add(v, in->early[i].name, in->early[i].score, in->early[i].reason);
 	if (e->av) {
 		char vir[128];
 		char *aerr = NULL;

@@ -71,6 +71,10 @@ struct engine_in {
 	/* per-domain thresholds (the recipients' domain); else the global ones */
 	bool    th_set;
 	double  th_tag, th_quarantine, th_reject;
+	/* symbols the session found before the message (PREGREET), scored
+	 * with the rest */
+	const struct symbol *early;
+	size_t  nearly;
 };
 /* BLOCKING (pool thread): run the data filters on the message bytes */
 void engine_run(struct engine *, const char *msg, size_t len, const struct engine_in *,

@@ -25,6 +25,8 @@
 #include "pool.h"
 #include "queue.h"
 #include "engine.h"
+#include "filter.h"
+#include "greylist.h"
 #include "lists.h"
 #include "qstore.h"
 #include "ratelimit.h"
@@ -62,6 +64,8 @@ enum sstate {
 	S_AUTH,         /* reading a SASL response line */
 	S_AUTH_WAIT,    /* a SASL step is in the pool (or the failure delay runs) */
 	S_CLOSING,      /* flushing the last reply */
+	S_GREYLIST,     /* a greylisting decision is in the pool (RCPT) */
+	S_PREGREET,     /* the 220 waits for smtp-pregreet-wait */
 };
 
 #define ST(s) (1u << (s))
@@ -93,7 +97,8 @@ struct session {
 	enum sasl_status sasl_st;
 	char   *auth_user;          /* authenticated identity */
 	int     auth_failures;
-	struct event *delay;        /* failure delay before 535 */
+	struct event *delay;        /* failure delay before 535; the delayed 220 */
+	bool    pregreet;           /* talked before the 220 (smtp-pregreet-action score) */
 
 	/* the transaction */
 	struct envelope env;
@@ -373,6 +378,11 @@ cmd_helo(struct session *s, const struct smtp_command *c)
 }
 
 static bool sender_owned(struct session *, const char *);
+static bool greylist_wanted(const struct session *);
+static void greylist_submit(struct session *, const char *, const struct smtp_rcpt_params *,
+    const struct domain_conf *);
+static void rcpt_accept(struct session *, const char *, const struct smtp_rcpt_params *,
+    const struct domain_conf *);
 
 static void
 cmd_mail(struct session *s, const struct smtp_command *c)
@@ -523,7 +533,19 @@ cmd_rcpt(struct session *s, const struct smtp_command *c)
 			reply(s, "250 2.1.5 Ok");
 			return;
 		}
-	envelope_add_rcpt(&s->env, addr, rp.orcpt, rp.notify);
+	if (greylist_wanted(s)) {
+		greylist_submit(s, addr, &rp, d);       /* it accepts or defers it */
+		return;
+	}
+	rcpt_accept(s, addr, &rp, d);
+}
+
+/* the recipient passed every check (the greylist too, if any) */
+static void
+rcpt_accept(struct session *s, const char *addr, const struct smtp_rcpt_params *rp,
+    const struct domain_conf *d)
+{
+	envelope_add_rcpt(&s->env, addr, rp->orcpt, rp->notify);
 	if (s->env.nrcpts == 1)
 		s->th_domain = d;
 	s->state = S_RCPT;
@@ -1193,6 +1215,207 @@ dispatch(struct session *s, const char *line, size_t len)
 	}
 }
 
+/* ---- greylisting (RCPT): the decision is a pool job ---- */
+
+struct gl_job {
+	struct session *s;
+	enum sstate prev;           /* S_MAIL or S_RCPT, restored after */
+	char    addr[SMTP_PATH_MAX + 1];    /* the recipient as accepted */
+	struct smtp_rcpt_params rp;
+	const struct domain_conf *dom;      /* its domain (the worker's config) */
+	char    net[64];            /* the triplet */
+	char    sender[SMTP_PATH_MAX + 1];
+	char    rcpt[SMTP_PATH_MAX + 1];
+	struct greylist_params p;
+	char    dbpath[PATH_MAX];
+	struct greylist_result res;
+	char   *err;
+};
+
+/* the hourly purge of expired triplets: its own job, nobody waits for it */
+struct gl_purge {
+	char    dbpath[PATH_MAX];
+	struct greylist_params p;
+	long long deleted;
+	char   *err;
+};
+
+static void
+greylist_purge_work(void *arg)
+{
+	struct gl_purge *g = arg;
+	g->deleted = greylist_purge(g->dbpath, &g->p, time(NULL), &g->err);
+}
+
+static void
+greylist_purge_done(void *arg)
+{
+	struct gl_purge *g = arg;
+
+	if (g->deleted < 0)
+		log_warnx("event=greylist-purge error=\"%s\"", esc(g->err ? g->err : "?"));
+	else
+		log_info("event=greylist-purge deleted=%lld", g->deleted);
+	free(g->err);
+	free(g);
+}
+
+/* authenticated and allow-listed clients and messages are not greylisted */
+static bool
+greylist_wanted(const struct session *s)
+{
+	return C()->greylist && s->auth_user == NULL && !s->allowlisted && !s->msg_allow;
+}
+
+/* BLOCKING: SQLite */
+static void
+greylist_work(void *arg)
+{
+	struct gl_job *j = arg;
+	greylist_check(j->dbpath, &j->p, j->net, j->sender, j->rcpt, time(NULL), &j->res, &j->err);
+}
+
+static void
+greylist_done(void *arg)
+{
+	static const char *names[] = { "defer", "pass", "allow", "error" };
+	struct gl_job *j = arg;
+	struct session *s = j->s;
+
+	s->refs--;
+	if (j->res.action == GL_ERROR)
+		log_warnx("sid=%s event=greylist-error ip=%s error=\"%s\"", s->sid, s->ip,
+		    esc(j->err ? j->err : "?"));
+	log_info("sid=%s qid=NOQUEUE event=greylist ip=%s net=%s from=<%s> to=<%s> action=%s%s",
+	    s->sid, s->ip, j->net, esc(s->env.sender), esc(j->addr), names[j->res.action],
+	    j->res.client ? " client=auto-allowed" : "");
+	if (greylist_purge_due(time(NULL))) {
+		struct gl_purge *g = xcalloc(1, sizeof(*g));
+		moat_strlcpy(g->dbpath, j->dbpath, sizeof(g->dbpath));
+		g->p = j->p;
+		pool_submit(W->pool, greylist_purge_work, greylist_purge_done, g);
+	}
+	if (s->dead) {
+		free(j->err);
+		free(j);
+		if (s->refs == 0)
+			session_free(s);
+		return;
+	}
+	if (j->res.action == GL_DEFER) {
+		/* postgrey's code and wording; the delay counts from the first try */
+		reply(s, "450 4.7.1 <%s>: Recipient address rejected: Greylisted, try again in %lld seconds",
+		    j->addr, j->res.retry);
+		s->state = j->prev;
+	} else {
+		/* a database failure lets the mail in: greylisting is not worth a tempfail */
+		rcpt_accept(s, j->addr, &j->rp, j->dom);
+	}
+	free(j->err);
+	free(j);
+	bufferevent_enable(s->bev, EV_READ);
+	set_timeout(s);
+	session_process(s);         /* pipelined commands already buffered */
+}
+
+/* the recipient passed every other check: ask the greylist, reading
+ * nothing more until the answer (as at the end of data) */
+static void
+greylist_submit(struct session *s, const char *addr, const struct smtp_rcpt_params *rp,
+    const struct domain_conf *d)
+{
+	struct gl_job *j = xcalloc(1, sizeof(*j));
+
+	j->s = s;
+	j->prev = s->state;
+	moat_strlcpy(j->addr, addr, sizeof(j->addr));
+	j->rp = *rp;
+	j->dom = d;
+	if (!greylist_net((const struct sockaddr *)&s->ss, j->net, sizeof(j->net)))
+		moat_strlcpy(j->net, s->ip, sizeof(j->net));
+	greylist_sender(s->env.sender ? s->env.sender : "", C()->recipient_delimiter, j->sender,
+	    sizeof(j->sender));
+	moat_strlcpy(j->rcpt, addr, sizeof(j->rcpt));
+	ascii_lower(j->rcpt);
+	j->p.delay = C()->greylist_delay;
+	j->p.expire = C()->greylist_expire;
+	j->p.allow_time = C()->greylist_allow_time;
+	j->p.auto_clients = C()->greylist_auto_clients;
+	conf_path(C(), "greylist.db", j->dbpath, sizeof(j->dbpath));
+	s->state = S_GREYLIST;
+	bufferevent_disable(s->bev, EV_READ);
+	s->refs++;
+	pool_submit(W->pool, greylist_work, greylist_done, j);
+}
+
+/* ---- early talkers: the 220 waits smtp-pregreet-wait on smtp listeners ---- */
+
+static void
+pregreet_greet(evutil_socket_t fd, short ev, void *arg)
+{
+	struct session *s = arg;
+
+	event_free(s->delay);
+	s->delay = NULL;
+	if (W->draining) {
+		reply(s, "421 4.3.2 %s Service shutting down", C()->hostname);
+		close_after(s);
+		return;
+	}
+	s->state = S_INIT;
+	reply(s, "220 %s %s", C()->hostname, C()->smtp_banner);
+	bufferevent_enable(s->bev, EV_READ);
+	set_timeout(s);
+	session_process(s);         /* an early talker's commands (action score) */
+}
+
+/* true if the 220 is delayed (and the timer runs) */
+static bool
+pregreet_start(struct session *s)
+{
+	long long w = C()->smtp_pregreet_wait;
+	struct timeval tv = { (time_t)w, 0 };
+
+	/* MTAs on port 25 only: submission clients are users' programs, and
+	 * with implicit TLS the client speaks first by design */
+	if (w <= 0 || s->listen->kind != LISTEN_SMTP || s->listen->tls == TLS_IMPLICIT ||
+	    s->allowlisted)
+		return false;
+	if ((s->delay = evtimer_new(W->base, pregreet_greet, s)) == NULL)
+		return false;
+	evtimer_add(s->delay, &tv);
+	s->state = S_PREGREET;
+	return true;
+}
+
+/* input before the 220 */
+static void
+pregreet_talker(struct session *s, struct evbuffer *in)
+{
+	char buf[64], l[200];
+	ev_ssize_t got;
+	size_t n;
+
+	if (s->pregreet)
+		return;                 /* already seen; the rest waits for the 220 */
+	got = evbuffer_copyout(in, buf, sizeof(buf));
+	n = got > 0 ? (size_t)got : 0;
+	log_info("sid=%s event=pregreet ip=%s after=%.3fs bytes=%zu action=%s data=\"%s\"", s->sid,
+	    s->ip, (now_ms() - s->started_ms) / 1000.0, evbuffer_get_length(in),
+	    C()->smtp_pregreet_score ? "score" : "reject", log_esc(buf, n, l, sizeof(l)));
+	if (C()->smtp_pregreet_score) {
+		s->pregreet = true;
+		bufferevent_disable(s->bev, EV_READ);
+		return;
+	}
+	event_free(s->delay);
+	s->delay = NULL;
+	evbuffer_drain(in, evbuffer_get_length(in));
+	reply(s, "554 5.5.1 %s Error: SMTP protocol violation: talked before the greeting",
+	    C()->hostname);
+	close_after(s);
+}
+
 /* ---- end of message ---- */
 
 static void
@@ -1291,6 +1514,12 @@ filter_work(void *arg)
 		in.th_tag = s->th_domain->th_tag;
 		in.th_quarantine = s->th_domain->th_quarantine;
 		in.th_reject = s->th_domain->th_reject;
+	}
+	struct symbol pregreet = { "PREGREET", 0, "talked before the SMTP greeting" };
+	if (s->pregreet) {
+		pregreet.score = filter_score(C(), "PREGREET", 3.0);
+		in.early = &pregreet;
+		in.nearly = 1;
 	}
 	engine_run(W->engine, msg, (size_t)len, &in, &s->verdict);
 	free(rcpts);
@@ -1641,6 +1870,10 @@ session_process(struct session *s)
 		case S_COMMIT:
 		case S_CLOSING:
 		case S_AUTH_WAIT:
+		case S_GREYLIST:
+			return;
+		case S_PREGREET:
+			pregreet_talker(s, in);
 			return;
 		default:
 			progress = read_command(s, in);
@@ -1675,7 +1908,8 @@ session_write(struct bufferevent *bev, void *arg)
 		do_starttls(s);
 		return;
 	}
-	if (s->state != S_COMMIT && !(bufferevent_get_enabled(bev) & EV_READ)) {
+	if (s->state != S_COMMIT && s->state != S_GREYLIST && s->state != S_PREGREET &&
+	    !(bufferevent_get_enabled(bev) & EV_READ)) {
 		bufferevent_enable(bev, EV_READ);
 		session_process(s);
 	}
@@ -1703,14 +1937,14 @@ session_event(struct bufferevent *bev, short what, void *arg)
 	}
 	if (what & BEV_EVENT_TIMEOUT) {
 		log_info("sid=%s event=timeout ip=%s state=%d", s->sid, s->ip, (int)s->state);
-		if (s->state == S_COMMIT)
+		if (s->state == S_COMMIT || s->state == S_GREYLIST)
 			return;
 		reply(s, "421 4.4.2 %s Error: timeout exceeded", C()->hostname);
 		close_after(s);
 		return;
 	}
 	/* EOF or error: the client is gone */
-	if (s->state == S_COMMIT) {
+	if (s->state == S_COMMIT || s->state == S_GREYLIST) {
 		s->dead = true;
 		bufferevent_disable(bev, EV_READ | EV_WRITE);
 		return;
@@ -1827,10 +2061,13 @@ on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, i
 		return;
 	}
 	s->allowlisted = lists_match_ip(worker_lists(), LK_ALLOW, sa);
-	s->state = S_INIT;
-	reply(s, "220 %s %s", C()->hostname, C()->smtp_banner);
+	if (!pregreet_start(s)) {
+		s->state = S_INIT;
+		reply(s, "220 %s %s", C()->hostname, C()->smtp_banner);
+	}
 	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
-	set_timeout(s);
+	if (s->state != S_PREGREET)     /* else the greeting timer bounds the wait */
+		set_timeout(s);
 }
 
 int
@@ -1863,7 +2100,7 @@ smtp_drain(bool kick, void (*cb)(void *), void *arg)
 	for (s = kick ? sessions : NULL; s; s = next) {
 		next = s->next;
 		/* idle between transactions: tell it now; others finish first */
-		if ((s->state == S_INIT || s->state == S_HELO) &&
+		if ((s->state == S_INIT || s->state == S_HELO || s->state == S_PREGREET) &&
 		    evbuffer_get_length(bufferevent_get_input(s->bev)) == 0) {
 			reply(s, "421 4.3.2 %s Service shutting down", C()->hostname);
 			close_after(s);

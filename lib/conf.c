@@ -93,13 +93,23 @@ static const struct setting settings[] = {
 	{ "resolver-timeout",       CT_DURATION, OFF(resolver_timeout), "5", 1, 60 },
 	{ "authserv-id",            CT_STRING,   OFF(authserv_id), NULL, 0, 0 },
 	/* -- dnsbl.c, helo.c -- */
+	{ "helo-checks",            CT_BOOL,     OFF(helo_checks), "yes", 0, 0 },
 
 	/* -- spf.c -- */
 	{ "spf",                    CT_BOOL,     OFF(spf), "yes", 0, 0 },
 
 	/* -- dkim.c, dmarc.c -- */
+	{ "dkim",                   CT_BOOL,     OFF(dkim), "yes", 0, 0 },
+	{ "dkim-min-key-bits",      CT_INT,      OFF(dkim_min_key_bits), "1024", 512, 16384 },
+	{ "dmarc",                  CT_BOOL,     OFF(dmarc), "yes", 0, 0 },
 
 	/* -- geoip.c, greylist.c -- */
+	{ "greylist",               CT_BOOL,     OFF(greylist), "no", 0, 0 },
+	{ "greylist-delay",         CT_DURATION, OFF(greylist_delay), "5m", 1, 21600 },
+	{ "greylist-expire",        CT_DURATION, OFF(greylist_expire), "2d", 43200, 2592000 },
+	{ "greylist-allow-time",    CT_DURATION, OFF(greylist_allow_time), "35d", 86400, 31536000 },
+	{ "greylist-auto-allow-clients", CT_INT, OFF(greylist_auto_clients), "5", 0, 1000000 },
+	{ "smtp-pregreet-wait",     CT_DURATION, OFF(smtp_pregreet_wait), "0", 0, 60 },
 
 	/* -- milter (#9) -- */
 
@@ -928,12 +938,189 @@ d_score(struct parser *p, int n, char **w)
 }
 
 /* -- directive parsers: dnsbl.c, helo.c -- */
+#define DNSL_MAX        64      /* dnsbl + dnswl + uribl lines */
+#define DNSL_MAX_RETS   32      /* returns entries per line */
+#define DNSL_MAX_ZONE   160     /* a v6 nibble name (72) + zone fits 253 */
+
+/* a DNS zone: letters, digits, '-', '_', dot-separated non-empty labels of
+ * at most 63; lowercased in place */
+static bool
+dnsl_zone_ok(char *z)
+{
+	size_t len = strlen(z), lab = 0;
+
+	if (len == 0 || len > DNSL_MAX_ZONE || z[0] == '.')
+		return false;
+	if (z[len - 1] == '.')
+		z[--len] = '\0';
+	for (char *q = z; *q; q++) {
+		if (*q >= 'A' && *q <= 'Z')
+			*q = (char)(*q - 'A' + 'a');
+		if (*q == '.') {
+			if (lab == 0)
+				return false;
+			lab = 0;
+			continue;
+		}
+		if (!((*q >= 'a' && *q <= 'z') || (*q >= '0' && *q <= '9') || *q == '-' || *q == '_'))
+			return false;
+		if (++lab > 63)
+			return false;
+	}
+	return lab > 0;
+}
+
+/* "dnsbl ZONE score N [returns 127.0.0.2=N,127.0.0.3=N ...]", same for
+ * dnswl and uribl; repeatable, one line per zone and kind */
+static void
+d_dnsl(struct parser *p, int n, char **w)
+{
+	struct moat_conf *c = p->c;
+	struct dnsbl_list l;
+	const char *kw = w[0];
+	char *end;
+	int a;
+
+	memset(&l, 0, sizeof(l));
+	l.kind = !strcmp(kw, "dnsbl") ? DNSL_BL : !strcmp(kw, "dnswl") ? DNSL_WL : DNSL_URI;
+	if (n < 4 || strcmp(w[2], "score")) {
+		perr(p, "%s: expected \"%s ZONE score N [returns 127.0.0.2=N,...]\"", kw, kw);
+		return;
+	}
+	if (!dnsl_zone_ok(w[1])) {
+		perr(p, "%s: \"%s\" is not a DNS zone (at most %d characters)", kw, esc(w[1]),
+		    DNSL_MAX_ZONE);
+		return;
+	}
+	l.score = strtod(w[3], &end);
+	if (*end || end == w[3] || l.score < -1000 || l.score > 1000) {
+		perr(p, "%s %s: score \"%s\" is not a number from -1000 to 1000", kw, w[1], esc(w[3]));
+		return;
+	}
+	for (size_t i = 0; i < c->ndnsbls; i++)
+		if (c->dnsbls[i].kind == l.kind && !strcmp(c->dnsbls[i].zone, w[1])) {
+			perr(p, "%s: %s is configured twice", kw, w[1]);
+			return;
+		}
+	if (c->ndnsbls >= DNSL_MAX) {
+		perr(p, "%s: too many lists (at most %d dnsbl, dnswl and uribl lines)", kw, DNSL_MAX);
+		return;
+	}
+	a = 4;
+	if (a < n && strcmp(w[a], "returns")) {
+		perr(p, "%s %s: unknown option \"%s\" (returns 127.0.0.2=N,...)", kw, w[1], esc(w[a]));
+		return;
+	}
+	if (a < n && a + 1 >= n) {
+		perr(p, "%s %s: returns needs ADDRESS=SCORE[,ADDRESS=SCORE...]", kw, w[1]);
+		return;
+	}
+	/* the words after "returns": comma and/or blank separated A=N */
+	for (a = 5; a < n; a++) {
+		char *tok, *save = NULL;
+		for (tok = strtok_r(w[a], ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+			char *eq = strchr(tok, '=');
+			struct in_addr in;
+			double v;
+			if (eq == NULL) {
+				perr(p, "%s %s: \"%s\" is not ADDRESS=SCORE", kw, w[1], esc(tok));
+				goto bad;
+			}
+			*eq = '\0';
+			if (inet_pton(AF_INET, tok, &in) != 1 || ((unsigned char *)&in)[0] != 127) {
+				perr(p, "%s %s: returns: \"%s\" is not an address in 127.0.0.0/8", kw, w[1],
+				    esc(tok));
+				goto bad;
+			}
+			v = strtod(eq + 1, &end);
+			if (*end || end == eq + 1 || v < -1000 || v > 1000) {
+				perr(p, "%s %s: returns %s: \"%s\" is not a number from -1000 to 1000", kw,
+				    w[1], tok, esc(eq + 1));
+				goto bad;
+			}
+			if (l.nrets >= DNSL_MAX_RETS) {
+				perr(p, "%s %s: returns: at most %d addresses", kw, w[1], DNSL_MAX_RETS);
+				goto bad;
+			}
+			l.rets = xreallocarray(l.rets, l.nrets + 1, sizeof(*l.rets));
+			memcpy(l.rets[l.nrets].addr, &in, 4);
+			l.rets[l.nrets++].score = v;
+		}
+	}
+	l.zone = xstrdup(w[1]);
+	c->dnsbls = xreallocarray(c->dnsbls, c->ndnsbls + 1, sizeof(*c->dnsbls));
+	c->dnsbls[c->ndnsbls++] = l;
+	return;
+bad:
+	free(l.rets);
+}
 
 /* -- directive parsers: spf.c -- */
 
 /* -- directive parsers: dkim.c, dmarc.c -- */
+/* dmarc-reject-action reject|quarantine|score, dmarc-quarantine-action ... */
+static void
+d_dmarc_action(struct parser *p, int n, char **w)
+{
+	static const struct {
+		const char *name;
+		enum dmarc_action a;
+	} acts[] = {
+		{ "reject", DMARC_ACT_REJECT },
+		{ "quarantine", DMARC_ACT_QUARANTINE },
+		{ "score", DMARC_ACT_SCORE },
+	};
+	bool rej = !strcmp(w[0], "dmarc-reject-action");
+
+	if (n != 2) {
+		perr(p, "%s: expected one of reject, quarantine, score", w[0]);
+		return;
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(acts); i++)
+		if (!strcmp(w[1], acts[i].name)) {
+			if (rej)
+				p->c->dmarc_reject_action = acts[i].a;
+			else
+				p->c->dmarc_quarantine_action = acts[i].a;
+			return;
+		}
+	perr(p, "%s: \"%s\" is not one of reject, quarantine, score", w[0], esc(w[1]));
+}
 
 /* -- directive parsers: geoip.c, greylist.c -- */
+
+/* geoip PATH, geoip-asn PATH: the file must be readable now; its format
+ * is checked when the engine opens it (moatd -n does) */
+static void
+d_geoip(struct parser *p, int n, char **w)
+{
+	char **dst = !strcmp(w[0], "geoip") ? &p->c->geoip_path : &p->c->geoip_asn_path;
+
+	if (n != 2) {
+		perr(p, "%s: expected one path (a MaxMind DB file, .mmdb)", w[0]);
+		return;
+	}
+	if (*dst) {
+		perr(p, "%s: set twice", w[0]);
+		return;
+	}
+	if (access(w[1], R_OK) < 0) {
+		perr(p, "%s: cannot read %s: %s", w[0], esc(w[1]), strerror(errno));
+		return;
+	}
+	*dst = xstrdup(w[1]);
+}
+
+static void
+d_pregreet_action(struct parser *p, int n, char **w)
+{
+	if (n == 2 && !strcmp(w[1], "reject"))
+		p->c->smtp_pregreet_score = false;
+	else if (n == 2 && !strcmp(w[1], "score"))
+		p->c->smtp_pregreet_score = true;
+	else
+		perr(p, "smtp-pregreet-action: expected reject or score");
+}
 
 /* -- directive parsers: milter (#9) -- */
 
@@ -944,12 +1131,20 @@ static const struct {
 	void (*fn)(struct parser *, int, char **);
 } directives[] = {
 	/* -- dnsbl.c, helo.c -- */
+	{ "dnsbl", d_dnsl },
+	{ "dnswl", d_dnsl },
+	{ "uribl", d_dnsl },
 
 	/* -- spf.c -- */
 
 	/* -- dkim.c, dmarc.c -- */
+	{ "dmarc-reject-action", d_dmarc_action },
+	{ "dmarc-quarantine-action", d_dmarc_action },
 
 	/* -- geoip.c, greylist.c -- */
+	{ "geoip", d_geoip },
+	{ "geoip-asn", d_geoip },
+	{ "smtp-pregreet-action", d_pregreet_action },
 
 	/* -- milter (#9) -- */
 
@@ -1248,12 +1443,19 @@ conf_free(struct moat_conf *c)
 		free(c->scores[i].symbol);
 	free(c->scores);
 	/* -- free: dnsbl.c, helo.c -- */
+	for (size_t i = 0; i < c->ndnsbls; i++) {
+		free(c->dnsbls[i].zone);
+		free(c->dnsbls[i].rets);
+	}
+	free(c->dnsbls);
 
 	/* -- free: spf.c -- */
 
 	/* -- free: dkim.c, dmarc.c -- */
 
 	/* -- free: geoip.c, greylist.c -- */
+	free(c->geoip_path);
+	free(c->geoip_asn_path);
 
 	/* -- free: milter (#9) -- */
 

@@ -151,10 +151,38 @@ struct moat_conf {
 	} *scores;
 	size_t  nscores;
 	/* network filters (#4) -- dnsbl.c, helo.c */
+	struct dnsbl_list {             /* "dnsbl|dnswl|uribl ZONE score N [returns A=N,...]" */
+		enum { DNSL_BL, DNSL_WL, DNSL_URI } kind;
+		char   *zone;           /* lowercase, no trailing dot */
+		double  score;          /* any 127.0.0.x answer without a mapping */
+		struct dnsbl_ret {      /* returns 127.0.0.2=N */
+			unsigned char addr[4];
+			double  score;
+		} *rets;
+		size_t  nrets;
+	} *dnsbls;
+	size_t  ndnsbls;
+	bool    helo_checks;            /* HELO syntax and FCrDNS symbols (default yes) */
 	/* network filters (#4) -- spf.c */
 	bool    spf;                    /* SPF checks (filters/spf.c) */
 	/* network filters (#4) -- dkim.c, dmarc.c */
+	bool    dkim;                   /* verify DKIM signatures (default yes) */
+	long long dkim_min_key_bits;    /* RSA keys below this fail (default 1024) */
+	bool    dmarc;                  /* evaluate DMARC (default yes) */
+	enum dmarc_action {             /* what a DMARC p=reject / p=quarantine failure does */
+		DMARC_ACT_DEFAULT = 0,  /* reject for p=reject, quarantine for p=quarantine */
+		DMARC_ACT_REJECT, DMARC_ACT_QUARANTINE, DMARC_ACT_SCORE,
+	} dmarc_reject_action, dmarc_quarantine_action;
 	/* network filters (#4) -- geoip.c, greylist.c */
+	char   *geoip_path;             /* "geoip PATH": Country or City mmdb; NULL = off */
+	char   *geoip_asn_path;         /* "geoip-asn PATH": ASN mmdb; NULL = off */
+	bool    greylist;               /* greylist at RCPT (default no) */
+	long long greylist_delay;       /* seconds before a retry passes */
+	long long greylist_expire;      /* an unconfirmed triplet waits this long for its retry */
+	long long greylist_allow_time;  /* a confirmed triplet passes this long after its last use */
+	long long greylist_auto_clients;/* networks passing this many triplets skip greylisting; 0 = off */
+	long long smtp_pregreet_wait;   /* seconds the 220 waits on smtp listeners; 0 = off */
+	bool    smtp_pregreet_score;    /* early talker: PREGREET symbol (else refused) */
 	/* milter (#9) */
 	/* operations (#10) */
 

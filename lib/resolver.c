@@ -4,9 +4,11 @@
  * One ub_ctx per resolver, in threaded async mode: pool threads submit
  * queries with ub_resolve_async() and wait on a condition variable with a
  * deadline; one pump thread runs ub_process() whenever ub_fd() is readable
- * and the callbacks wake the waiters.  A query past its deadline is
- * cancelled (ub_cancel); if the answer raced the cancel, the waiter takes
- * the answer and frees it.  libunbound caches answers (TTL-bounded) for
+ * and the callbacks wake the waiters.  resolver_query_many() submits a
+ * whole batch at once and waits with one deadline for all of it.  A query
+ * past its deadline is cancelled (ub_cancel); if the answer raced the
+ * cancel, the waiter takes the answer and frees it.  At most DNS_MAX_RR
+ * records of an answer are kept.  libunbound caches answers (TTL-bounded) for
  * every thread.  Runs in: the worker (pool threads call resolver_query).
  */
 #include "config.h"
@@ -35,13 +37,6 @@ struct resolver {
 	atomic_ullong queries, failures, timeouts;
 };
 
-struct pending {
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	bool    done;
-	int     err;
-	struct ub_result *res;
-};
 
 static void *
 pump(void *arg)
@@ -118,9 +113,13 @@ resolver_new(const struct moat_conf *c, char **err)
 		if (e == 0)
 			e = ub_ctx_set_option(r->ctx, "insecure-lan-zones:", "yes");
 	} else {
-		e = ub_ctx_resolvconf(r->ctx, NULL);
-		if (e == 0)
+		/* no usable resolv.conf: libunbound resolves from the root
+		 * itself, which still works (and tests always set resolver) */
+		if (ub_ctx_resolvconf(r->ctx, NULL) != 0)
+			log_warnx("resolver: cannot read /etc/resolv.conf, resolving from the root");
+		else
 			ub_ctx_hosts(r->ctx, NULL);
+		e = 0;
 	}
 	if (e == 0)
 		e = ub_ctx_async(r->ctx, 1);
@@ -154,19 +153,6 @@ resolver_free(struct resolver *r)
 	close(r->stop[1]);
 	ub_ctx_delete(r->ctx);
 	free(r);
-}
-
-static void
-callback(void *arg, int err, struct ub_result *res)
-{
-	struct pending *q = arg;
-
-	pthread_mutex_lock(&q->mu);
-	q->err = err;
-	q->res = res;
-	q->done = true;
-	pthread_cond_signal(&q->cv);
-	pthread_mutex_unlock(&q->mu);
 }
 
 /* a wire-format name at p (no compression in rdata from libunbound for the
@@ -246,110 +232,229 @@ decode(int type, const unsigned char *p, size_t len)
 	return xstrdup(b);
 }
 
-enum dns_status
-resolver_query(struct resolver *r, const char *name, int type, struct dns_answer *a)
-{
-	struct pending q;
-	struct timespec dl;
-	int id = 0, e;
+/* one query of a batch; the batch's mutex guards done/err/res */
+struct slot {
+	struct batch *b;
+	int     id;
+	bool    submitted;
+	bool    done;
+	int     err;
+	struct ub_result *res;
+};
 
-	memset(a, 0, sizeof(*a));
-	a->type = type;
-	a->rcode = -1;
-	if (name == NULL || name[0] == '\0' || strlen(name) > 253) {
-		a->status = DNS_PERMFAIL;
-		snprintf(a->why, sizeof(a->why), "invalid name");
-		return a->status;
-	}
-	atomic_fetch_add(&r->queries, 1);
-	memset(&q, 0, sizeof(q));
-	pthread_mutex_init(&q.mu, NULL);
-	{
-		pthread_condattr_t ca;
-		pthread_condattr_init(&ca);
-		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-		pthread_cond_init(&q.cv, &ca);
-		pthread_condattr_destroy(&ca);
-	}
-	e = ub_resolve_async(r->ctx, name, type, 1 /* IN */, &q, callback, &id);
-	if (e != 0) {
+struct batch {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	size_t  left;                   /* submitted queries without an answer */
+};
+
+static void
+callback(void *arg, int err, struct ub_result *res)
+{
+	struct slot *q = arg;
+	struct batch *b = q->b;
+
+	pthread_mutex_lock(&b->mu);
+	q->err = err;
+	q->res = res;
+	q->done = true;
+	if (b->left > 0)
+		b->left--;
+	if (b->left == 0)
+		pthread_cond_signal(&b->cv);
+	pthread_mutex_unlock(&b->mu);
+}
+
+/* the libunbound result of one query into a dns_answer */
+static void
+fill(struct resolver *r, struct dns_answer *a, int type, int err, struct ub_result *res)
+{
+	if (err != 0 || res == NULL) {
 		a->status = DNS_TEMPFAIL;
-		snprintf(a->why, sizeof(a->why), "%s", ub_strerror(e));
+		snprintf(a->why, sizeof(a->why), "%s", err ? ub_strerror(err) : "no result");
 		atomic_fetch_add(&r->failures, 1);
-		goto out;
+		return;
 	}
-	clock_gettime(CLOCK_MONOTONIC, &dl);
-	dl.tv_sec += r->timeout_ms / 1000;
-	dl.tv_nsec += (r->timeout_ms % 1000) * 1000000L;
-	if (dl.tv_nsec >= 1000000000L) {
-		dl.tv_sec++;
-		dl.tv_nsec -= 1000000000L;
-	}
-	pthread_mutex_lock(&q.mu);
-	while (!q.done) {
-		if (pthread_cond_timedwait(&q.cv, &q.mu, &dl) == ETIMEDOUT && !q.done) {
-			pthread_mutex_unlock(&q.mu);
-			if (ub_cancel(r->ctx, id) == 0) {
-				/* cancelled: the callback will never run */
-				a->status = DNS_TEMPFAIL;
-				snprintf(a->why, sizeof(a->why), "timeout after %lld ms", r->timeout_ms);
-				atomic_fetch_add(&r->timeouts, 1);
-				atomic_fetch_add(&r->failures, 1);
-				goto out;
-			}
-			/* the answer is on its way: wait for the callback */
-			pthread_mutex_lock(&q.mu);
-			while (!q.done)
-				pthread_cond_wait(&q.cv, &q.mu);
-			break;
-		}
-	}
-	pthread_mutex_unlock(&q.mu);
-	if (q.err != 0 || q.res == NULL) {
-		a->status = DNS_TEMPFAIL;
-		snprintf(a->why, sizeof(a->why), "%s", q.err ? ub_strerror(q.err) : "no result");
-		atomic_fetch_add(&r->failures, 1);
-		goto out;
-	}
-	a->rcode = q.res->rcode;
-	a->secure = q.res->secure != 0;
-	a->ttl = q.res->ttl > 0 ? (unsigned)q.res->ttl : 0;
-	if (q.res->nxdomain)
+	a->rcode = res->rcode;
+	a->secure = res->secure != 0;
+	a->ttl = res->ttl > 0 ? (unsigned)res->ttl : 0;
+	if (res->nxdomain)
 		a->status = DNS_NXDOMAIN;
-	else if (q.res->rcode == 2) {           /* SERVFAIL */
+	else if (res->rcode == 2) {             /* SERVFAIL */
 		a->status = DNS_TEMPFAIL;
 		snprintf(a->why, sizeof(a->why), "SERVFAIL");
 		atomic_fetch_add(&r->failures, 1);
-	} else if (q.res->rcode != 0) {
+	} else if (res->rcode != 0) {
 		a->status = DNS_PERMFAIL;
-		snprintf(a->why, sizeof(a->why), "rcode %d", q.res->rcode);
-	} else if (!q.res->havedata)
+		snprintf(a->why, sizeof(a->why), "rcode %d", res->rcode);
+	} else if (!res->havedata)
 		a->status = DNS_NODATA;
 	else {
 		size_t n = 0;
-		while (q.res->data[n])
+		while (res->data[n] && n < DNS_MAX_RR)
 			n++;
 		a->data = xcalloc(n + 1, sizeof(*a->data));
 		a->len = xcalloc(n + 1, sizeof(*a->len));
 		a->text = xcalloc(n + 1, sizeof(*a->text));
 		for (size_t i = 0; i < n; i++) {
-			size_t l = (size_t)q.res->len[i];
-			char *t = decode(type, (const unsigned char *)q.res->data[i], l);
+			size_t l = res->len[i] > 0 ? (size_t)res->len[i] : 0;
+			char *t = decode(type, (const unsigned char *)res->data[i], l);
 			if (t == NULL)
 				continue;       /* malformed rdata: skipped */
 			a->data[a->n] = xmalloc(l + 1);
-			memcpy(a->data[a->n], q.res->data[i], l);
+			memcpy(a->data[a->n], res->data[i], l);
 			a->len[a->n] = l;
 			a->text[a->n] = t;
 			a->n++;
 		}
 		a->status = a->n ? DNS_OK : DNS_NODATA;
 	}
-	ub_resolve_free(q.res);
-out:
-	pthread_mutex_destroy(&q.mu);
-	pthread_cond_destroy(&q.cv);
+}
+
+enum dns_status
+resolver_query(struct resolver *r, const char *name, int type, struct dns_answer *a)
+{
+	const char *names[1] = { name };
+	int types[1] = { type };
+
+	resolver_query_many(r, names, types, 1, a);
 	return a->status;
+}
+
+/*
+ * All queries are submitted at once and share one deadline (now +
+ * resolver-timeout, or the caller's).  At the deadline every query still out is cancelled;
+ * one whose answer is already being delivered (ub_cancel fails) is waited
+ * for, since its callback still refers to our slot.
+ */
+size_t
+resolver_query_many(struct resolver *r, const char *const *names, const int *types, size_t n,
+    struct dns_answer *out)
+{
+	return resolver_query_many_by(r, names, types, n, out, now_ms() + (uint64_t)r->timeout_ms);
+}
+
+size_t
+resolver_query_many_by(struct resolver *r, const char *const *names, const int *types, size_t n,
+    struct dns_answer *out, uint64_t deadline_ms)
+{
+	struct batch b;
+	struct slot *q;
+	struct timespec dl;
+	size_t ok = 0;
+	uint64_t now = now_ms();
+	long long budget = deadline_ms > now ? (long long)(deadline_ms - now) : 0;
+
+	if (n == 0)
+		return 0;
+	if (budget <= 0) {
+		for (size_t i = 0; i < n; i++) {
+			memset(&out[i], 0, sizeof(out[i]));
+			out[i].type = types[i];
+			out[i].rcode = -1;
+			out[i].status = DNS_TEMPFAIL;
+			snprintf(out[i].why, sizeof(out[i].why), "no time left for the lookup");
+		}
+		atomic_fetch_add(&r->failures, n);
+		return 0;
+	}
+	q = xcalloc(n, sizeof(*q));
+	memset(&b, 0, sizeof(b));
+	pthread_mutex_init(&b.mu, NULL);
+	{
+		pthread_condattr_t ca;
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&b.cv, &ca);
+		pthread_condattr_destroy(&ca);
+	}
+	clock_gettime(CLOCK_MONOTONIC, &dl);
+	dl.tv_sec += budget / 1000;
+	dl.tv_nsec += (budget % 1000) * 1000000L;
+	if (dl.tv_nsec >= 1000000000L) {
+		dl.tv_sec++;
+		dl.tv_nsec -= 1000000000L;
+	}
+	/* hold the lock while submitting: a fast callback cannot see left
+	 * reach 0 before every query is counted */
+	pthread_mutex_lock(&b.mu);
+	for (size_t i = 0; i < n; i++) {
+		struct dns_answer *a = &out[i];
+		const char *name = names[i];
+		int e;
+
+		memset(a, 0, sizeof(*a));
+		a->type = types[i];
+		a->rcode = -1;
+		q[i].b = &b;
+		if (name == NULL || name[0] == '\0' || strlen(name) > 253) {
+			a->status = DNS_PERMFAIL;
+			snprintf(a->why, sizeof(a->why), "invalid name");
+			continue;
+		}
+		atomic_fetch_add(&r->queries, 1);
+		b.left++;
+		q[i].submitted = true;
+		e = ub_resolve_async(r->ctx, name, types[i], 1 /* IN */, &q[i], callback, &q[i].id);
+		if (e != 0) {
+			b.left--;
+			q[i].submitted = false;
+			a->status = DNS_TEMPFAIL;
+			snprintf(a->why, sizeof(a->why), "%s", ub_strerror(e));
+			atomic_fetch_add(&r->failures, 1);
+		}
+	}
+	while (b.left > 0)
+		if (pthread_cond_timedwait(&b.cv, &b.mu, &dl) == ETIMEDOUT)
+			break;
+	if (b.left > 0) {
+		/* the deadline passed: cancel what is still out (not under
+		 * our lock: the pump may be waiting for it in a callback) */
+		bool *late = xcalloc(n, sizeof(*late));
+		for (size_t i = 0; i < n; i++)
+			late[i] = q[i].submitted && !q[i].done;
+		pthread_mutex_unlock(&b.mu);
+		for (size_t i = 0; i < n; i++) {
+			if (!late[i])
+				continue;
+			if (ub_cancel(r->ctx, q[i].id) == 0) {
+				/* cancelled: its callback will never run */
+				pthread_mutex_lock(&b.mu);
+				if (!q[i].done) {
+					q[i].done = true;
+					q[i].err = -1;  /* timeout, below */
+					b.left--;
+				}
+				pthread_mutex_unlock(&b.mu);
+			}
+		}
+		free(late);
+		pthread_mutex_lock(&b.mu);
+		/* answers that raced the cancel are on their way */
+		while (b.left > 0)
+			pthread_cond_wait(&b.cv, &b.mu);
+	}
+	pthread_mutex_unlock(&b.mu);
+	for (size_t i = 0; i < n; i++) {
+		if (!q[i].submitted)
+			continue;
+		if (q[i].err == -1 && q[i].res == NULL) {
+			out[i].status = DNS_TEMPFAIL;
+			snprintf(out[i].why, sizeof(out[i].why), "timeout after %lld ms", budget);
+			atomic_fetch_add(&r->timeouts, 1);
+			atomic_fetch_add(&r->failures, 1);
+		} else
+			fill(r, &out[i], types[i], q[i].err, q[i].res);
+		if (q[i].res)
+			ub_resolve_free(q[i].res);
+	}
+	for (size_t i = 0; i < n; i++)
+		if (out[i].status != DNS_TEMPFAIL && out[i].status != DNS_PERMFAIL)
+			ok++;
+	pthread_mutex_destroy(&b.mu);
+	pthread_cond_destroy(&b.cv);
+	free(q);
+	return ok;
 }
 
 void
@@ -366,6 +471,12 @@ dns_answer_free(struct dns_answer *a)
 	a->len = NULL;
 	a->text = NULL;
 	a->n = 0;
+}
+
+long long
+resolver_timeout_ms(const struct resolver *r)
+{
+	return r->timeout_ms;
 }
 
 void

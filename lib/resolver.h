@@ -12,6 +12,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct moat_conf;
 struct resolver;
@@ -35,6 +36,8 @@ enum dns_status {
 #define DNS_T_AAAA  28
 #define DNS_T_SPF   99
 
+#define DNS_MAX_RR 64    /* records kept per answer */
+
 struct dns_answer {
 	enum dns_status status;
 	int     rcode;          /* DNS rcode as received, -1 on timeout/network */
@@ -56,6 +59,22 @@ void resolver_free(struct resolver *);
 /* BLOCKING: one lookup, bounded by the configured timeout.  Fills *a
  * (always: status says what happened); returns a->status. */
 enum dns_status resolver_query(struct resolver *, const char *name, int type, struct dns_answer *a);
+/* BLOCKING: n lookups at once (names[i] of type types[i] into out[i]),
+ * all bounded by ONE deadline, resolver-timeout from now: a batch costs
+ * one timeout at worst, however many queries are slow.  Every out[i] is
+ * filled (free each with dns_answer_free); a query still out at the
+ * deadline is DNS_TEMPFAIL "timeout".  Returns how many got an answer
+ * (OK, NXDOMAIN or NODATA). */
+size_t resolver_query_many(struct resolver *, const char *const *names, const int *types,
+    size_t n, struct dns_answer *out);
+/* the same with the caller's deadline (now_ms() clock, CLOCK_MONOTONIC):
+ * for a filter whose lookups depend on each other (PTR, then A) and that
+ * must still cost one resolver-timeout at worst.  With the deadline
+ * passed nothing is asked: every out[i] is DNS_TEMPFAIL. */
+size_t resolver_query_many_by(struct resolver *, const char *const *names, const int *types,
+    size_t n, struct dns_answer *out, uint64_t deadline_ms);
+/* resolver-timeout in milliseconds */
+long long resolver_timeout_ms(const struct resolver *);
 void dns_answer_free(struct dns_answer *);
 /* counters for metrics: queries, failures (TEMPFAIL), timeouts */
 void resolver_stats(const struct resolver *, unsigned long long *queries,

@@ -67,6 +67,7 @@ struct fitem {
 	char  **fields;
 	size_t  nfields;
 	bool    partial;
+	bool    implicit;           /* FLAGS added because \Seen is set: only if it changes */
 	uint32_t poff, plen;
 	char   *name;               /* as echoed: "BODY[HEADER.FIELDS (FROM)]" */
 };
@@ -151,6 +152,7 @@ struct imap {
 	uint32_t *vuid;
 	unsigned *vflags;
 	unsigned kwsent;            /* keywords announced in FLAGS (bit mask) */
+	size_t  vrecent;            /* \Recent count last announced */
 	size_t  vn, vcap;
 	struct job *job;
 	struct event *timer;        /* IDLE polls, failed-login delays */
@@ -230,8 +232,8 @@ add_flags(struct buf *b, unsigned f, const struct mbox *mb)
 {
 	bool sp = false;
 	static const struct { unsigned f; const char *n; } names[] = {
-		{ MBOX_F_SEEN, "\\Seen" }, { MBOX_F_ANSWERED, "\\Answered" }, { MBOX_F_FLAGGED, "\\Flagged" },
-		{ MBOX_F_DELETED, "\\Deleted" }, { MBOX_F_DRAFT, "\\Draft" }, { MBOX_F_RECENT, "\\Recent" },
+		{ MBOX_F_ANSWERED, "\\Answered" }, { MBOX_F_FLAGGED, "\\Flagged" }, { MBOX_F_DELETED, "\\Deleted" },
+		{ MBOX_F_SEEN, "\\Seen" }, { MBOX_F_DRAFT, "\\Draft" }, { MBOX_F_RECENT, "\\Recent" },
 	};
 	buf_addc(b, '(');
 	for (size_t i = 0; i < ARRAY_SIZE(names); i++)
@@ -527,13 +529,28 @@ add_addr1(struct buf *b, const char *p, size_t len)
 	else
 		buf_adds(b, "NIL");
 	buf_adds(b, " NIL ");
-	if (at) {
+	/* a NIL host marks a group (RFC 3501 7.4.2): a broken address gets
+	 * placeholders instead, as Dovecot and UW-IMAP write them */
+	if (at && at > addr && addrl - (size_t)(at - addr) > 1) {
 		imap_add_string(b, addr, (size_t)(at - addr));
 		buf_addc(b, ' ');
 		imap_add_string(b, at + 1, addrl - (size_t)(at - addr) - 1);
+	} else if (at) {
+		if (at > addr)
+			imap_add_string(b, addr, (size_t)(at - addr));
+		else
+			buf_adds(b, "\"MISSING_MAILBOX\"");
+		buf_addc(b, ' ');
+		if (addrl - (size_t)(at - addr) > 1)
+			imap_add_string(b, at + 1, addrl - (size_t)(at - addr) - 1);
+		else
+			buf_adds(b, "\"MISSING_DOMAIN\"");
 	} else {
-		imap_add_string(b, addr, addrl);
-		buf_adds(b, " NIL");
+		if (addrl)
+			imap_add_string(b, addr, addrl);
+		else
+			buf_adds(b, "\"MISSING_MAILBOX\"");
+		buf_adds(b, " \"MISSING_DOMAIN\"");
 	}
 	buf_addc(b, ')');
 	buf_free(&nm);
@@ -543,7 +560,7 @@ static void
 add_addrlist(struct buf *b, const char *v, size_t len, bool present)
 {
 	size_t i = 0, st = 0, n = 0;
-	bool q = false;
+	bool q = false, ingroup = false;
 	int ang = 0, par = 0;
 
 	if (!present || len == 0) {
@@ -570,9 +587,19 @@ add_addrlist(struct buf *b, const char *v, size_t len, bool present)
 		else if (!q && !ang && !par && (c == ',' || c == ';')) {
 			const char *p = v + st;
 			size_t l = i - st;
-			/* "group: a@b" -> skip the group name */
+			/* "group: a@b, c@d;" -> (NIL NIL "group" NIL) a c (NIL NIL NIL NIL) */
 			const char *colon = memchr(p, ':', l);
 			if (colon && !memchr(p, '<', (size_t)(colon - p)) && !memchr(p, '"', (size_t)(colon - p))) {
+				const char *g = p;
+				size_t gl = (size_t)(colon - p);
+				trim(&g, &gl);
+				if (n < 1000) {
+					buf_adds(b, "(NIL NIL ");
+					imap_add_string(b, g, gl);
+					buf_adds(b, " NIL)");
+					n++;
+					ingroup = true;
+				}
 				l -= (size_t)(colon + 1 - p);
 				p = colon + 1;
 			}
@@ -580,6 +607,11 @@ add_addrlist(struct buf *b, const char *v, size_t len, bool present)
 			if (l > 0 && n < 1000) {
 				add_addr1(b, p, l);
 				n++;
+			}
+			if (c == ';' && ingroup && i < len && n < 1000) {
+				buf_adds(b, "(NIL NIL NIL NIL)");
+				n++;
+				ingroup = false;
 			}
 			st = i + 1;
 		}
@@ -769,19 +801,24 @@ mime_find(const struct part *root, const char *path)
 	return pt;
 }
 
+/*
+ * The parameters of a Content-Type or Content-Disposition value as a
+ * parenthesised list, names in lower case (as Dovecot writes them; they are
+ * case-insensitive), or NIL.  With want_charset (text/ parts), a missing
+ * charset is given as us-ascii, RFC 2045's default.
+ */
 static void
-add_ct_params(struct buf *b, const char *v, size_t vl)
+add_ct_params(struct buf *b, const char *v, size_t vl, bool want_charset)
 {
 	const char *semi = memchr(v, ';', vl);
 	size_t n = 0;
-	if (semi == NULL) {
-		buf_adds(b, "NIL");
-		return;
-	}
-	const char *p = semi + 1, *e = v + vl;
+	bool charset = false;
+	size_t open = b->len;
+
 	buf_addc(b, '(');
+	const char *p = semi ? semi + 1 : v + vl, *e = v + vl;
 	while (p < e && n < 50) {
-		while (p < e && (*p == ' ' || *p == '\t' || *p == ';'))
+		while (p < e && (*p == ' ' || *p == '\t' || *p == ';' || *p == '\r' || *p == '\n'))
 			p++;
 		const char *eq = memchr(p, '=', (size_t)(e - p));
 		if (eq == NULL)
@@ -806,19 +843,25 @@ add_ct_params(struct buf *b, const char *v, size_t vl)
 			nlen--;
 		if (n)
 			buf_addc(b, ' ');
-		struct buf up = BUF_INIT;
-		buf_add(&up, name, nlen);
-		for (size_t i = 0; i < up.len; i++)
-			up.data[i] = (char)toupper((unsigned char)up.data[i]);
-		imap_add_string(b, up.data ? up.data : "", up.len);
+		struct buf lo = BUF_INIT;
+		buf_add(&lo, name, nlen);
+		for (size_t i = 0; i < lo.len; i++)
+			lo.data[i] = (char)tolower((unsigned char)lo.data[i]);
+		if (lo.len == 7 && !memcmp(lo.data, "charset", 7))
+			charset = true;
+		imap_add_string(b, lo.data ? lo.data : "", lo.len);
 		buf_addc(b, ' ');
 		imap_add_string(b, val.data ? val.data : "", val.len);
-		buf_free(&up);
+		buf_free(&lo);
 		buf_free(&val);
 		n++;
 	}
+	if (want_charset && !charset) {
+		buf_printf(b, "%s\"charset\" \"us-ascii\"", n ? " " : "");
+		n++;
+	}
 	if (n == 0) {
-		b->len--;
+		b->len = open;
 		b->data[b->len] = '\0';
 		buf_adds(b, "NIL");
 		return;
@@ -826,27 +869,81 @@ add_ct_params(struct buf *b, const char *v, size_t vl)
 	buf_addc(b, ')');
 }
 
+/* body-fld-dsp: ("attachment" ("filename" "x.pdf")) or NIL */
+static void
+add_disposition(struct buf *b, const char *h, size_t hl)
+{
+	struct buf v = BUF_INIT;
+	if (!hdr_get(h, hl, "Content-Disposition", &v) || v.len == 0) {
+		buf_adds(b, "NIL");
+		buf_free(&v);
+		return;
+	}
+	size_t e = 0;
+	while (e < v.len && v.data[e] != ';' && !isspace((unsigned char)v.data[e]))
+		e++;
+	for (size_t i = 0; i < e; i++)
+		v.data[i] = (char)tolower((unsigned char)v.data[i]);
+	buf_addc(b, '(');
+	imap_add_string(b, v.data, e);
+	buf_addc(b, ' ');
+	add_ct_params(b, v.data, v.len, false);
+	buf_addc(b, ')');
+	buf_free(&v);
+}
+
+/* body-fld-lang and body-fld-loc */
+static void
+add_lang_loc(struct buf *b, const char *h, size_t hl)
+{
+	struct buf v = BUF_INIT;
+	if (hdr_get(h, hl, "Content-Language", &v) && v.len) {
+		/* one tag as a string, several as a list */
+		size_t n = 0;
+		struct buf l = BUF_INIT;
+		for (char *t = strtok(v.data, ", \t"); t && n < 20; t = strtok(NULL, ", \t"), n++) {
+			if (n)
+				buf_addc(&l, ' ');
+			imap_add_string(&l, t, strlen(t));
+		}
+		if (n == 1)
+			buf_add(b, l.data, l.len);
+		else if (n > 1)
+			buf_printf(b, "(%s)", l.data);
+		else
+			buf_adds(b, "NIL");
+		buf_free(&l);
+	} else
+		buf_adds(b, "NIL");
+	buf_addc(b, ' ');
+	if (hdr_get(h, hl, "Content-Location", &v) && v.len)
+		imap_add_string(b, v.data, v.len);
+	else
+		buf_adds(b, "NIL");
+	buf_free(&v);
+}
+
 static void
 add_type(struct buf *b, const char *v, size_t vl)
 {
-	/* "type/subtype" -> "TYPE" "SUBTYPE" */
+	/* "type/subtype" -> "type" "subtype" (lower case, as Dovecot) */
 	size_t e = 0;
 	while (e < vl && v[e] != ';' && !isspace((unsigned char)v[e]))
 		e++;
 	const char *slash = memchr(v, '/', e);
 	struct buf t = BUF_INIT;
-	if (slash == NULL) {
-		buf_adds(b, "\"TEXT\" \"PLAIN\"");
+	if (slash == NULL || slash == v || slash + 1 == v + e) {
+		buf_adds(b, "\"text\" \"plain\"");
 		return;
 	}
 	buf_add(&t, v, (size_t)(slash - v));
 	for (size_t i = 0; i < t.len; i++)
-		t.data[i] = (char)toupper((unsigned char)t.data[i]);
+		t.data[i] = (char)tolower((unsigned char)t.data[i]);
 	imap_add_string(b, t.data, t.len);
 	buf_reset(&t);
 	buf_add(&t, slash + 1, e - (size_t)(slash + 1 - v));
 	for (size_t i = 0; i < t.len; i++)
-		t.data[i] = (char)toupper((unsigned char)t.data[i]);
+		t.data[i] = (char)tolower((unsigned char)t.data[i]);
 	buf_addc(b, ' ');
 	imap_add_string(b, t.data ? t.data : "", t.len);
 	buf_free(&t);
@@ -864,34 +961,36 @@ add_bodystructure(struct buf *b, const char *p, const struct part *pt, bool ext)
 		for (size_t i = 0; i < pt->nkids; i++)
 			add_bodystructure(b, p, &pt->kids[i], ext);
 		if (pt->nkids == 0)
-			buf_adds(b, "(\"TEXT\" \"PLAIN\" NIL NIL NIL \"7BIT\" 0 0)");
+			buf_adds(b, "(\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 0 0)");
 		buf_addc(b, ' ');
 		const char *slash = memchr(ct.data, '/', ct.len);
 		size_t e = slash ? (size_t)(slash + 1 - ct.data) : ct.len;
 		struct buf sub = BUF_INIT;
 		while (e < ct.len && ct.data[e] != ';' && !isspace((unsigned char)ct.data[e]))
-			buf_addc(&sub, (char)toupper((unsigned char)ct.data[e++]));
-		imap_add_string(b, sub.data ? sub.data : "MIXED", sub.data ? sub.len : 5);
+			buf_addc(&sub, (char)tolower((unsigned char)ct.data[e++]));
+		imap_add_string(b, sub.data ? sub.data : "mixed", sub.data ? sub.len : 5);
 		buf_free(&sub);
 		if (ext) {
 			buf_addc(b, ' ');
-			add_ct_params(b, ct.data, ct.len);
-			buf_adds(b, " NIL NIL NIL");
+			add_ct_params(b, ct.data, ct.len, false);
+			buf_addc(b, ' ');
+			add_disposition(b, h, pt->hlen);
+			buf_addc(b, ' ');
+			add_lang_loc(b, h, pt->hlen);
 		}
 	} else {
 		size_t blen = pt->len - pt->hlen;
 		const char *body = p + pt->off + pt->hlen;
+		bool text = !hasct || ascii_prefix_ci(ct.data, ct.len, "text/");
 		if (hasct)
 			add_type(b, ct.data, ct.len);
 		else
-			buf_adds(b, "\"TEXT\" \"PLAIN\"");
+			buf_adds(b, "\"text\" \"plain\"");
 		buf_addc(b, ' ');
-		if (hasct && memchr(ct.data, ';', ct.len))
-			add_ct_params(b, ct.data, ct.len);
-		else if (!hasct)
-			buf_adds(b, "(\"CHARSET\" \"US-ASCII\")");
+		if (hasct)
+			add_ct_params(b, ct.data, ct.len, text);
 		else
-			buf_adds(b, "NIL");
+			buf_adds(b, "(\"charset\" \"us-ascii\")");
 		buf_addc(b, ' ');
 		if (hdr_get(h, pt->hlen, "Content-ID", &v))
 			imap_add_string(b, v.data, v.len);
@@ -903,14 +1002,13 @@ add_bodystructure(struct buf *b, const char *p, const struct part *pt, bool ext)
 		else
 			buf_adds(b, "NIL");
 		buf_addc(b, ' ');
-		if (hdr_get(h, pt->hlen, "Content-Transfer-Encoding", &v)) {
+		if (hdr_get(h, pt->hlen, "Content-Transfer-Encoding", &v) && v.len) {
 			for (size_t i = 0; i < v.len; i++)
-				v.data[i] = (char)toupper((unsigned char)v.data[i]);
+				v.data[i] = (char)tolower((unsigned char)v.data[i]);
 			imap_add_string(b, v.data, v.len);
 		} else
-			buf_adds(b, "\"7BIT\"");
+			buf_adds(b, "\"7bit\"");
 		buf_printf(b, " %zu", blen);
-		bool text = !hasct || ascii_prefix_ci(ct.data, ct.len, "text/");
 		if (pt->message && pt->nkids == 1) {
 			const struct part *k = &pt->kids[0];
 			buf_addc(b, ' ');
@@ -926,8 +1024,13 @@ add_bodystructure(struct buf *b, const char *p, const struct part *pt, bool ext)
 					lines++;
 			buf_printf(b, " %zu", lines);
 		}
-		if (ext)
-			buf_adds(b, " NIL NIL NIL NIL");
+		if (ext) {
+			/* body MD5 (not computed, as Dovecot), disposition, language, location */
+			buf_adds(b, " NIL ");
+			add_disposition(b, h, pt->hlen);
+			buf_addc(b, ' ');
+			add_lang_loc(b, h, pt->hlen);
+		}
 	}
 	buf_addc(b, ')');
 	buf_free(&ct);
@@ -1046,9 +1149,10 @@ fetch_one(struct job *j, struct mbox_msg *mm, uint32_t seq)
 		}
 		to_crlf(raw.data ? raw.data : "", raw.len, &msg);
 	}
+	bool seen_now = false;
 	if (j->setseen && !(mm->flags & MBOX_F_SEEN) && !j->mb->readonly) {
 		uint32_t u = mm->uid;
-		(void)mbox_store(j->mb, &u, 1, '+', MBOX_F_SEEN, NULL);
+		seen_now = mbox_store(j->mb, &u, 1, '+', MBOX_F_SEEN, NULL) == 0;
 	}
 	buf_printf(b, "* %u FETCH (", seq);
 	if (j->uid) {
@@ -1061,6 +1165,8 @@ fetch_one(struct job *j, struct mbox_msg *mm, uint32_t seq)
 		size_t ml = msg.len;
 		if (it->kind == F_UID && j->uid)
 			continue;
+		if (it->implicit && !seen_now)
+			continue;       /* \Seen was set already: the flags did not change */
 		if (sp)
 			buf_addc(b, ' ');
 		sp = true;
@@ -1211,8 +1317,10 @@ query_eval(struct query *q, struct sctx *c)
 	case Q_SENTBEFORE:
 	case Q_SENTON:
 	case Q_SENTSINCE: {
-		/* the Date: header's day; messages without one use the internal date */
-		time_t t = c->m->idate;
+		/* the Date: header's day; without a usable one the message was
+		 * "sent" at the epoch, as Dovecot and Cyrus treat it (SENTBEFORE
+		 * matches, SENTSINCE/SENTON do not) */
+		time_t t = 0;
 		p = sctx_hdr(c, &len);
 		if (hdr_get(p, len, "Date", &v)) {
 			const char *d = v.data;
@@ -1697,12 +1805,20 @@ job_work(void *arg)
 			}
 			if (!match || (j->op == J_LSUB && !f[i].subscribed))
 				continue;
-			buf_printf(&j->out, "* %s (%s", j->op == J_LSUB ? "LSUB" : "LIST",
-			    f[i].children ? "\\HasChildren" : "\\HasNoChildren");
-			if (f[i].special)
-				buf_printf(&j->out, " %s", f[i].special);
+			/* LSUB: the RFC 3348 child attributes belong to LIST
+			 * (Dovecot leaves them out of LSUB too) */
+			bool sp = false;
+			buf_printf(&j->out, "* %s (", j->op == J_LSUB ? "LSUB" : "LIST");
+			if (j->op == J_LIST) {
+				buf_adds(&j->out, f[i].children ? "\\HasChildren" : "\\HasNoChildren");
+				sp = true;
+			}
+			if (f[i].special) {
+				buf_printf(&j->out, "%s%s", sp ? " " : "", f[i].special);
+				sp = true;
+			}
 			if (j->flags && f[i].subscribed)
-				buf_adds(&j->out, " \\Subscribed");
+				buf_printf(&j->out, "%s\\Subscribed", sp ? " " : "");
 			buf_adds(&j->out, ") \".\" ");
 			imap_add_string(&j->out, f[i].name, strlen(f[i].name));
 			buf_adds(&j->out, "\r\n");
@@ -1718,6 +1834,13 @@ job_work(void *arg)
 		if (mbox_get_status(s->root, j->a1, &st, &err) < 0) {
 			jtext(j, 1, "[NONEXISTENT] No such mailbox");
 			break;
+		}
+		if (s->mb && !strcmp(s->mb->name, mbox_is_inbox(j->a1) ? "INBOX" : j->a1)) {
+			/* the selected mailbox: its \Recent messages are this session's */
+			st.recent = 0;
+			for (size_t i = 0; i < s->vn; i++)
+				if (s->vflags[i] & MBOX_F_RECENT)
+					st.recent++;
 		}
 		unsigned long long vals[6] = { st.messages, st.recent, st.uidnext, st.uidvalidity, st.unseen, st.size };
 		bool sp = false;
@@ -1848,12 +1971,16 @@ reconcile(struct imap *s, bool expunge_ok)
 			added++;
 		}
 	}
-	if (added) {
+	{
 		size_t recent = 0;
 		for (size_t i = 0; i < s->vn; i++)
 			if (s->vflags[i] & MBOX_F_RECENT)
 				recent++;
-		buf_printf(&b, "* %zu EXISTS\r\n* %zu RECENT\r\n", s->vn, recent);
+		if (added)
+			buf_printf(&b, "* %zu EXISTS\r\n* %zu RECENT\r\n", s->vn, recent);
+		else if (recent != s->vrecent)
+			buf_printf(&b, "* %zu RECENT\r\n", recent);
+		s->vrecent = recent;
 	}
 	if (b.len)
 		evbuffer_add(bufferevent_get_output(s->bev), b.data, b.len);
@@ -1967,6 +2094,7 @@ job_done(void *arg)
 			}
 			out(s, "* %zu EXISTS", s->vn);
 			out(s, "* %zu RECENT", recent);
+			s->vrecent = recent;
 			if (unseen)
 				out(s, "* OK [UNSEEN %zu] First unseen", unseen);
 			out(s, "* OK [UIDVALIDITY %u] UIDs valid", s->mb->uidvalidity);
@@ -2561,7 +2689,9 @@ parse_fitem(const struct imap_arg *a, struct job *j)
 		const char *rest = rb + 1, *end = a->s + a->len;
 		struct buf nm = BUF_INIT;
 		buf_adds(&nm, "BODY");
-		buf_add(&nm, lb, (size_t)(rb - lb + 1));
+		/* echoed in upper case, field names too (as Dovecot does) */
+		for (const char *q = lb; q <= rb; q++)
+			buf_addc(&nm, (char)toupper((unsigned char)*q));
 		if (rest < end) {
 			unsigned long long o = 0, l = 0;
 			int c1 = 0, c2 = 0;
@@ -2638,7 +2768,8 @@ cmd_fetch(struct imap *s, struct cmd *c)
 			has |= j->items[i].kind == F_FLAGS;
 		if (!has) {
 			struct imap_arg a = { IA_ATOM, "FLAGS", 5, NULL, 0, NULL };
-			parse_fitem(&a, j);
+			if (parse_fitem(&a, j))
+				j->items[j->nitems - 1].implicit = true;
 		}
 	}
 	submit(s, j);

@@ -495,6 +495,7 @@ ient_cmp_base(const void *a, const void *b)
 
 struct index {
 	uint32_t uidvalidity, uidnext;
+	uint32_t first_recent;      /* UIDs from here are \Recent for the next session to claim them */
 	struct ient *v;
 	size_t  n;
 	bool    valid;
@@ -532,9 +533,10 @@ index_read(const struct mbox *mb, struct index *ix)
 		return;
 	}
 	char *line = b.data, *end = b.data + b.len, *nl;
-	unsigned long long uv, un;
+	unsigned long long uv, un, fr = 0;
+	int nf;
 	nl = memchr(line, '\n', (size_t)(end - line));
-	if (nl == NULL || sscanf(line, "moat-uidlist 1 %llu %llu", &uv, &un) != 2 ||
+	if (nl == NULL || (nf = sscanf(line, "moat-uidlist 1 %llu %llu %llu", &uv, &un, &fr)) < 2 ||
 	    uv == 0 || uv > UINT32_MAX || un == 0 || un > UINT32_MAX) {
 		log_warnx("mailbox: %s: damaged header, rebuilding", p);
 		buf_free(&b);
@@ -542,6 +544,8 @@ index_read(const struct mbox *mb, struct index *ix)
 	}
 	ix->uidvalidity = (uint32_t)uv;
 	ix->uidnext = (uint32_t)un;
+	/* an index written before \Recent was kept: nothing is recent */
+	ix->first_recent = nf == 3 && fr >= 1 && fr <= un ? (uint32_t)fr : (uint32_t)un;
 	uint32_t last = 0;
 	for (line = nl + 1; line < end; line = nl + 1) {
 		unsigned long long uid;
@@ -576,7 +580,7 @@ index_read(const struct mbox *mb, struct index *ix)
 }
 
 static int
-index_write(const struct mbox *mb, uint32_t uidvalidity, uint32_t uidnext,
+index_write(const struct mbox *mb, uint32_t uidvalidity, uint32_t uidnext, uint32_t first_recent,
     const struct mbox_msg *v, size_t n)
 {
 	char p[PATH_MAX], tmp[PATH_MAX];
@@ -588,7 +592,7 @@ index_write(const struct mbox *mb, uint32_t uidvalidity, uint32_t uidnext,
 		errno = ENAMETOOLONG;
 		return -1;
 	}
-	buf_printf(&b, "moat-uidlist 1 %u %u\n", uidvalidity, uidnext);
+	buf_printf(&b, "moat-uidlist 1 %u %u %u\n", uidvalidity, uidnext, first_recent);
 	for (size_t i = 0; i < n; i++)
 		buf_printf(&b, "%u %lld %lld %lld %.*s\n", v[i].uid, (long long)v[i].idate,
 		    (long long)v[i].size, (long long)v[i].vsize, (int)v[i].baselen, v[i].file);
@@ -729,6 +733,7 @@ mbox_sync_locked(struct mbox *mb, bool take_recent, char **err)
 		if (mb->uidvalidity && ix.uidvalidity <= mb->uidvalidity)
 			ix.uidvalidity = mb->uidvalidity + 1;
 		ix.uidnext = 1;
+		ix.first_recent = 1;
 		changed = true;
 	}
 	if (take_recent) {
@@ -861,7 +866,21 @@ mbox_sync_locked(struct mbox *mb, bool take_recent, char **err)
 			nv[i].file[nv[i].baselen] = save;
 		}
 	}
-	if (changed && index_write(mb, ix.uidvalidity, ix.uidnext, nv, nn) < 0)
+	/*
+	 * \Recent as Dovecot keeps it: a message is recent for the first
+	 * session that syncs it read-write (take_recent) after it arrived,
+	 * however it arrived (delivery, APPEND, COPY); that session claims it.
+	 * A read-only view (EXAMINE) shows the unclaimed ones as recent.
+	 */
+	if (take_recent || mb->readonly)
+		for (i = 0; i < nn; i++)
+			if (nv[i].uid >= ix.first_recent)
+				nv[i].flags |= MBOX_F_RECENT;
+	if (take_recent && ix.first_recent != ix.uidnext) {
+		ix.first_recent = ix.uidnext;
+		changed = true;
+	}
+	if (changed && index_write(mb, ix.uidvalidity, ix.uidnext, ix.first_recent, nv, nn) < 0)
 		log_warn("mailbox: cannot write the index of %s", mb->dir);
 	if (mb->uidvalidity && mb->uidvalidity != ix.uidvalidity)
 		log_warnx("mailbox: %s: UIDVALIDITY changed %u -> %u", mb->dir, mb->uidvalidity, ix.uidvalidity);
@@ -870,6 +889,7 @@ mbox_sync_locked(struct mbox *mb, bool take_recent, char **err)
 	mb->nmsgs = nn;
 	mb->uidvalidity = ix.uidvalidity;
 	mb->uidnext = ix.uidnext;
+	mb->first_recent = ix.first_recent;
 	for (i = 0; i < dn; i++)
 		free(dv[i].file);
 	free(dv);
@@ -1661,7 +1681,7 @@ mbox_get_status(const char *root, const char *name, struct mbox_status *st, char
 	}
 	for (size_t i = 0; i < mb->nmsgs; i++) {
 		st->messages++;
-		if (mb->msgs[i].flags & MBOX_F_RECENT)
+		if ((mb->msgs[i].flags & MBOX_F_RECENT) || mb->msgs[i].uid >= mb->first_recent)
 			st->recent++;
 		if (!(mb->msgs[i].flags & MBOX_F_SEEN))
 			st->unseen++;

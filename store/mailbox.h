@@ -66,6 +66,7 @@ struct mbox {
 	char    name[MBOX_NAME_MAX + 1]; /* IMAP name: "INBOX", "Sent", "a.b" */
 	uint32_t uidvalidity;
 	uint32_t uidnext;
+	uint32_t first_recent;      /* UIDs from here: not yet claimed as \Recent */
 	struct mbox_msg *msgs;      /* sorted by uid */
 	size_t  nmsgs;
 	bool    readonly;

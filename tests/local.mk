@@ -107,6 +107,27 @@ TESTS += tests/integration/test_imap_junk.py
 EXTRA_DIST += tests/integration/test_imap_junk.py
 TESTS += tests/integration/test_imap_keywords.py
 EXTRA_DIST += tests/integration/test_imap_keywords.py
+TESTS += tests/integration/test_imap_dovecot.py
+EXTRA_DIST += tests/integration/test_imap_dovecot.py tests/integration/imapdiff.py
+
+# ---- GeoIP, greylisting, early talkers (issue #4) ----
+check_PROGRAMS += tests/unit/test_geoip tests/unit/test_greylist
+tests_unit_test_geoip_LDADD = $(MOAT_LIBS)
+tests_unit_test_greylist_LDADD = $(MOAT_LIBS)
+TESTS += tests/unit/test_geoip tests/unit/test_greylist
+TESTS += tests/integration/test_geoip.py tests/integration/test_greylist.py tests/integration/test_pregreet.py
+EXTRA_DIST += tests/integration/test_geoip.py tests/integration/test_greylist.py tests/integration/test_pregreet.py
+
+# ---- DNS: resolver, DNSBL/DNSWL/URIBL, HELO and FCrDNS (issue #4) ----
+check_PROGRAMS += tests/unit/test_resolver
+tests_unit_test_resolver_LDADD = $(MOAT_LIBS)
+TESTS += tests/unit/test_resolver
+TESTS += tests/integration/test_dnsbl.py tests/integration/test_helo.py
+EXTRA_DIST += tests/integration/test_dnsbl.py tests/integration/test_helo.py
+
+# DKIM and DMARC (filters/dkim.c, filters/dmarc.c)
+TESTS += tests/integration/test_dkim.py tests/integration/test_dmarc.py
+EXTRA_DIST += tests/integration/test_dkim.py tests/integration/test_dmarc.py tests/integration/dkimsign.py
 
 # ---- SPF (filters/spf.c, filters/spf_record.c; issue #4) ----
 check_PROGRAMS += tests/unit/test_spf_record

@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 
-from dnslib import (AAAA, CNAME, MX, NS, PTR, QTYPE, RCODE, RR, TXT, A,
+from dnslib import (AAAA, CNAME, MX, NS, PTR, QTYPE, RCODE, RR, SOA, TXT, A,
                     DNSRecord)
 
 lock = threading.Lock()
@@ -103,6 +103,14 @@ def rdata(rec):
     return None, None
 
 
+def negative(reply):
+    """an SOA with TTL 0 in the authority section: resolvers cache a
+    negative answer (NXDOMAIN, NODATA) for the SOA's TTL/minimum (RFC 2308),
+    so zero keeps a name added by a test visible at once"""
+    reply.add_auth(RR(".", QTYPE.SOA, rdata=SOA("ns.test.", "hostmaster.test.", (1, 0, 0, 0, 0)), ttl=0))
+    return reply
+
+
 def answer(req):
     """the reply packet (bytes), or None for no reply at all"""
     q = req.q
@@ -114,7 +122,7 @@ def answer(req):
     recs = lookup(name)
     if recs is None:
         reply.header.rcode = RCODE.NXDOMAIN
-        return reply, 0
+        return negative(reply), 0
     delay = 0
     ttl = 0
     have = False            # a record of the asked type before TIMEOUT
@@ -153,6 +161,8 @@ def answer(req):
             if hop == 0 and not reply.rr:
                 reply.header.rcode = RCODE.NXDOMAIN
             break
+    if not reply.rr:
+        negative(reply)
     return reply, delay
 
 

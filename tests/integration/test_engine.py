@@ -59,9 +59,7 @@ with Sink() as sink:
         d = last(sink)
         hdr = d.split("\r\n\r\n")[0]
         t.ok("X-Spam-Flag: YES" in hdr and "MOAT_ADVANCE_FEE" in hdr, "tagged: X-Spam-Flag: YES with the rule", hdr[:800])
-        # other filters' lines (SPF_NONE ...) may come first
-        t.ok(re.search(r"X-Spam-Report:\r\n(?:\t\*[^\r]*\r\n)*?\t\*\s+2\.00 MOAT_ADVANCE_FEE", hdr) is not None,
-             "X-Spam-Report lists the rule and its score", hdr[:900])
+        t.ok(re.search(r"X-Spam-Report:(\r\n\t\*[^\r]*)*\r\n\t\*\s+2\.00 MOAT_ADVANCE_FEE", hdr) is not None, "X-Spam-Report lists the rule and its score")
         t.ok(hdr.index("Received: from") < hdr.index("X-Spam-Flag"), "verdict headers come after our Received header")
         t.ok("As next of kin" in d, "the body arrives unchanged")
         t.ok(m.wait_log(r"event=verdict .* action=tag .*MOAT_ADVANCE_FEE\(2\.00\)") is not None, "tag logged with symbols")

@@ -43,6 +43,11 @@ with Moat(extra="listen imap 127.0.0.1:%d\nauth-allow-plaintext yes\n" % iport) 
     for i in range(3):
         s.sendmail("sender@remote.test", ["alice@example.test"], MSG % (i, i, i))
     s.quit()
+    import time
+    end = time.time() + 20       # delivery is asynchronous: wait for the three files
+    while len(m.maildir_files("alice@example.test", "new")) + \
+            len(m.maildir_files("alice@example.test", "cur")) < 3 and time.time() < end:
+        time.sleep(0.1)
     c = imaplib.IMAP4("127.0.0.1", iport, timeout=30)
     c.login("alice@example.test", "alice-pw")
     c.select("INBOX")
