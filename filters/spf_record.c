@@ -181,6 +181,7 @@ bool
 spf_domain_ok(const char *d)
 {
 	size_t len = strlen(d), lab = 0, labels = 0;
+	bool digits = true;             /* the current label is all digits */
 
 	if (len > 0 && d[len - 1] == '.')
 		len--;
@@ -192,8 +193,13 @@ spf_domain_ok(const char *d)
 				return false;
 			labels++;
 			lab = 0;
+			if (i == len && digits)
+				return false;   /* an address, not a name */
+			digits = true;
 			continue;
 		}
+		if (!is_digit(d[i]))
+			digits = false;
 		if ((unsigned char)d[i] <= 0x20 || (unsigned char)d[i] >= 0x7f)
 			return false;
 		lab++;

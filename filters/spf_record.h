@@ -46,8 +46,8 @@ int spf_record_check(const char *rec, size_t len, bool v6client, char *canon, si
 bool spf_domain_spec_ok(const char *s, size_t len, bool exp, const char **why);
 
 /* a domain name usable as an SPF identity (RFC 7208 4.3): ASCII labels of
- * 1..63 characters, at least two labels, 253 characters at most; one
- * final dot allowed */
+ * 1..63 characters, at least two labels, the last not all digits (that is
+ * an address), 253 characters at most; one final dot allowed */
 bool spf_domain_ok(const char *d);
 
 /* the values of the macro letters (RFC 7208 7.3), as text */

@@ -141,8 +141,9 @@ test_hostile(void)
 	    "spf_record_is_v1: \"v=spf1\" then SP or end");
 	ok(spf_domain_ok("example.com") && spf_domain_ok("example.com.") &&
 	    !spf_domain_ok("A...example.com") && !spf_domain_ok("A2345678") &&
+	    !spf_domain_ok("192.0.2.1") && spf_domain_ok("1.2.example") &&
 	    !spf_domain_ok("a1234567890123456789012345678901234567890123456789012345678901234.example.com"),
-	    "spf_domain_ok: empty labels, one label, a label over 63");
+	    "spf_domain_ok: empty labels, one label, an address, a label over 63");
 }
 
 static void
