@@ -557,6 +557,7 @@ spf_check_host(struct resolver *res, const struct spf_in *in, const char *domain
 	pthread_once(&spf_once, spf_handlers);
 	memset(o->why, 0, sizeof(o->why));
 	o->expl[0] = '\0';
+	o->expl_default = false;
 	moat_strlcpy(o->domain, domain, sizeof(o->domain));
 	clean(o->domain);
 	o->res = AR_NONE;
@@ -818,7 +819,7 @@ received_spf(const struct msg_ctx *x, const char *receiver, const struct spf_out
 	hval(from, sizeof(from), x->sender[0] ? x->sender : "<>");
 	hval(helo, sizeof(helo), x->helo[0] ? x->helo : "unknown");
 	hval(rcv, sizeof(rcv), receiver);
-	buf_printf(&b, "Received-SPF: %s (%s: ", res, rcv);
+	buf_printf(&b, "Received-SPF: %s (%s:\r\n\t", res, rcv);
 	switch (o->res) {
 	case AR_PASS:
 		buf_printf(&b, "domain of %s designates %s as permitted sender", dom, ip);
