@@ -228,7 +228,8 @@ dnsbl_check(void *state, struct msg_ctx *x, struct verdict *v)
 
 	if (x->trusted || x->res == NULL)
 		return;
-	have_ip = s->ip && x->client_ip && dns_reverse_name(x->client_ip, "", rev, sizeof(rev));
+	have_ip = s->ip && !x->client_done && x->client_ip &&
+	    dns_reverse_name(x->client_ip, "", rev, sizeof(rev));
 	if (s->uri && x->mime) {
 		size_t nu = mime_url_count(x->mime);
 		for (size_t i = 0; i < nu && ndoms < URIBL_MAX_DOMAINS; i++) {

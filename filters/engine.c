@@ -107,6 +107,7 @@ struct engine {
 	bool    attach;
 	struct resolver *res;
 	void   *state[NFILTERS];        /* NULL: that filter is not configured */
+	bool    early[NFILTERS];        /* filter-stage NAME rcpt */
 	pthread_mutex_t bayes_mu;       /* guards opening bayes for the first learn */
 };
 
@@ -172,6 +173,10 @@ engine_new(const struct moat_conf *c, char **err)
 		}
 	}
 	pthread_mutex_init(&e->bayes_mu, NULL);
+	for (size_t i = 0; i < NFILTERS; i++)
+		for (size_t k = 0; k < c->nearly_filters; k++)
+			if (!strcmp(c->early_filters[k], table[i]->name))
+				e->early[i] = table[i]->stage <= FLT_RCPT;
 	for (size_t i = 0; i < NFILTERS; i++) {
 		char *ferr = NULL;
 		if (table[i]->init == NULL)
@@ -288,6 +293,85 @@ auth_results(const struct moat_conf *c, const struct msg_ctx *x, struct verdict 
 	buf_free(&b);
 }
 
+/* what the filters of the first RCPT found (filter-stage NAME rcpt) */
+struct engine_early {
+	struct verdict v;
+	struct auth_info auth;
+	char    client_name[256];
+	bool    ran[NFILTERS];
+};
+
+static void
+ctx_from_in(struct engine *e, const struct engine_in *in, struct msg_ctx *ctx)
+{
+	memset(ctx, 0, sizeof(*ctx));
+	ctx->qid = in && in->qid ? in->qid : "-";
+	ctx->client = in ? in->client : NULL;
+	ctx->client_ip = in && in->client_ip ? in->client_ip : "";
+	ctx->helo = in && in->helo ? in->helo : "";
+	ctx->sender = in && in->sender ? in->sender : "";
+	ctx->rcpts = in ? in->rcpts : NULL;
+	ctx->nrcpts = in ? in->nrcpts : 0;
+	ctx->auth_user = in ? in->auth_user : NULL;
+	ctx->tls = in && in->tls;
+	ctx->lists = in ? in->lists : NULL;
+	ctx->res = e->res;
+	ctx->trusted = ctx->auth_user != NULL;
+}
+
+bool
+engine_has_early(const struct engine *e)
+{
+	for (size_t i = 0; e && i < NFILTERS; i++)
+		if (e->early[i] && e->state[i])
+			return true;
+	return false;
+}
+
+struct engine_early *
+engine_early_run(struct engine *e, const struct engine_in *in)
+{
+	struct engine_early *r = xcalloc(1, sizeof(*r));
+	const struct moat_conf *c = e->conf;
+	struct msg_ctx ctx;
+	uint64_t t0 = now_ms();
+
+	ctx_from_in(e, in, &ctx);
+	if (!ctx.trusted && !(in && in->allowlisted))
+		for (size_t i = 0; i < NFILTERS; i++)
+			if (e->early[i] && e->state[i]) {
+				table[i]->check(e->state[i], &ctx, &r->v);
+				r->ran[i] = true;
+			}
+	r->auth = ctx.auth;
+	if (ctx.client_name)
+		moat_strlcpy(r->client_name, ctx.client_name, sizeof(r->client_name));
+	double th_rej = in && in->th_set ? in->th_reject : c->action_reject;
+	if (r->v.forced && r->v.force == VA_REJECT)
+		r->v.action = VA_REJECT;
+	else if (th_rej > 0 && r->v.score >= th_rej)
+		r->v.action = VA_REJECT;
+	else
+		r->v.action = VA_ACCEPT;
+	r->v.elapsed_ms = (double)(now_ms() - t0);
+	return r;
+}
+
+const struct verdict *
+engine_early_verdict(const struct engine_early *r)
+{
+	return &r->v;
+}
+
+void
+engine_early_free(struct engine_early *r)
+{
+	if (r == NULL)
+		return;
+	verdict_clear(&r->v);
+	free(r);
+}
+
 void
 engine_run(struct engine *e, const char *msg, size_t len, const struct engine_in *in,
     struct verdict *v)
@@ -302,6 +386,19 @@ engine_run(struct engine *e, const char *msg, size_t len, const struct engine_in
 	memset(v, 0, sizeof(*v));
 	for (size_t i = 0; in && i < in->nearly; i++)
 		verdict_add(v, in->early[i].name, in->early[i].score, in->early[i].reason);
+	const struct engine_early *pre = in ? in->pre : NULL;
+	if (pre) {
+		/* the first RCPT's filters count with the rest */
+		for (size_t i = 0; i < pre->v.nsym; i++)
+			verdict_add(v, pre->v.sym[i].name, pre->v.sym[i].score, pre->v.sym[i].reason);
+		if (pre->v.forced)
+			verdict_force(v, pre->v.force, pre->v.force_why);
+		if (pre->v.hdrslen) {
+			v->hdrs = xmalloc(pre->v.hdrslen + 1);
+			memcpy(v->hdrs, pre->v.hdrs, pre->v.hdrslen);
+			v->hdrslen = pre->v.hdrslen;
+		}
+	}
 	if (e->av) {
 		char vir[128];
 		char *aerr = NULL;
@@ -356,29 +453,31 @@ engine_run(struct engine *e, const char *msg, size_t len, const struct engine_in
 	} else {
 		/* the network and authentication filters */
 		struct msg_ctx ctx;
-		memset(&ctx, 0, sizeof(ctx));
-		ctx.qid = in && in->qid ? in->qid : "-";
-		ctx.client = in ? in->client : NULL;
-		ctx.client_ip = in && in->client_ip ? in->client_ip : "";
-		ctx.helo = in && in->helo ? in->helo : "";
-		ctx.sender = in && in->sender ? in->sender : "";
-		ctx.rcpts = in ? in->rcpts : NULL;
-		ctx.nrcpts = in ? in->nrcpts : 0;
-		ctx.auth_user = in ? in->auth_user : NULL;
-		ctx.tls = in && in->tls;
+		ctx_from_in(e, in, &ctx);
 		ctx.msg = msg;
 		ctx.len = len;
 		ctx.mime = m;
 		ctx.from_domain = have_from ? dom : NULL;
-		ctx.lists = in ? in->lists : NULL;
-		ctx.res = e->res;
-		ctx.trusted = ctx.auth_user != NULL;
+		if (pre) {
+			ctx.auth = pre->auth;
+			ctx.client_name = pre->client_name[0] ? pre->client_name : NULL;
+		}
 		/* authenticated submissions are not checked against the sender's
 		 * DNS: the client is our user, not the sending domain's server */
 		if (!ctx.trusted)
-			for (size_t i = 0; i < NFILTERS; i++)
-				if (e->state[i])
-					table[i]->check(e->state[i], &ctx, v);
+			for (size_t i = 0; i < NFILTERS; i++) {
+				if (!e->state[i])
+					continue;
+				ctx.client_done = false;
+				if (pre && pre->ran[i]) {
+					/* done at RCPT; the DNS lists still have the
+					 * message's URLs to look up */
+					if (table[i] != &filter_dnsbl)
+						continue;
+					ctx.client_done = true;
+				}
+				table[i]->check(e->state[i], &ctx, v);
+			}
 		auth_results(c, &ctx, v);
 		if (e->attach) {
 			struct attach_result ar;

@@ -75,7 +75,18 @@ struct engine_in {
 	 * with the rest */
 	const struct symbol *early;
 	size_t  nearly;
+	/* the filters run at the first RCPT (engine_early_run), or NULL */
+	const struct engine_early *pre;
 };
+struct engine_early;
+/* any filter placed at the first RCPT ("filter-stage NAME rcpt")? */
+bool engine_has_early(const struct engine *);
+/* BLOCKING (pool thread): run those filters on the connection and the
+ * envelope (no message yet); its verdict's action is VA_REJECT when they
+ * alone reach the reject threshold or force a reject, else VA_ACCEPT */
+struct engine_early *engine_early_run(struct engine *, const struct engine_in *);
+const struct verdict *engine_early_verdict(const struct engine_early *);
+void engine_early_free(struct engine_early *);
 /* BLOCKING (pool thread): run the data filters on the message bytes */
 void engine_run(struct engine *, const char *msg, size_t len, const struct engine_in *,
     struct verdict *);

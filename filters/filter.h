@@ -79,6 +79,8 @@ struct msg_ctx {
 	struct resolver *res;           /* the engine's resolver (thread-safe) */
 	struct auth_info auth;          /* filled by SPF, DKIM, DMARC in that order */
 	bool    trusted;                /* authenticated or allow-listed: skip spam checks */
+	bool    client_done;            /* the client checks ran at RCPT already (dnsbl:
+	                                 * only the message's URLs are left) */
 };
 
 struct filter {

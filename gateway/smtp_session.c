@@ -119,6 +119,8 @@ struct session {
 	size_t  lineheadlen;
 	struct buf hold;            /* the header field being received (see emit) */
 	const struct domain_conf *th_domain; /* the first recipient's: its thresholds apply */
+	struct engine_early *early; /* the filters run at the first RCPT (filter-stage) */
+	char   *early_reject;       /* their refusal, repeated for every RCPT */
 	enum { HOLD_PASS, HOLD_FIELD, HOLD_DROP } hold_mode;
 	bool    at_line_start;
 	int     nreceived;
@@ -247,6 +249,9 @@ reset_transaction(struct session *s)
 	}
 	envelope_clear(&s->env);
 	s->th_domain = NULL;
+	engine_early_free(s->early);
+	s->early = NULL;
+	xfree(s->early_reject);
 	xfree(s->rcvhdr);
 	s->msg_allow = false;
 	memset(&s->mp, 0, sizeof(s->mp));
@@ -380,6 +385,11 @@ cmd_helo(struct session *s, const struct smtp_command *c)
 static bool sender_owned(struct session *, const char *);
 static bool greylist_wanted(const struct session *);
 static void greylist_submit(struct session *, const char *, const struct smtp_rcpt_params *,
+    const struct domain_conf *);
+static void reply_safe(const char *, char *, size_t);
+static void rcpt_checked(struct session *, const char *, const struct smtp_rcpt_params *,
+    const struct domain_conf *);
+static void early_submit(struct session *, const char *, const struct smtp_rcpt_params *,
     const struct domain_conf *);
 static void rcpt_accept(struct session *, const char *, const struct smtp_rcpt_params *,
     const struct domain_conf *);
@@ -533,11 +543,30 @@ cmd_rcpt(struct session *s, const struct smtp_command *c)
 			reply(s, "250 2.1.5 Ok");
 			return;
 		}
-	if (greylist_wanted(s)) {
-		greylist_submit(s, addr, &rp, d);       /* it accepts or defers it */
+	if (s->early_reject) {
+		/* the client or the sender was refused at the first RCPT: all are */
+		reply(s, "%s", s->early_reject);
+		log_reject(s, "rcpt", addr, s->early_reject);
 		return;
 	}
-	rcpt_accept(s, addr, &rp, d);
+	if (s->env.nrcpts == 0 && s->early == NULL && s->auth_user == NULL &&
+	    engine_has_early(W->engine)) {
+		early_submit(s, addr, &rp, d);          /* then the greylist, then accept */
+		return;
+	}
+	rcpt_checked(s, addr, &rp, d);
+}
+
+/* the recipient passed the checks and the early filters: the greylist */
+static void
+rcpt_checked(struct session *s, const char *addr, const struct smtp_rcpt_params *rp,
+    const struct domain_conf *d)
+{
+	if (greylist_wanted(s)) {
+		greylist_submit(s, addr, rp, d);        /* it accepts or defers it */
+		return;
+	}
+	rcpt_accept(s, addr, rp, d);
 }
 
 /* the recipient passed every check (the greylist too, if any) */
@@ -1217,6 +1246,104 @@ dispatch(struct session *s, const char *line, size_t len)
 
 /* ---- greylisting (RCPT): the decision is a pool job ---- */
 
+/* ---- the filters placed at the first RCPT (filter-stage NAME rcpt) ---- */
+
+struct early_job {
+	struct session *s;
+	enum sstate prev;
+	char    addr[SMTP_PATH_MAX + 1];
+	struct smtp_rcpt_params rp;
+	const struct domain_conf *dom;
+	struct engine_in in;
+	const char *rcpts[1];
+	struct engine_early *res;
+};
+
+/* BLOCKING: DNS */
+static void
+early_work(void *arg)
+{
+	struct early_job *j = arg;
+	j->res = engine_early_run(W->engine, &j->in);
+}
+
+static void
+early_done(void *arg)
+{
+	struct early_job *j = arg;
+	struct session *s = j->s;
+	const struct verdict *v = engine_early_verdict(j->res);
+	struct buf syms = BUF_INIT;
+
+	s->refs--;
+	verdict_symbols(v, &syms);
+	log_info("sid=%s qid=NOQUEUE event=early-verdict ip=%s from=<%s> to=<%s> score=%.2f action=%s "
+	    "symbols=%s time=%.0fms", s->sid, s->ip, esc(s->env.sender), esc(j->addr), v->score,
+	    v->action == VA_REJECT ? "reject" : "continue", syms.len ? syms.data : "-", v->elapsed_ms);
+	buf_free(&syms);
+	if (s->dead) {
+		engine_early_free(j->res);
+		free(j);
+		if (s->refs == 0)
+			session_free(s);
+		return;
+	}
+	s->state = j->prev;
+	if (v->action == VA_REJECT) {
+		char why[200], rbuf[SMTP_PATH_MAX + 300];
+		reply_safe(v->force_why, why, sizeof(why));
+		if (why[0])
+			snprintf(rbuf, sizeof(rbuf), "550 5.7.1 Rejected: %s", why);
+		else
+			snprintf(rbuf, sizeof(rbuf), "550 5.7.1 Rejected: client or sender scored %.1f", v->score);
+		reply(s, "%s", rbuf);
+		log_reject(s, "rcpt", j->addr, rbuf);
+		free(s->early_reject);
+		s->early_reject = xstrdup(rbuf);
+		engine_early_free(j->res);
+	} else {
+		s->early = j->res;      /* its symbols join the message's verdict */
+		rcpt_checked(s, j->addr, &j->rp, j->dom);
+	}
+	free(j);
+	if (s->state != S_GREYLIST) {
+		bufferevent_enable(s->bev, EV_READ);
+		set_timeout(s);
+		session_process(s);
+	}
+}
+
+static void
+early_submit(struct session *s, const char *addr, const struct smtp_rcpt_params *rp,
+    const struct domain_conf *d)
+{
+	struct early_job *j = xcalloc(1, sizeof(*j));
+
+	j->s = s;
+	j->prev = s->state;
+	moat_strlcpy(j->addr, addr, sizeof(j->addr));
+	j->rp = *rp;
+	j->dom = d;
+	j->rcpts[0] = j->addr;
+	j->in.allowlisted = s->allowlisted || s->msg_allow;
+	j->in.qid = "NOQUEUE";
+	j->in.client = (const struct sockaddr *)&s->ss;
+	j->in.client_ip = s->ip;
+	j->in.helo = s->helo ? s->helo : "";
+	j->in.sender = s->env.sender ? s->env.sender : "";
+	j->in.rcpts = j->rcpts;
+	j->in.nrcpts = 1;
+	j->in.tls = s->tls;
+	j->in.th_set = true;
+	j->in.th_tag = d->th_tag;
+	j->in.th_quarantine = d->th_quarantine;
+	j->in.th_reject = d->th_reject;
+	s->state = S_GREYLIST;      /* a RCPT decision is in the pool: read nothing */
+	bufferevent_disable(s->bev, EV_READ);
+	s->refs++;
+	pool_submit(W->pool, early_work, early_done, j);
+}
+
 struct gl_job {
 	struct session *s;
 	enum sstate prev;           /* S_MAIL or S_RCPT, restored after */
@@ -1509,6 +1636,7 @@ filter_work(void *arg)
 		.helo = s->helo ? s->helo : "", .sender = s->env.sender ? s->env.sender : "",
 		.rcpts = rcpts, .nrcpts = s->env.nrcpts, .auth_user = s->auth_user, .tls = s->tls,
 	};
+	in.pre = s->early;
 	if (s->th_domain) {
 		in.th_set = true;
 		in.th_tag = s->th_domain->th_tag;

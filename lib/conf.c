@@ -937,6 +937,57 @@ d_score(struct parser *p, int n, char **w)
 	p->c->scores[p->c->nscores++].score = v;
 }
 
+/*
+ * Where each filter may run: the earliest SMTP stage whose data it needs
+ * (filters/engine.c's table says the same).  Filters can be moved from the
+ * end of data to the first RCPT; one that needs the message cannot.
+ */
+static const struct {
+	const char *name;
+	const char *needs;              /* NULL: anything up to RCPT will do */
+} filter_stages[] = {
+	{ "helo", NULL }, { "dnsbl", NULL }, { "geoip", NULL }, { "spf", NULL },
+	{ "dkim", "the message header and body" }, { "dmarc", "the DKIM results and the From header" },
+	{ "rules", "the message" }, { "antivirus", "the message" }, { "bayes", "the message" },
+	{ "attachment-policy", "the message" },
+};
+
+static void
+d_filter_stage(struct parser *p, int n, char **w)
+{
+	size_t i;
+
+	if (n != 3 || (strcmp(w[2], "rcpt") && strcmp(w[2], "data"))) {
+		perr(p, "filter-stage: expected \"filter-stage NAME rcpt|data\"");
+		return;
+	}
+	for (i = 0; i < ARRAY_SIZE(filter_stages); i++)
+		if (!strcmp(w[1], filter_stages[i].name))
+			break;
+	if (i == ARRAY_SIZE(filter_stages)) {
+		perr(p, "filter-stage: no filter named \"%s\" (helo, dnsbl, geoip, spf can move to rcpt)",
+		    esc(w[1]));
+		return;
+	}
+	if (!strcmp(w[2], "rcpt") && filter_stages[i].needs) {
+		perr(p, "filter-stage %s rcpt: %s needs %s, which does not exist before DATA", w[1], w[1],
+		    filter_stages[i].needs);
+		return;
+	}
+	/* the last line for a filter wins */
+	for (size_t k = 0; k < p->c->nearly_filters; k++)
+		if (!strcmp(p->c->early_filters[k], w[1])) {
+			free(p->c->early_filters[k]);
+			p->c->early_filters[k] = p->c->early_filters[--p->c->nearly_filters];
+			break;
+		}
+	if (!strcmp(w[2], "rcpt")) {
+		p->c->early_filters = xreallocarray(p->c->early_filters, p->c->nearly_filters + 1,
+		    sizeof(char *));
+		p->c->early_filters[p->c->nearly_filters++] = xstrdup(w[1]);
+	}
+}
+
 /* -- directive parsers: dnsbl.c, helo.c -- */
 #define DNSL_MAX        64      /* dnsbl + dnswl + uribl lines */
 #define DNSL_MAX_RETS   32      /* returns entries per line */
@@ -1151,6 +1202,7 @@ static const struct {
 	/* -- operations (#10) -- */
 
 	{ "score", d_score },
+	{ "filter-stage", d_filter_stage },
 	{ "action", d_action },
 	{ "rules", d_rules },
 	{ "antivirus", d_antivirus },
@@ -1442,6 +1494,9 @@ conf_free(struct moat_conf *c)
 	for (size_t i = 0; i < c->nscores; i++)
 		free(c->scores[i].symbol);
 	free(c->scores);
+	for (size_t i = 0; i < c->nearly_filters; i++)
+		free(c->early_filters[i]);
+	free(c->early_filters);
 	/* -- free: dnsbl.c, helo.c -- */
 	for (size_t i = 0; i < c->ndnsbls; i++) {
 		free(c->dnsbls[i].zone);

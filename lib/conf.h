@@ -150,6 +150,10 @@ struct moat_conf {
 		double  score;
 	} *scores;
 	size_t  nscores;
+	/* "filter-stage NAME rcpt|data": filters evaluated at the first RCPT
+	 * (Postfix's smtpd_delay_reject point) instead of the end of data */
+	char  **early_filters;
+	size_t  nearly_filters;
 	/* network filters (#4) -- dnsbl.c, helo.c */
 	struct dnsbl_list {             /* "dnsbl|dnswl|uribl ZONE score N [returns A=N,...]" */
 		enum { DNSL_BL, DNSL_WL, DNSL_URI } kind;

@@ -128,6 +128,8 @@ EXTRA_DIST += tests/integration/test_dnsbl.py tests/integration/test_helo.py
 # DKIM and DMARC (filters/dkim.c, filters/dmarc.c)
 TESTS += tests/integration/test_dkim.py tests/integration/test_dmarc.py
 EXTRA_DIST += tests/integration/test_dkim.py tests/integration/test_dmarc.py tests/integration/dkimsign.py
+TESTS += tests/integration/test_filter_stage.py
+EXTRA_DIST += tests/integration/test_filter_stage.py
 
 # ---- SPF (filters/spf.c, filters/spf_record.c; issue #4) ----
 check_PROGRAMS += tests/unit/test_spf_record
