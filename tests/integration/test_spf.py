@@ -208,6 +208,21 @@ with DNSServer(ZONE) as dns, Sink() as sink:
         n += 1
         t.ok(delivered(sink, n) != "", "and is delivered")
 
+    # filter-stage spf rcpt: evaluated once, at the first RCPT
+    with Moat(domains={"relay.test": "relay smtp://127.0.0.1:%d" % sink.port}, dns=dns,
+              extra="filter-stage spf rcpt\nscore SPF_FAIL 20\naction reject 15") as m:
+        code, text = send(m, "a@fail.test")
+        t.ok(code == 550 and "5.7.1" in text, "filter-stage spf rcpt: SPF_FAIL 20 refuses the RCPT",
+             "%s %s" % (code, text))
+        code, _ = send(m, "a@pass.test")
+        n += 1
+        hdr = delivered(sink, n)
+        t.ok(code == 250 and hdr.count("Received-SPF:") == 1 and
+             re.search(r"spf=pass smtp\.mailfrom=pass\.test", hdr) is not None,
+             "filter-stage spf rcpt: a pass is delivered with one Received-SPF and spf=pass", hdr[:900])
+        t.eq(len(re.findall(r"spf: qid=\S+ ip=127\.0\.0\.1 identity=mailfrom domain=pass\.test", m.log())), 1,
+             "filter-stage spf rcpt: evaluated once for the message")
+
     # spf no: no evaluation, no header
     with Moat(domains={"relay.test": "relay smtp://127.0.0.1:%d" % sink.port}, dns=dns,
               extra="spf no") as m:
