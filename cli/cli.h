@@ -27,6 +27,7 @@ struct sqlite3 *cli_journal(const struct moat_conf *, const char *cmd);
 #include <stdbool.h>
 #include <time.h>
 bool cli_parse_since(const char *, time_t *);
+int cmd_spf(struct moat_conf *, int argc, char **argv);    /* cli/cmd_spf.c */
 
 /* send one line to the daemon's control socket (<state-dir>/control.sock)
  * and return its reply in a malloc'ed string; NULL if the daemon is not

@@ -64,6 +64,8 @@ static const struct cmd_group cmd_groups[] = {
 	  "quarantine list [--rcpt A] [--from A] [--since T] [--json] ... | show ID [--raw]\n"
 	  "  quarantine release ID...|--all FILTER [--rcpt A] [--learn-ham] | delete ID... [--learn-spam]\n"
 	  "  quarantine purge [--older-than D] [--max-size S] | check   the quarantine store" },
+	{ "spf", cmd_spf,
+	  "spf check --ip IP [--helo NAME] [--sender ADDR]   evaluate SPF (RFC 7208) as moatd does" },
 	{ "status", cmd_status,
 	  "status                   ask the running moatd how it is doing" },
 	{ "report", cmd_report,

@@ -97,6 +97,7 @@ static const struct setting settings[] = {
 	{ "helo-checks",            CT_BOOL,     OFF(helo_checks), "yes", 0, 0 },
 
 	/* -- spf.c -- */
+	{ "spf",                    CT_BOOL,     OFF(spf), "yes", 0, 0 },
 
 	/* -- dkim.c, dmarc.c -- */
 	{ "dkim",                   CT_BOOL,     OFF(dkim), "yes", 0, 0 },

@@ -168,6 +168,7 @@ struct moat_conf {
 	size_t  ndnsbls;
 	bool    helo_checks;            /* HELO syntax and FCrDNS symbols (default yes) */
 	/* network filters (#4) -- spf.c */
+	bool    spf;                    /* SPF checks (filters/spf.c) */
 	/* network filters (#4) -- dkim.c, dmarc.c */
 	bool    dkim;                   /* verify DKIM signatures (default yes) */
 	long long dkim_min_key_bits;    /* RSA keys below this fail (default 1024) */

@@ -141,3 +141,9 @@ TESTS += tests/integration/test_filter_stage.py
 EXTRA_DIST += tests/integration/test_filter_stage.py
 TESTS += tests/integration/test_bayes_autolearn.py
 EXTRA_DIST += tests/integration/test_bayes_autolearn.py
+
+# ---- SPF (filters/spf.c, filters/spf_record.c; issue #4) ----
+check_PROGRAMS += tests/unit/test_spf_record
+tests_unit_test_spf_record_LDADD = $(MOAT_LIBS)
+TESTS += tests/unit/test_spf_record tests/integration/test_spf.py tests/integration/test_spf_suite.py
+EXTRA_DIST += tests/integration/test_spf.py tests/integration/test_spf_suite.py tests/integration/spf_suite.py

@@ -11,6 +11,8 @@ EXTRA_DIST += tests/fuzz/fuzz_smtp_cmd.c tests/fuzz/fuzz_smtp_data.c \
 	tests/fuzz/corpus
 # SASL mechanisms (lib/sasl.c, lib/sasl_crypto.c), seeds in corpus/sasl
 EXTRA_DIST += tests/fuzz/fuzz_sasl.c
+# SPF record checks (filters/spf_record.c), seeds in corpus/spf
+EXTRA_DIST += tests/fuzz/fuzz_spf_record.c
 if FUZZERS
 FUZZ_FLAGS = -fsanitize=fuzzer,address,undefined -fno-omit-frame-pointer -g
 noinst_PROGRAMS += tests/fuzz/fuzz_smtp_cmd tests/fuzz/fuzz_smtp_data
@@ -27,4 +29,9 @@ tests_fuzz_fuzz_sasl_SOURCES = tests/fuzz/fuzz_sasl.c lib/sasl.c lib/sasl_crypto
 tests_fuzz_fuzz_sasl_CFLAGS = $(AM_CFLAGS) $(FUZZ_FLAGS)
 tests_fuzz_fuzz_sasl_LDFLAGS = $(FUZZ_FLAGS)
 tests_fuzz_fuzz_sasl_LDADD = $(MOAT_LIBS)
+noinst_PROGRAMS += tests/fuzz/fuzz_spf_record
+tests_fuzz_fuzz_spf_record_SOURCES = tests/fuzz/fuzz_spf_record.c filters/spf_record.c
+tests_fuzz_fuzz_spf_record_CFLAGS = $(AM_CFLAGS) $(FUZZ_FLAGS)
+tests_fuzz_fuzz_spf_record_LDFLAGS = $(FUZZ_FLAGS)
+tests_fuzz_fuzz_spf_record_LDADD = $(MOAT_LIBS)
 endif

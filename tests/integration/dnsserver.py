@@ -14,6 +14,9 @@ records, each a list:
     ["TXT", "v=spf1 -all"]    ["TXT", ["two", "strings"]]   ["SPF", "v=spf1 ..."]
     ["MX", 10, "mx.example.test"]   ["CNAME", "target.test"]  ["NS", "ns.test"]
     ["TIMEOUT"]               no answer at all, for any type of this name
+                              that has no record listed before it (as the
+                              RFC 7208 suite's drivers do: [TXT, TIMEOUT]
+                              answers TXT and times out the other types)
     ["SERVFAIL"]              rcode SERVFAIL
     ["DELAY", 1.5]            answer after 1.5 s (in a thread)
     ["TTL", 0]                TTL of the records of this name (default 0,
@@ -111,7 +114,8 @@ def negative(reply):
 def answer(req):
     """the reply packet (bytes), or None for no reply at all"""
     q = req.q
-    name = str(q.qname).lower().rstrip(".")
+    # the raw labels: str() would escape a space as \032
+    name = ".".join(l.decode("latin-1") for l in q.qname.label).lower()
     reply = req.reply()
     reply.header.aa = 1
     load()
@@ -121,10 +125,15 @@ def answer(req):
         return negative(reply), 0
     delay = 0
     ttl = 0
+    have = False            # a record of the asked type before TIMEOUT
     for r in recs:
         t = r[0].upper()
         if t == "TIMEOUT":
-            return None, 0
+            if not have:
+                return None, 0
+            continue
+        if t not in ("DELAY", "TTL", "SERVFAIL") and getattr(QTYPE, t, None) == q.qtype:
+            have = True
         if t == "SERVFAIL":
             reply.header.rcode = RCODE.SERVFAIL
             return reply, 0
@@ -163,7 +172,12 @@ def serve_udp(sock):
             data, addr = sock.recvfrom(4096)
         except OSError:
             return
-        threading.Thread(target=handle_udp, args=(sock, data, addr), daemon=True).start()
+        try:
+            threading.Thread(target=handle_udp, args=(sock, data, addr), daemon=True).start()
+        except RuntimeError:
+            # no thread to be had on a loaded machine: answer inline
+            # rather than let the server's loop die
+            handle_udp(sock, data, addr)
 
 
 def handle_udp(sock, data, addr):
@@ -194,7 +208,10 @@ def serve_tcp(lsock):
             c, _ = lsock.accept()
         except OSError:
             return
-        threading.Thread(target=handle_tcp, args=(c,), daemon=True).start()
+        try:
+            threading.Thread(target=handle_tcp, args=(c,), daemon=True).start()
+        except RuntimeError:
+            handle_tcp(c)
 
 
 def recv_exact(c, n):

@@ -100,7 +100,7 @@ with Sink() as sink:
 # but a forged A-R with our id still goes
 with Sink() as sink:
     with Moat(domains={"relay.test": "relay smtp://127.0.0.1:%d" % sink.port},
-              extra="attachment-policy no\nbayes no\nhelo-checks no\ndkim no\ndmarc no") as m:
+              extra="attachment-policy no\nbayes no\nhelo-checks no\ndkim no\ndmarc no\nspf no") as m:
         r, d = deliver(m, sink, HDRS + BODY)
         rest = after_ours(d)[1]
         t.ok(b"X-Spam-Status: No, score=-100" in rest and b"(forged, folded)" not in rest

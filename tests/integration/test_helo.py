@@ -48,7 +48,7 @@ with DNSServer({}) as dns, Sink() as sink:
     dom = {"relay.test": "relay smtp://127.0.0.1:%d" % sink.port}
     with Moat(domains=dom, dns=dns, extra="score HELO_BARE_IP 20\naction tag 100\naction reject 15\n") as m:
         code, _, act, syms = send(m, "mail.client.test")
-        t.ok(code == 250 and "HELO_" not in syms and "RDNS_" not in syms,
+        t.ok(code == 250 and not re.search(r"(?:^|,)HELO_", syms) and "RDNS_" not in syms,
              "FQDN HELO from a loopback client: no HELO_ symbol, no RDNS_ symbol (no PTR in the zone)", syms)
         code, _, act, syms = send(m, "mailserver")
         t.ok(code == 250 and "HELO_NOT_FQDN(1.00)" in syms, "EHLO mailserver: HELO_NOT_FQDN(1.00)", syms)
@@ -57,11 +57,11 @@ with DNSServer({}) as dns, Sink() as sink:
         code, _, act, syms = send(m, "bad!host.test")
         t.ok("HELO_BAD_SYNTAX(1.00)" in syms, "EHLO bad!host.test: HELO_BAD_SYNTAX", syms)
         code, _, act, syms = send(m, "[127.0.0.1]")
-        t.ok(code == 250 and "HELO_" not in syms, "EHLO [127.0.0.1] (address literal): fine", syms)
+        t.ok(code == 250 and not re.search(r"(?:^|,)HELO_", syms), "EHLO [127.0.0.1] (address literal): fine", syms)
         code, _, act, syms = send(m, "[IPv6:::1]")
-        t.ok(code == 250 and "HELO_" not in syms, "EHLO [IPv6:::1]: fine", syms)
+        t.ok(code == 250 and not re.search(r"(?:^|,)HELO_", syms), "EHLO [IPv6:::1]: fine", syms)
         code, _, act, syms = send(m, "localhost", src="127.0.0.3")
-        t.ok(code == 250 and "HELO_" not in syms, "EHLO localhost from 127.0.0.3 (loopback): fine", syms)
+        t.ok(code == 250 and not re.search(r"(?:^|,)HELO_", syms), "EHLO localhost from 127.0.0.3 (loopback): fine", syms)
         code, text, act, syms = send(m, "192.0.2.1")
         t.ok(code == 550 and "5.7.1" in text and act == "reject" and "HELO_BARE_IP(20.00)" in syms,
              "EHLO 192.0.2.1 (bare IP) with score HELO_BARE_IP 20: rejected", "%s %s %s" % (code, text, syms))
@@ -70,8 +70,8 @@ with DNSServer({}) as dns, Sink() as sink:
 
     with Moat(domains=dom, dns=dns, extra="helo-checks no\naction tag 100\n") as m:
         code, _, act, syms = send(m, "mailserver")
-        t.ok(code == 250 and act is not None and "HELO_" not in syms, "helo-checks no: no HELO_ symbol", syms)
+        t.ok(code == 250 and act is not None and not re.search(r"(?:^|,)HELO_", syms), "helo-checks no: no HELO_ symbol", syms)
         code, _, act, syms = send(m, "192.0.2.1")
-        t.ok(code == 250 and "HELO_" not in syms, "helo-checks no: a bare IP passes", syms)
+        t.ok(code == 250 and not re.search(r"(?:^|,)HELO_", syms), "helo-checks no: a bare IP passes", syms)
         stopped_clean(m)
 t.done()
