@@ -274,8 +274,10 @@ def postfix_part():
              re.search(r"X-Spam-Report:(\r?\n\t\*[^\r\n]*)*\r?\n\t\*\s+6\.00 MILTER_TAGME", d) is not None,
              "tagged: X-Spam-Flag: YES, the rule in X-Spam-Status and a folded X-Spam-Report", d)
         t.ok("Authentication-Results:" not in d or
-             re.match(r"Received: [^\r\n]*(\r?\n\t[^\r\n]*)*\r?\nAuthentication-Results: mx\.moat\.test;", d)
-             is not None, "Authentication-Results (when the DKIM/DMARC filters ran) right after Received", d)
+             re.match(r"Received: [^\r\n]*(\r?\n\t[^\r\n]*)*\r?\n"
+                      r"(Received-SPF: [^\r\n]*(\r?\n\t[^\r\n]*)*\r?\n)?"
+                      r"Authentication-Results: mx\.moat\.test;", d) is not None,
+             "Authentication-Results (and Received-SPF) right after Postfix's Received", d)
         t.ok(re.search(r"^Subject: \[SPAM\] please tagme\r?$", d, re.M) is not None,
              "milter-subject-prefix is prepended to the Subject", d)
 
