@@ -41,6 +41,8 @@ struct mime_msg {
 	size_t                  natt, attcap;
 	struct mime_url        *url;
 	size_t                  nurl, urlcap;
+	char                  **uri;            /* raw URIs for uri rules */
+	size_t                  nuri, uricap;
 	unsigned                flags;
 	unsigned                parts;
 	unsigned                depth;
@@ -159,10 +161,92 @@ add_url(struct mime_msg *m, const char *s, size_t len)
 	m->nurl++;
 }
 
+/* a raw URI (as SpamAssassin records it), prefix prepended */
+static void
+add_uri(struct mime_msg *m, const char *prefix, const char *s, size_t len)
+{
+	struct buf b = BUF_INIT;
+	char *u;
+
+	if (len > MIME_URL_MAX)
+		len = MIME_URL_MAX;
+	buf_adds(&b, prefix);
+	buf_add(&b, s, len);
+	u = buf_steal(&b);
+	for (size_t i = 0; i < m->nuri; i++)
+		if (strcmp(m->uri[i], u) == 0) {
+			free(u);
+			return;
+		}
+	if (m->nuri >= m->lim.max_urls) {
+		m->flags |= MIME_F_URLS;
+		free(u);
+		return;
+	}
+	GROW(m->uri, m->nuri, m->uricap);
+	m->uri[m->nuri++] = u;
+}
+
 static void
 href_cb(void *arg, const char *s, size_t len)
 {
-	add_url(arg, s, len);
+	struct mime_msg *m = arg;
+	const char *t = s;
+	size_t tl = len;
+
+	/* HTML.pm: leading/trailing whitespace removed, the rest as found */
+	while (tl && isspace((unsigned char)*t))
+		t++, tl--;
+	while (tl && isspace((unsigned char)t[tl - 1]))
+		tl--;
+	if (tl)
+		add_uri(m, "", t, tl);
+	add_url(m, s, len);
+}
+
+/* thunderbird's end delimiters (SpamAssassin's $tbirdenddelim) */
+static bool
+tbird_end(unsigned char c)
+{
+	return c <= ' ' || strchr("><\"`}]{[|", c) != NULL || c == 0x1b || c == 0x7f;
+}
+
+/* e-mail addresses written in text, as "mailto:" URIs */
+static void
+scan_emails(struct mime_msg *m, const char *t, size_t len)
+{
+	for (size_t i = 0; i < len; i++) {
+		size_t s, e, dot = 0;
+
+		if (t[i] != '@')
+			continue;
+		for (s = i; s > 0 && i - s < 251; s--) {
+			unsigned char c = (unsigned char)t[s - 1];
+			if (tbird_end(c) || c == ',' || c == '(' || c == '\'' ||
+			    c >= 0x80 || c == '@')
+				break;
+		}
+		for (e = i + 1; e < len && e - i < 251; e++) {
+			unsigned char c = (unsigned char)t[e];
+			if (tbird_end(c) || c == ',' || c == '(' || c == '\'' ||
+			    c >= 0x80)
+				break;
+			if (c == '.')
+				dot = e;
+		}
+		if (s == i || e == i + 1)
+			continue;
+		/* trailing punctuation thunderbird ignores */
+		while (e > i + 1 && strchr("-~!@#^&*()_+=:;'?,.", t[e - 1]))
+			e--;
+		if (dot == 0 || dot <= i + 1 || dot >= e)
+			continue;
+		if (ascii_prefix_ci(t + s, i - s, "mailto:"))
+			add_uri(m, "", t + s, e - s);
+		else
+			add_uri(m, "mailto:", t + s, e - s);
+		i = e;
+	}
 }
 
 /* URLs written as text: scheme:// or www. at a word start */
@@ -190,8 +274,28 @@ scan_urls(struct mime_msg *m, const char *t, size_t len)
 				break;
 		}
 		add_url(m, t + i, e - i);
+		{
+			/* the raw URI as SpamAssassin's text parser takes it */
+			size_t r;
+			const char *cp;
+			for (r = i; r < len && r - i < MIME_URL_MAX &&
+			    !tbird_end((unsigned char)t[r]) &&
+			    !((unsigned char)t[r] == 0xc2 && r + 1 < len &&
+			    (unsigned char)t[r + 1] == 0xa0); r++)
+				;
+			/* ")" ends it when no "(" comes before */
+			cp = memchr(t + i, ')', r - i);
+			if (cp && memchr(t + i, '(', (size_t)(cp - (t + i))) == NULL)
+				r = (size_t)(cp - t);
+			while (r > i && strchr("-~!@#^&*()_+=:;'?,.", t[r - 1]))
+				r--;
+			if (r > i + 4)
+				add_uri(m, ascii_prefix_ci(t + i, r - i, "www.") ?
+				    "http://" : "", t + i, r - i);
+		}
 		i = e;
 	}
+	scan_emails(m, t, len);
 }
 
 /* ---- HTML to text ---- */
@@ -500,9 +604,17 @@ to_utf8(const char *s, size_t len, const char *charset, size_t *outlen)
 /* ---- the tree walk ---- */
 
 static void
-add_text(struct mime_msg *m, const char *type, char *text, size_t len, bool html)
+add_text(struct mime_msg *m, const char *type, char *text, size_t len, bool html,
+    const char *raw, size_t rawlen)
 {
+	char *r = xmalloc(rawlen + 1);
+
+	if (rawlen)
+		memcpy(r, raw, rawlen);
+	r[rawlen] = '\0';
 	GROW(m->text, m->ntext, m->textcap);
+	m->text[m->ntext].raw = r;
+	m->text[m->ntext].rawlen = rawlen;
 	m->text[m->ntext].type = xstrdup(type);
 	m->text[m->ntext].text = text;
 	m->text[m->ntext].len = len;
@@ -541,7 +653,7 @@ walk(struct mime_msg *m, GMimeObject *o, unsigned depth)
 			if (subj && *subj) {
 				size_t l;
 				char *t = to_utf8(subj, strlen(subj), "utf-8", &l);
-				add_text(m, "message/rfc822", t, l, false);
+				add_text(m, "message/rfc822", t, l, false, "", 0);
 			}
 			walk(m, g_mime_message_get_mime_part(inner), depth + 1);
 		}
@@ -583,7 +695,6 @@ walk(struct mime_msg *m, GMimeObject *o, unsigned depth)
 			}
 			m->decoded += ba->len;
 			t = to_utf8((const char *)ba->data, ba->len, cs, &tl);
-			g_object_unref(mem);
 			if (html) {
 				char *h = mime_html_to_text(t, tl, &hl, href_cb, m);
 				free(t);
@@ -591,7 +702,8 @@ walk(struct mime_msg *m, GMimeObject *o, unsigned depth)
 				tl = hl;
 			}
 			scan_urls(m, t, tl);
-			add_text(m, type, t, tl, html);
+			add_text(m, type, t, tl, html, (const char *)ba->data, ba->len);
+			g_object_unref(mem);
 		}
 	} else {
 		GMimeStream *mem = g_mime_stream_mem_new();
@@ -747,7 +859,7 @@ mime_parse(const char *data, size_t len, const struct mime_limits *lim, char **e
 		m->decoded = bl;
 		char *t = to_utf8(body, bl, NULL, &tl);
 		scan_urls(m, t, tl);
-		add_text(m, "text/plain", t, tl, false);
+		add_text(m, "text/plain", t, tl, false, body, bl);
 		m->parts = 1;
 		return m;
 	}
@@ -777,6 +889,7 @@ mime_free(struct mime_msg **mp)
 	for (size_t i = 0; i < m->ntext; i++) {
 		free((char *)m->text[i].type);
 		free((char *)m->text[i].text);
+		free((char *)m->text[i].raw);
 	}
 	for (size_t i = 0; i < m->natt; i++) {
 		free((char *)m->att[i].filename);
@@ -790,6 +903,9 @@ mime_free(struct mime_msg **mp)
 	free(m->hdr);
 	free(m->text);
 	free(m->att);
+	for (size_t i = 0; i < m->nuri; i++)
+		free(m->uri[i]);
+	free(m->uri);
 	free(m->url);
 	free(m);
 	*mp = NULL;
@@ -828,6 +944,14 @@ const struct mime_attachment *
 mime_attachment_at(const struct mime_msg *m, size_t i)
 {
 	return i < m->natt ? &m->att[i] : NULL;
+}
+
+size_t mime_uri_count(const struct mime_msg *m) { return m->nuri; }
+
+const char *
+mime_uri_at(const struct mime_msg *m, size_t i)
+{
+	return i < m->nuri ? m->uri[i] : NULL;
 }
 
 const struct mime_url *

@@ -46,6 +46,11 @@ struct mime_text {
 	const char *text;               /* UTF-8, NUL-terminated; HTML as text */
 	size_t      len;
 	bool        html;
+	/* the part's bytes after transfer decoding only: original charset,
+	 * HTML not rendered (what SpamAssassin's rawbody rules see);
+	 * NUL-terminated, may hold NULs before rawlen */
+	const char *raw;
+	size_t      rawlen;
 };
 
 struct mime_attachment {
@@ -91,6 +96,14 @@ const struct mime_attachment *mime_attachment_at(const struct mime_msg *, size_t
 
 size_t mime_url_count(const struct mime_msg *);
 const struct mime_url *mime_url_at(const struct mime_msg *, size_t i);
+
+/* the URIs as SpamAssassin's get_uri_detail_list() records them (what its
+ * uri rules start from): HTML href/src/action values as written (entities
+ * decoded, blanks trimmed), URLs found in the text with "http://" added to
+ * "www." ones and trailing punctuation removed, e-mail addresses and
+ * mailto: links as "mailto:...".  Not normalised, not lowercased. */
+size_t mime_uri_count(const struct mime_msg *);
+const char *mime_uri_at(const struct mime_msg *, size_t i);
 
 /* helpers, exposed for the tests and for other filters.  Both write a
  * malloc'ed NUL-terminated UTF-8 string; *outlen excludes the NUL. */

@@ -46,6 +46,7 @@
 #define RULES_INCLUDE_DEPTH 8
 #define RULES_IF_DEPTH      64
 #define RULES_META_TOKENS   4096
+#define RULES_MAX_URIS      4000        /* uri rule strings per message */
 #define RULES_BODY_LINE     2048        /* SpamAssassin MAX_BODY_LINE_LENGTH */
 #define RULES_HASH          16384u
 #define RULES_SA_VERSION    4.000001    /* `if version >= X` compares to this */
@@ -1464,8 +1465,11 @@ struct ectx {
 	char **lines;           /* rendered body lines */
 	size_t *linelens;
 	size_t nlines;
-	char *rawbody;
-	size_t rawbodylen;
+	const char **rb;        /* rawbody chunks (point into the mime_msg) */
+	size_t *rblens;
+	size_t nrb;
+	char **uris;            /* uri rules' list: raw URIs and variants */
+	size_t nuris;
 };
 
 /* count matches of re in s (at most max); 0 if none */
@@ -1771,22 +1775,551 @@ build_body(struct ectx *e)
 }
 
 static void
+add_chunk(struct ectx *e, const char *s, size_t len)
+{
+	e->rb = xreallocarray(e->rb, e->nrb + 1, sizeof(*e->rb));
+	e->rblens = xreallocarray(e->rblens, e->nrb + 1, sizeof(*e->rblens));
+	e->rb[e->nrb] = s;
+	e->rblens[e->nrb] = len;
+	e->nrb++;
+}
+
+static ssize_t
+find_from(const char *s, size_t len, size_t from, char c)
+{
+	const char *p;
+
+	if (from >= len)
+		return -1;
+	p = memchr(s + from, c, len - from);
+	return p ? p - s : -1;
+}
+
+/* Message.pm split_into_array_of_short_paragraphs(): a part longer than
+ * 2048 bytes in chunks cut after a "\n", else a ">", else a " " found at
+ * 2048 bytes or more from the chunk start, chunks at most 4096 bytes */
+void
+rules_split_paragraphs(const char *s, size_t len,
+    void (*cb)(void *, const char *, size_t), void *arg)
+{
+	const size_t M = RULES_BODY_LINE;
+	size_t ofs = 0;
+	ssize_t j;
+
+	if (len <= M) {
+		cb(arg, s, len);
+		return;
+	}
+	for (; len - ofs > 2 * M; ofs = (size_t)j + 1) {
+		j = find_from(s, len, ofs + M, '\n');
+		if (j < 0 || (size_t)j - ofs + 1 > 2 * M) {
+			j = find_from(s, len, ofs + M, '>');
+			if (j < 0 || (size_t)j - ofs + 1 > 2 * M) {
+				j = find_from(s, len, ofs + M, ' ');
+				if (j < 0 || (size_t)j - ofs + 1 > 2 * M)
+					j = (ssize_t)(ofs + M);
+			}
+		}
+		cb(arg, s + ofs, (size_t)j - ofs + 1);
+	}
+	if (ofs < len)
+		cb(arg, s + ofs, len - ofs);
+}
+
+static void
+chunk_cb(void *arg, const char *s, size_t len)
+{
+	add_chunk(arg, s, len);
+}
+
+/* get_decoded_body_text_array(): every text leaf (text/calendar
+ * excepted; attachments too) transfer-decoded, in its own charset, HTML
+ * not rendered, cut into short paragraphs; each matched on its own */
+static void
 build_rawbody(struct ectx *e)
 {
-	struct buf b = BUF_INIT;
 	size_t i;
 
-	/* the decoded text parts; mime.c gives HTML only rendered, so HTML
-	 * is matched as text here (documented difference) */
 	for (i = 0; i < mime_text_count(e->m); i++) {
 		const struct mime_text *t = mime_text_at(e->m, i);
-		buf_add(&b, t->text, t->len);
-		if (t->len && t->text[t->len - 1] != '\n')
-			buf_addc(&b, '\n');
+		if (t->raw == NULL || strcmp(t->type, "text/calendar") == 0 ||
+		    strcmp(t->type, "message/rfc822") == 0)
+			continue;
+		rules_split_paragraphs(t->raw, t->rawlen, chunk_cb, e);
 	}
-	e->rawbodylen = b.len;
-	e->rawbody = b.data ? buf_steal(&b) : xstrdup("");
+	for (i = 0; i < mime_attachment_count(e->m); i++) {
+		const struct mime_attachment *a = mime_attachment_at(e->m, i);
+		if (a->data == NULL || strncmp(a->type, "text/", 5) != 0 ||
+		    strcmp(a->type, "text/calendar") == 0)
+			continue;
+		rules_split_paragraphs((const char *)a->data, a->size, chunk_cb, e);
+	}
 }
+
+/* ---- URIs: Util.pm uri_list_canonicalize() ---- */
+
+#define URI_VARIANT_DEPTH 4     /* redirector URIs followed */
+
+static void
+url_encode(struct buf *out, const char *s, size_t len)
+{
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c == '%' && i + 2 < len && isxdigit((unsigned char)s[i + 1]) &&
+		    isxdigit((unsigned char)s[i + 2])) {
+			char a = s[i + 1], b = s[i + 2];
+			/* kept: %20, %7f and [0189a-f]X (controls, 8-bit) */
+			bool keep = (a == '2' && b == '0') ||
+			    (a == '7' && (b == 'f' || b == 'F')) ||
+			    strchr("0189abcdefABCDEF", a) != NULL;
+			if (!keep && a >= '2' && a <= '7') {
+				char h[3] = { a, b, 0 };
+				buf_addc(out, (char)strtoul(h, NULL, 16));
+			} else
+				buf_add(out, s + i, 3);
+			i += 2;
+			continue;
+		}
+		if (c <= 0x20 || c >= 0x7f || c == '"' || c == '%' || c == '<' || c == '>')
+			buf_printf(out, "%%%02x", c);
+		else
+			buf_addc(out, (char)c);
+	}
+}
+
+static bool
+has_pct_hex(const char *s, size_t len)
+{
+	for (size_t i = 0; i + 3 <= len; i++)
+		if (s[i] == '%' && isxdigit((unsigned char)s[i + 1]) &&
+		    isxdigit((unsigned char)s[i + 2]))
+			return true;
+	return false;
+}
+
+/* &#NN; / &#xNN; for printable ASCII, and the dot look-alikes */
+static void
+entity_fix(struct buf *out, const char *s, size_t len)
+{
+	static const char *dots[] = { "x2e", "12290", "x3002", "65294", "xff0e",
+	    "65377", "xff61" };
+
+	for (size_t i = 0; i < len; i++) {
+		if (s[i] == '&' && i + 2 < len && s[i + 1] == '#') {
+			const char *semi = memchr(s + i, ';', len - i);
+			size_t k;
+			if (semi && semi - (s + i) < 16) {
+				size_t nl = (size_t)(semi - (s + i + 2));
+				const char *num = s + i + 2;
+				bool done = false;
+				for (k = 0; k < sizeof(dots) / sizeof(dots[0]); k++)
+					if (strlen(dots[k]) == nl &&
+					    ascii_strncasecmp(num, dots[k], nl) == 0) {
+						buf_addc(out, '.');
+						done = true;
+						break;
+					}
+				if (!done && nl > 0) {
+					bool hex = num[0] == 'x';
+					unsigned long v = 0;
+					size_t d = hex ? 1 : 0;
+					bool ok = d < nl;
+					for (k = d; k < nl && ok; k++)
+						ok = hex ? isxdigit((unsigned char)num[k]) :
+						    isdigit((unsigned char)num[k]);
+					if (ok) {
+						char tmp[16];
+						memcpy(tmp, num + d, nl - d);
+						tmp[nl - d] = '\0';
+						v = strtoul(tmp, NULL, hex ? 16 : 10);
+						if (v >= 33 && v <= 126 && !(hex && v == 0x7f)) {
+							buf_addc(out, (char)v);
+							done = true;
+						}
+					}
+				}
+				if (done) {
+					i = (size_t)(semi - s);
+					continue;
+				}
+			}
+		}
+		buf_addc(out, s[i]);
+	}
+}
+
+static void
+emit3(void (*cb)(void *, const char *, size_t), void *arg, const char *a,
+    size_t al, const char *b, size_t bl, const char *c, size_t cl)
+{
+	struct buf t = BUF_INIT;
+
+	buf_add(&t, a, al);
+	buf_add(&t, b, bl);
+	buf_add(&t, c, cl);
+	cb(arg, t.data ? t.data : "", t.len);
+	buf_free(&t);
+}
+
+/* one IPv4 octet as Util.pm rewrites it (hex, octal, leading zeros) */
+static void
+octet_fix(struct buf *out, const char *s, size_t len)
+{
+	char tmp[64];
+	size_t i = 0;
+
+	if (len >= sizeof(tmp))
+		len = sizeof(tmp) - 1;
+	memcpy(tmp, s, len);
+	tmp[len] = '\0';
+	if (len > 2 && tmp[0] == '0' && (tmp[1] == 'x' || tmp[1] == 'X') &&
+	    isxdigit((unsigned char)tmp[2])) {
+		size_t e = 2;
+		while (isxdigit((unsigned char)tmp[e]))
+			e++;
+		char h[64];
+		memcpy(h, tmp + 2, e - 2);
+		h[e - 2] = '\0';
+		buf_printf(out, "%lu%s", strtoul(h, NULL, 16) & 0xffffffffUL, tmp + e);
+		return;
+	}
+	if (tmp[0] == '0') {
+		while (tmp[i] == '0')
+			i++;
+		/* 0+([1-3][0-7]{0,2}|[4-7][0-7]?)\b */
+		size_t e = i;
+		if (tmp[e] >= '1' && tmp[e] <= '3') {
+			e++;
+			while (e - i < 3 && tmp[e] >= '0' && tmp[e] <= '7')
+				e++;
+		} else if (tmp[e] >= '4' && tmp[e] <= '7') {
+			e++;
+			if (tmp[e] >= '0' && tmp[e] <= '7')
+				e++;
+		}
+		if (e > i && !isalnum((unsigned char)tmp[e]) && tmp[e] != '_') {
+			char o[8];
+			memcpy(o, tmp + i, e - i);
+			o[e - i] = '\0';
+			buf_printf(out, "%lu%s", strtoul(o, NULL, 8), tmp + e);
+			return;
+		}
+		buf_adds(out, tmp + i);
+		return;
+	}
+	buf_adds(out, tmp);
+}
+
+static void
+uri_variants(const char *in, size_t inlen,
+    void (*cb)(void *, const char *, size_t), void *arg, unsigned depth)
+{
+	struct buf u = BUF_INIT, n = BUF_INIT, t = BUF_INIT;
+	size_t i, len;
+	const char *s;
+
+	for (i = 0; i < inlen; i++)
+		if (in[i] != '\n' && in[i] != '\r')
+			buf_addc(&u, in[i]);
+	s = u.data ? u.data : "";
+	len = u.len;
+	while (len && isspace((unsigned char)*s))
+		s++, len--;
+	while (len && isspace((unsigned char)s[len - 1]))
+		len--;
+	if (len <= 1 || *s == '#' || *s == '?' || *s == '&' ||
+	    (*s == '/' && s[1] != '/'))
+		goto out;
+	cb(arg, s, len);
+
+	{
+		const char *colon = memchr(s, ':', len);
+		const char *at = memchr(s, '@', len);
+		if (ascii_prefix_ci(s, len, "mailto:") || (at && (!colon || colon > at))) {
+			const char *q = at ? memchr(at, '?', len - (size_t)(at - s)) : NULL;
+			if (at && at > s && q && q > at + 1 &&
+			    memchr(s, '?', (size_t)(at - s)) == NULL)
+				cb(arg, s, (size_t)(q - s));
+			if (at && at > s) {
+				size_t k = (size_t)(at - s) + 1;
+				while (k < len && s[k] != '?' && s[k] != '&')
+					k++;
+				if (k < len && s[k] == '&' && k > (size_t)(at - s) + 1)
+					cb(arg, s, k);
+			}
+			goto out;
+		}
+	}
+
+	/* tr{\\}{/}, s{^(https?:)/{0,2}}{$1//}i */
+	for (i = 0; i < len; i++)
+		buf_addc(&t, s[i] == '\\' ? '/' : s[i]);
+	{
+		size_t pl = 0;
+		if (ascii_prefix_ci(t.data, t.len, "http:"))
+			pl = 5;
+		else if (ascii_prefix_ci(t.data, t.len, "https:"))
+			pl = 6;
+		if (pl) {
+			size_t sl = 0;
+			while (pl + sl < t.len && sl < 2 && t.data[pl + sl] == '/')
+				sl++;
+			buf_add(&n, t.data, pl);
+			buf_adds(&n, "//");
+			buf_add(&n, t.data + pl + sl, t.len - pl - sl);
+		} else
+			buf_add(&n, t.data, t.len);
+	}
+	if (has_pct_hex(n.data, n.len)) {
+		buf_reset(&t);
+		url_encode(&t, n.data, n.len);
+		buf_reset(&n);
+		buf_add(&n, t.data, t.len);
+	}
+	{
+		/* no scheme: http:// (ftp:// for ftp.) */
+		size_t k = 0;
+		while (k < n.len && (isalnum((unsigned char)n.data[k]) ||
+		    n.data[k] == '-' || n.data[k] == '_'))
+			k++;
+		if (!(k > 0 && k < n.len && n.data[k] == ':')) {
+			buf_reset(&t);
+			buf_adds(&t, n.len >= 4 && memcmp(n.data, "ftp.", 4) == 0 ?
+			    "ftp://" : "http://");
+			buf_add(&t, n.data, n.len);
+			buf_reset(&n);
+			buf_add(&n, t.data, t.len);
+		}
+	}
+	{
+		/* s{^(https?://[^/?#]+)([?#])}{$1/$2}i */
+		size_t pl = ascii_prefix_ci(n.data, n.len, "http://") ? 7 :
+		    ascii_prefix_ci(n.data, n.len, "https://") ? 8 : 0;
+		if (pl) {
+			size_t k = pl;
+			while (k < n.len && n.data[k] != '/' && n.data[k] != '?' &&
+			    n.data[k] != '#')
+				k++;
+			if (k > pl && k < n.len && n.data[k] != '/') {
+				buf_reset(&t);
+				buf_add(&t, n.data, k);
+				buf_addc(&t, '/');
+				buf_add(&t, n.data + k, n.len - k);
+				buf_reset(&n);
+				buf_add(&n, t.data, t.len);
+			}
+		}
+	}
+	buf_reset(&t);
+	entity_fix(&t, n.data, n.len);
+	buf_reset(&n);
+	buf_add(&n, t.data ? t.data : "", t.len);
+	if (n.len != len || memcmp(n.data, s, len) != 0)
+		cb(arg, n.data, n.len);
+
+	{
+		/* ^(https?://)([^@/?#]*@)?([^/?#:]+)((?::(\d*))?.*)$ */
+		const char *p = n.data;
+		size_t pl = ascii_prefix_ci(p, n.len, "http://") ? 7 :
+		    ascii_prefix_ci(p, n.len, "https://") ? 8 : 0;
+		size_t as = pl, ae, hs, he, k;
+		bool http, has_port = false;
+		char host[256];
+		size_t hl;
+
+		if (pl == 0)
+			goto out;
+		http = memcmp(p, "http://", 7) == 0;
+		for (k = pl; k < n.len && p[k] != '@' && p[k] != '/' && p[k] != '?' &&
+		    p[k] != '#'; k++)
+			;
+		ae = (k < n.len && p[k] == '@') ? k + 1 : as;
+		hs = ae;
+		for (he = hs; he < n.len && p[he] != '/' && p[he] != '?' &&
+		    p[he] != '#' && p[he] != ':'; he++)
+			;
+		if (he == hs || he - hs >= sizeof(host))
+			goto out;
+		if (he < n.len && p[he] == ':') {
+			k = he + 1;
+			while (k < n.len && isdigit((unsigned char)p[k]))
+				k++;
+			has_port = true;
+		}
+		const char *rest = p + he;
+		size_t restl = n.len - he;
+		char port[8] = "";
+		if (has_port) {
+			size_t dl = 0;
+			while (he + 1 + dl < n.len && isdigit((unsigned char)p[he + 1 + dl]))
+				dl++;
+			if (dl < sizeof(port)) {
+				memcpy(port, p + he + 1, dl);
+				port[dl] = '\0';
+			}
+			/* s/^:80\b// (http://) or s/^:443\b// */
+			const char *want = http ? "80" : "443";
+			size_t wl = strlen(want);
+			if (restl >= 1 + wl && memcmp(rest + 1, want, wl) == 0 &&
+			    (restl == 1 + wl || !(isalnum((unsigned char)rest[1 + wl]) ||
+			    rest[1 + wl] == '_')))
+				emit3(cb, arg, p, pl, p + hs, he - hs, rest + 1 + wl,
+				    restl - 1 - wl);
+		} else
+			snprintf(port, sizeof(port), "%s", http ? "80" : "443");
+		memcpy(host, p + hs, he - hs);
+		hl = he - hs;
+		host[hl] = '\0';
+		/* control characters and blanks removed */
+		{
+			size_t w = 0;
+			for (k = 0; k < hl; k++)
+				if ((unsigned char)host[k] > 0x20)
+					host[w++] = host[k];
+			if (w != hl) {
+				hl = w;
+				host[hl] = '\0';
+				emit3(cb, arg, p, pl, host, hl, rest, restl);
+			}
+		}
+		/* hard-coded redirector: an http URL in the rest */
+		if (depth < URI_VARIANT_DEPTH) {
+			for (k = 0; k + 5 <= restl; k++) {
+				size_t r = k, e;
+				if (!(ascii_prefix_ci(rest + k, restl - k, "http:") ||
+				    ascii_prefix_ci(rest + k, restl - k, "https:")))
+					continue;
+				r = k + (rest[k + 4] == ':' ? 5 : 6);
+				for (e = r; e < restl && e - r < 2 && rest[e] == '/'; e++)
+					;
+				size_t st = e;
+				while (e < restl && rest[e] != '&' && rest[e] != '#')
+					e++;
+				if (e > st && memchr(rest + k, '.', e - k) != NULL)
+					uri_variants(rest + k, e - k, cb, arg, depth + 1);
+				break;
+			}
+		}
+		/* trailing non-alphanumerics of the host */
+		k = hl;
+		while (k > 0 && !isalnum((unsigned char)host[k - 1]))
+			k--;
+		if (k != hl && k > 0) {
+			hl = k;
+			host[hl] = '\0';
+			emit3(cb, arg, p, pl, host, hl, rest, restl);
+		}
+		/* numeric hosts */
+		{
+			size_t dots = 0, d[3];
+			bool ok = hl > 0;
+			for (k = 0; k < hl && ok; k++) {
+				if (host[k] == '.') {
+					if (dots == 3) { ok = false; break; }
+					d[dots++] = k;
+				} else if (!isalnum((unsigned char)host[k]))
+					ok = false;
+			}
+			if (ok && dots == 3) {
+				/* each chunk (0x[0-9a-f]+|\d+) */
+				size_t st = 0;
+				bool num = true;
+				for (size_t c = 0; c < 4 && num; c++) {
+					size_t en = c < 3 ? d[c] : hl, q = st;
+					if (en - st > 2 && host[st] == '0' && (host[st + 1] | 0x20) == 'x') {
+						for (q = st + 2; q < en; q++)
+							if (!isxdigit((unsigned char)host[q]))
+								num = false;
+					} else {
+						if (en == st)
+							num = false;
+						for (; q < en; q++)
+							if (!isdigit((unsigned char)host[q]))
+								num = false;
+					}
+					st = en + 1;
+				}
+				if (num) {
+					struct buf h = BUF_INIT;
+					st = 0;
+					for (size_t c = 0; c < 4; c++) {
+						size_t en = c < 3 ? d[c] + 1 : hl;
+						octet_fix(&h, host + st, en - st);
+						st = en;
+					}
+					emit3(cb, arg, p, pl, h.data ? h.data : "", h.len, rest, restl);
+					buf_free(&h);
+					goto out;
+				}
+			}
+			if (dots == 0 && hl > 0) {
+				bool alldig = true, hex = hl > 2 && host[0] == '0' &&
+				    (host[1] | 0x20) == 'x';
+				for (k = hex ? 2 : 0; k < hl; k++)
+					if (hex ? !isxdigit((unsigned char)host[k]) :
+					    !isdigit((unsigned char)host[k]))
+						alldig = false;
+				if (alldig && (hex || hl <= 20)) {
+					unsigned long long v;
+					char ip[32];
+					if (hex) {
+						size_t from = hl - 2 > 8 ? hl - 8 : 2;
+						v = strtoull(host + from, NULL, 16);
+					} else
+						v = strtoull(host, NULL, 10);
+					v &= 0xffffffffULL;
+					snprintf(ip, sizeof(ip), "%llu.%llu.%llu.%llu",
+					    (v >> 24) & 255, (v >> 16) & 255, (v >> 8) & 255, v & 255);
+					emit3(cb, arg, p, pl, ip, strlen(ip), rest, restl);
+					goto out;
+				}
+			}
+		}
+		/* single-label host: the www.NAME.com guess */
+		if (http && ae == as && strcmp(port, "80") == 0) {
+			char lh[256];
+			for (k = 0; k <= hl; k++)
+				lh[k] = (char)tolower((unsigned char)host[k]);
+			const char *lab = lh;
+			if (strncmp(lab, "www.", 4) == 0)
+				lab += 4;
+			if (strcmp(lh, "localhost") != 0 && *lab && strchr(lab, '.') == NULL) {
+				struct buf h = BUF_INIT;
+				buf_adds(&h, "www.");
+				buf_adds(&h, lab);
+				buf_adds(&h, ".com");
+				emit3(cb, arg, p, pl, h.data, h.len, rest, restl);
+				buf_free(&h);
+			}
+		}
+	}
+out:
+	buf_free(&u);
+	buf_free(&n);
+	buf_free(&t);
+}
+
+void
+rules_uri_variants(const char *uri, size_t len,
+    void (*cb)(void *, const char *, size_t), void *arg)
+{
+	uri_variants(uri, len, cb, arg, 0);
+}
+
+static void
+uri_cb(void *arg, const char *s, size_t len)
+{
+	struct ectx *e = arg;
+
+	for (size_t i = 0; i < e->nuris; i++)
+		if (strlen(e->uris[i]) == len && memcmp(e->uris[i], s, len) == 0)
+			return;
+	if (e->nuris >= RULES_MAX_URIS)
+		return;
+	e->uris = xreallocarray(e->uris, e->nuris + 1, sizeof(*e->uris));
+	e->uris[e->nuris++] = xstrndup(s, len);
+}
+
 
 static unsigned
 run_rule(struct ectx *e, const struct rule *ru, struct buf *tmp)
@@ -1816,14 +2349,14 @@ run_rule(struct ectx *e, const struct rule *ru, struct buf *tmp)
 			n += count_matches(e, ru->re, e->lines[i], e->linelens[i], max - n);
 		return n;
 	case RT_RAWBODY:
-		return count_matches(e, ru->re, e->rawbody, e->rawbodylen, max);
+		for (i = 0; i < e->nrb && n < max; i++)
+			n += count_matches(e, ru->re, e->rb[i], e->rblens[i], max - n);
+		return n;
 	case RT_FULL:
 		return count_matches(e, ru->re, e->raw, e->rawlen, max);
 	case RT_URI:
-		for (i = 0; i < mime_url_count(e->m) && n < max; i++) {
-			const char *u = mime_url_at(e->m, i)->url;
-			n += count_matches(e, ru->re, u, strlen(u), max - n);
-		}
+		for (i = 0; i < e->nuris && n < max; i++)
+			n += count_matches(e, ru->re, e->uris[i], strlen(e->uris[i]), max - n);
 		return n;
 	default:
 		return 0;
@@ -1869,6 +2402,10 @@ rules_eval(const struct rules *r, const struct mime_msg *m, const char *raw,
 	parse_raw_headers(&e);
 	build_body(&e);
 	build_rawbody(&e);
+	for (i = 0; i < mime_uri_count(m); i++) {
+		const char *u = mime_uri_at(m, i);
+		rules_uri_variants(u, strlen(u), uri_cb, &e);
+	}
 
 	vals = xcalloc(r->n + 1, sizeof(*vals));
 	for (i = 0; i < r->norder; i++) {
@@ -1908,7 +2445,11 @@ rules_eval(const struct rules *r, const struct mime_msg *m, const char *raw,
 		free(e.lines[i]);
 	free(e.lines);
 	free(e.linelens);
-	free(e.rawbody);
+	free(e.rb);
+	free(e.rblens);
+	for (i = 0; i < e.nuris; i++)
+		free(e.uris[i]);
+	free(e.uris);
 	pcre2_match_data_free(e.md);
 	pcre2_match_context_free(e.mc);
 	pcre2_jit_stack_free(e.js);

@@ -92,4 +92,15 @@ void rules_hits_free(struct rules_hits *);
 int rules_perl_re(const char *s, size_t len, char **pattern, unsigned *options,
     const char **why);
 
+/* SpamAssassin's uri rule strings for one raw URI (Util.pm
+ * uri_list_canonicalize(): the URI itself, then cleaned variants: scheme
+ * added, %-escapes of printable ASCII decoded, &#NN; decoded, default
+ * port removed, numeric hosts as dotted quads, URLs inside redirectors);
+ * cb may see a string twice.  Exposed for the tests. */
+void rules_uri_variants(const char *uri, size_t len,
+    void (*cb)(void *, const char *, size_t), void *arg);
+/* Message.pm split_into_array_of_short_paragraphs() (rawbody chunks) */
+void rules_split_paragraphs(const char *s, size_t len,
+    void (*cb)(void *, const char *, size_t), void *arg);
+
 #endif
