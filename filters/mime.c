@@ -772,6 +772,53 @@ add_header(struct mime_msg *m, const char *name, const char *raw, size_t *used)
 	g_free(dec);
 }
 
+/* the top-level header block, in order, as written (GMime files the
+ * Content-* headers under the MIME part, not the message); returns the
+ * start of the body */
+static const char *
+parse_headers(struct mime_msg *m, const char *data, size_t len, size_t *used)
+{
+	const char *body = data, *end = data + len, *lstart;
+	struct buf name = BUF_INIT, val = BUF_INIT;
+
+	for (lstart = data; lstart < end; ) {
+		const char *nl = memchr(lstart, '\n', (size_t)(end - lstart));
+		const char *le = nl ? nl : end;
+		size_t ll = (size_t)(le - lstart);
+		if (ll && lstart[ll - 1] == '\r')
+			ll--;
+		if (ll == 0) {
+			body = nl ? nl + 1 : end;
+			break;
+		}
+		if ((*lstart == ' ' || *lstart == '\t') && name.len) {
+			buf_add(&val, lstart, ll);
+		} else {
+			const char *c = memchr(lstart, ':', ll);
+			if (name.len)
+				add_header(m, name.data, val.data ? val.data : "", used);
+			buf_reset(&name);
+			buf_reset(&val);
+			if (c == NULL) {
+				body = lstart;
+				break;
+			}
+			size_t nlen = (size_t)(c - lstart);
+			while (nlen && (lstart[nlen - 1] == ' ' || lstart[nlen - 1] == '\t'))
+				nlen--;
+			buf_add(&name, lstart, nlen);
+			buf_add(&val, c + 1, ll - (size_t)(c - lstart) - 1);
+		}
+		lstart = nl ? nl + 1 : end;
+		body = lstart;
+	}
+	if (name.len)
+		add_header(m, name.data, val.data ? val.data : "", used);
+	buf_free(&name);
+	buf_free(&val);
+	return body;
+}
+
 struct mime_msg *
 mime_parse(const char *data, size_t len, const struct mime_limits *lim, char **err)
 {
@@ -800,6 +847,7 @@ mime_parse(const char *data, size_t len, const struct mime_limits *lim, char **e
 		if (e == NULL || (nl && nl < e))
 			m->flags |= MIME_F_BROKEN;
 	}
+	const char *hdr_body = parse_headers(m, data, len, &used);
 	bool too_many = count_ci(data, len, "multipart/", m->lim.max_parts) +
 	    count_ci(data, len, "message/rfc822", m->lim.max_parts) > m->lim.max_parts;
 
@@ -811,46 +859,13 @@ mime_parse(const char *data, size_t len, const struct mime_limits *lim, char **e
 	g_object_unref(p);
 
 	if (msg == NULL) {
-		/* headers by hand, the body as one text part */
-		const char *body = data, *end = data + len, *lstart;
-		struct buf name = BUF_INIT, val = BUF_INIT;
+		/* the body as one text part */
+		const char *body = hdr_body, *end = data + len;
 
 		if (too_many)
 			m->flags |= MIME_F_PARTS;
 		else
 			m->flags |= MIME_F_BROKEN;
-		for (lstart = data; lstart < end; ) {
-			const char *nl = memchr(lstart, '\n', (size_t)(end - lstart));
-			const char *le = nl ? nl : end;
-			size_t ll = (size_t)(le - lstart);
-			if (ll && lstart[ll - 1] == '\r')
-				ll--;
-			if (ll == 0) {
-				body = nl ? nl + 1 : end;
-				break;
-			}
-			if ((*lstart == ' ' || *lstart == '\t') && name.len) {
-				buf_add(&val, lstart, ll);
-			} else {
-				const char *c = memchr(lstart, ':', ll);
-				if (name.len)
-					add_header(m, name.data, val.data ? val.data : "", &used);
-				buf_reset(&name);
-				buf_reset(&val);
-				if (c == NULL) {
-					body = lstart;
-					break;
-				}
-				buf_add(&name, lstart, (size_t)(c - lstart));
-				buf_add(&val, c + 1, ll - (size_t)(c - lstart) - 1);
-			}
-			lstart = nl ? nl + 1 : end;
-			body = lstart;
-		}
-		if (name.len)
-			add_header(m, name.data, val.data ? val.data : "", &used);
-		buf_free(&name);
-		buf_free(&val);
 		size_t bl = (size_t)(end - body), tl;
 		if (bl > m->lim.max_decoded) {
 			bl = m->lim.max_decoded;
@@ -864,12 +879,6 @@ mime_parse(const char *data, size_t len, const struct mime_limits *lim, char **e
 		return m;
 	}
 
-	GMimeHeaderList *hl = g_mime_object_get_header_list(GMIME_OBJECT(msg));
-	int nh = g_mime_header_list_get_count(hl);
-	for (int i = 0; i < nh; i++) {
-		GMimeHeader *h = g_mime_header_list_get_header_at(hl, i);
-		add_header(m, g_mime_header_get_name(h), g_mime_header_get_raw_value(h), &used);
-	}
 	walk(m, g_mime_message_get_mime_part(msg), 0);
 	g_object_unref(msg);
 	return m;
