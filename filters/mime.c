@@ -190,18 +190,35 @@ add_uri(struct mime_msg *m, const char *prefix, const char *s, size_t len)
 static void
 href_cb(void *arg, const char *s, size_t len)
 {
-	struct mime_msg *m = arg;
-	const char *t = s;
-	size_t tl = len;
+	add_url(arg, s, len);
+}
 
-	/* HTML.pm: leading/trailing whitespace removed, the rest as found */
-	while (tl && isspace((unsigned char)*t))
-		t++, tl--;
-	while (tl && isspace((unsigned char)t[tl - 1]))
-		tl--;
-	if (tl)
-		add_uri(m, "", t, tl);
-	add_url(m, s, len);
+static void
+sa_uri_cb(void *arg, const char *s, size_t len)
+{
+	struct mime_msg *m = arg;
+
+	/* HTML.pm canon_uri(): leading/trailing whitespace (and U+00A0)
+	 * removed, the rest as found */
+	for (;;) {
+		if (len && isspace((unsigned char)*s))
+			s++, len--;
+		else if (len >= 2 && (unsigned char)s[0] == 0xc2 && (unsigned char)s[1] == 0xa0)
+			s += 2, len -= 2;
+		else
+			break;
+	}
+	for (;;) {
+		if (len && isspace((unsigned char)s[len - 1]))
+			len--;
+		else if (len >= 2 && (unsigned char)s[len - 2] == 0xc2 &&
+		    (unsigned char)s[len - 1] == 0xa0)
+			len -= 2;
+		else
+			break;
+	}
+	if (len)
+		add_uri(m, "", s, len);
 }
 
 /* thunderbird's end delimiters (SpamAssassin's $tbirdenddelim) */
@@ -422,9 +439,49 @@ space(struct buf *b, char c)
 	buf_addc(b, c);
 }
 
+/* the attributes SpamAssassin's HTML.pm html_uri() takes as URIs */
+static bool
+sa_uri_attr(const char *tag, size_t tl, const char *at, size_t al)
+{
+	static const struct { const char *tags, *attr; } t[] = {
+		{ " body table tr td ", "background" },
+		{ " a area link base ", "href" },
+		{ " a area link ", "data-saferedirecturl" },
+		{ " img frame iframe embed script bgsound ", "src" },
+		{ " form ", "action" },
+	};
+	char name[16];
+
+	if (tl == 0 || tl + 2 >= sizeof(name))
+		return false;
+	name[0] = ' ';
+	for (size_t i = 0; i < tl; i++)
+		name[i + 1] = (char)tolower((unsigned char)tag[i]);
+	name[tl + 1] = ' ';
+	name[tl + 2] = '\0';
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+		if (strlen(t[i].attr) == al && ascii_strncasecmp(at, t[i].attr, al) == 0 &&
+		    strstr(t[i].tags, name) != NULL)
+			return true;
+	return false;
+}
+
+static char *
+html_to_text(const char *s, size_t len, size_t *outlen,
+    void (*href)(void *, const char *, size_t),
+    void (*uri)(void *, const char *, size_t), void *arg);
+
 char *
 mime_html_to_text(const char *s, size_t len, size_t *outlen,
     void (*href)(void *, const char *, size_t), void *arg)
+{
+	return html_to_text(s, len, outlen, href, NULL, arg);
+}
+
+static char *
+html_to_text(const char *s, size_t len, size_t *outlen,
+    void (*href)(void *, const char *, size_t),
+    void (*uri)(void *, const char *, size_t), void *arg)
 {
 	struct buf b = BUF_INIT;
 	size_t i = 0;
@@ -502,10 +559,13 @@ mime_html_to_text(const char *s, size_t len, size_t *outlen,
 					j++;
 				ve = j;
 			}
-			if (href && !closing && ve > vs &&
+			bool want_url = href && !closing && ve > vs &&
 			    ((ae - an == 4 && ascii_strncasecmp(s + an, "href", 4) == 0) ||
 			    (ae - an == 3 && ascii_strncasecmp(s + an, "src", 3) == 0) ||
-			    (ae - an == 6 && ascii_strncasecmp(s + an, "action", 6) == 0))) {
+			    (ae - an == 6 && ascii_strncasecmp(s + an, "action", 6) == 0));
+			bool want_uri = uri && !closing &&
+			    sa_uri_attr(s + ns, ne - ns, s + an, ae - an);
+			if (want_url || want_uri) {
 				struct buf v = BUF_INIT;
 				for (size_t k = vs; k < ve; ) {
 					if (s[k] == '&')
@@ -513,7 +573,9 @@ mime_html_to_text(const char *s, size_t len, size_t *outlen,
 					else
 						buf_addc(&v, s[k++]);
 				}
-				if (v.len)
+				if (want_uri)
+					uri(arg, v.data ? v.data : "", v.len);
+				if (want_url && v.len)
 					href(arg, v.data, v.len);
 				buf_free(&v);
 			}
@@ -696,7 +758,7 @@ walk(struct mime_msg *m, GMimeObject *o, unsigned depth)
 			m->decoded += ba->len;
 			t = to_utf8((const char *)ba->data, ba->len, cs, &tl);
 			if (html) {
-				char *h = mime_html_to_text(t, tl, &hl, href_cb, m);
+				char *h = html_to_text(t, tl, &hl, href_cb, sa_uri_cb, m);
 				free(t);
 				t = h;
 				tl = hl;
