@@ -424,19 +424,39 @@ find_close(const char *s, size_t len, size_t i, const char *name)
 	return len;
 }
 
+/* whitespace from text or tags, as HTML.pm's display_text() leaves it for
+ * the body rules: text whitespace is one space; a tag adds ' ', '\n' or
+ * 'P' (a paragraph, "\n\n").  Only whether a run holds two newlines (a
+ * paragraph break for the body rules) matters, so runs are kept short. */
 static void
 space(struct buf *b, char c)
 {
-	if (b->len == 0)
-		return;
-	if (b->data[b->len - 1] == '\n')
-		return;
-	if (b->data[b->len - 1] == ' ') {
-		if (c == '\n')
-			b->data[b->len - 1] = '\n';
+	size_t nl = 0;
+
+	if (c == 'P') {
+		space(b, '\n');
+		space(b, '\n');
 		return;
 	}
-	buf_addc(b, c);
+	if (b->len == 0) {
+		if (c == '\n')
+			buf_addc(b, '\n');
+		return;
+	}
+	for (size_t k = b->len; k > 0 && (b->data[k - 1] == ' ' || b->data[k - 1] == '\n'); k--)
+		if (b->data[k - 1] == '\n')
+			nl++;
+	if (c == ' ') {
+		if (b->data[b->len - 1] != ' ' && b->data[b->len - 1] != '\n')
+			buf_addc(b, ' ');
+		return;
+	}
+	if (nl >= 2)
+		return;
+	if (b->data[b->len - 1] == ' ')
+		b->data[b->len - 1] = '\n';
+	else
+		buf_addc(b, '\n');
 }
 
 /* the attributes SpamAssassin's HTML.pm html_uri() takes as URIs */
@@ -589,12 +609,18 @@ html_to_text(const char *s, size_t len, size_t *outlen,
 			i = gt ? (size_t)(gt - s) + 1 : len;
 			continue;
 		}
-		if (tag_is(name, n, "br") || tag_is(name, n, "p") || tag_is(name, n, "div") ||
-		    tag_is(name, n, "tr") || tag_is(name, n, "li") || tag_is(name, n, "table") ||
-		    tag_is(name, n, "title") || tag_is(name, n, "blockquote") ||
-		    (n == 2 && (name[0] == 'h' || name[0] == 'H') && name[1] >= '1' && name[1] <= '6'))
+		/* HTML.pm html_whitespace(), opening and closing tags alike */
+		if (tag_is(name, n, "br") || tag_is(name, n, "div"))
 			space(&b, '\n');
-		else if (tag_is(name, n, "td") || tag_is(name, n, "th") || tag_is(name, n, "img"))
+		else if (tag_is(name, n, "p") || tag_is(name, n, "hr") ||
+		    tag_is(name, n, "blockquote") || tag_is(name, n, "pre") ||
+		    tag_is(name, n, "listing") || tag_is(name, n, "plaintext") ||
+		    tag_is(name, n, "xmp") || tag_is(name, n, "title"))
+			space(&b, 'P');
+		else if (tag_is(name, n, "li") || tag_is(name, n, "td") ||
+		    tag_is(name, n, "th") || tag_is(name, n, "dd") ||
+		    tag_is(name, n, "dt") || tag_is(name, n, "embed") ||
+		    (n == 2 && (name[0] == 'h' || name[0] == 'H') && name[1] >= '1' && name[1] <= '6'))
 			space(&b, ' ');
 	}
 	while (b.len && (b.data[b.len - 1] == ' ' || b.data[b.len - 1] == '\n'))
