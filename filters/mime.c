@@ -233,7 +233,7 @@ static void
 scan_emails(struct mime_msg *m, const char *t, size_t len)
 {
 	for (size_t i = 0; i < len; i++) {
-		size_t s, e, dot = 0;
+		size_t s, e, dot;
 
 		if (t[i] != '@')
 			continue;
@@ -248,15 +248,17 @@ scan_emails(struct mime_msg *m, const char *t, size_t len)
 			if (tbird_end(c) || c == ',' || c == '(' || c == '\'' ||
 			    c >= 0x80)
 				break;
-			if (c == '.')
-				dot = e;
 		}
 		if (s == i || e == i + 1)
 			continue;
 		/* trailing punctuation thunderbird ignores */
 		while (e > i + 1 && strchr("-~!@#^&*()_+=:;'?,.", t[e - 1]))
 			e--;
-		if (dot == 0 || dot <= i + 1 || dot >= e)
+		dot = 0;
+		for (size_t k = i + 2; k + 1 < e; k++)
+			if (t[k] == '.')
+				dot = k;
+		if (dot == 0)
 			continue;
 		if (ascii_prefix_ci(t + s, i - s, "mailto:"))
 			add_uri(m, "", t + s, e - s);

@@ -182,6 +182,51 @@ main(void)
 		mime_free(&m);
 	}
 
+	/* what SpamAssassin's rules need: the parts' raw bytes, the raw URI
+	 * list, the Content-* headers of the message in order */
+	{
+		static const char sa[] =
+		    "From: a@example.test\n"
+		    "Content-Type: text/html; charset=iso-8859-1\n"
+		    "Content-Transfer-Encoding: quoted-printable\n"
+		    "Subject: s\n"
+		    "\n"
+		    "<p>caf=E9 <a href=3D\" HTTP://Ex.COM/A \">x</a> mail b@c.example.com\n"
+		    "<img src=3D\"cid:1\"><span href=3D\"http://no.example/\">y</span>\n";
+		const struct mime_text *t;
+		size_t k;
+		bool found;
+
+		m = mime_parse(sa, sizeof(sa) - 1, NULL, NULL);
+		is_int(mime_header_count(m), 4, "all four top-level headers kept");
+		is_str(mime_header_at(m, 1)->name, "Content-Type", "Content-Type in its place");
+		is_str(mime_header_get(m, "Content-Transfer-Encoding"), "quoted-printable",
+		    "Content-Transfer-Encoding value");
+		t = mime_text_count(m) ? mime_text_at(m, 0) : NULL;
+		ok(t && t->rawlen > 4 && memcmp(t->raw, "<p>caf\xe9", 7) == 0,
+		    "raw: QP decoded, ISO-8859-1 byte kept, HTML not rendered");
+		ok(t && strstr(t->text, "caf\xc3\xa9") != NULL, "text: UTF-8 rendering");
+		found = false;
+		for (k = 0; k < mime_uri_count(m); k++)
+			found |= strcmp(mime_uri_at(m, k), "HTTP://Ex.COM/A") == 0;
+		ok(found, "raw URI: blanks trimmed, case kept");
+		found = false;
+		for (k = 0; k < mime_uri_count(m); k++)
+			found |= strcmp(mime_uri_at(m, k), "mailto:b@c.example.com") == 0;
+		ok(found, "address in text listed as mailto:");
+		found = false;
+		for (k = 0; k < mime_uri_count(m); k++)
+			found |= strstr(mime_uri_at(m, k), "no.example") != NULL;
+		ok(!found, "href of <span> is not a URI for the rules");
+		mime_free(&m);
+	}
+	{
+		const char *h = "a<p>b<br>c<td>d</h1>e<hr><div>f";
+		s = mime_html_to_text(h, strlen(h), &len, NULL, NULL);
+		is_str(s, "a\n\nb\nc d e\n\nf", "HTML whitespace as HTML.pm: p/hr paragraph, br/div newline, td/hN space");
+		free(s);
+	}
+
 	/* helpers */
 	{
 		const char *h = "a<b>b</b>&amp;<br/>c &#x41;&#66; &bogus; 1 < 2";

@@ -7,6 +7,7 @@
 #include "config.h"
 #include "mime.h"
 #include "rules.h"
+#include "buf.h"
 #include "util.h"
 #include "t.h"
 
@@ -40,6 +41,85 @@ hit(const struct rules_hits *h, const char *name, unsigned *count)
 		}
 	return false;
 }
+
+/* rules_uri_variants() collected as "|v1|v2|...|" */
+static void
+collect(void *arg, const char *s, size_t len)
+{
+	struct buf *b = arg;
+
+	buf_add(b, s, len);
+	buf_addc(b, '|');
+}
+
+static bool
+has_variant(const char *uri, const char *want)
+{
+	struct buf b = BUF_INIT;
+	char w[512];
+	bool r;
+
+	buf_addc(&b, '|');
+	rules_uri_variants(uri, strlen(uri), collect, &b);
+	snprintf(w, sizeof(w), "|%s|", want);
+	r = strstr(b.data, w) != NULL;
+	if (!r)
+		printf("#   variants of %s: %s\n", uri, b.data);
+	buf_free(&b);
+	return r;
+}
+
+static void
+count_chunk(void *arg, const char *s, size_t len)
+{
+	size_t *v = arg;
+
+	(void)s;
+	v[0]++;
+	if (len > v[1])
+		v[1] = len;
+	v[2] += len;
+}
+
+/* a message for SpamAssassin's semantics: raw parts, raw URIs, headers */
+static const char SA_MSG[] =
+    "Message-Id: <000d01ca53a0$8d3d5480$6400a8c0@host>\n"
+    "From: a@example.test\n"
+    "Subject: test\n"
+    "Content-Type: multipart/alternative;\n"
+    "\tboundary=\"----=_NextPart_000_0007_01CA53A0.8D3D5480\"\n"
+    "\n"
+    "------=_NextPart_000_0007_01CA53A0.8D3D5480\n"
+    "Content-Type: text/plain; charset=iso-8859-1\n"
+    "Content-Transfer-Encoding: quoted-printable\n"
+    "\n"
+    "un caf=E9 write to unsub@list.example.com. or www.Shop.example/a).\n"
+    "------=_NextPart_000_0007_01CA53A0.8D3D5480\n"
+    "Content-Type: text/html; charset=iso-8859-1\n"
+    "\n"
+    "<html><body background=\"smart%20x/a.gif\">\n"
+    "<a href=\"HTTP://Example.COM/Path\">Big Pills.</a><p>You <b>one</b><td>two\n"
+    "<a href=\"http://%77%77%77.example.net/\">x</a><br><br>\n"
+    "<span href=\"http://notauri.example/\">y</span>\n"
+    "</body></html>\n"
+    "------=_NextPart_000_0007_01CA53A0.8D3D5480--\n";
+
+static const char SA_RULES[] =
+    "rawbody SR_8BIT   /caf\\xe9/\n"
+    "rawbody SR_UTF8   /caf\\xc3\\xa9/\n"
+    "rawbody SR_HTML   /<br>\\s*<br>/i\n"
+    "header  SR_CT     Content-Type =~ /^multipart\\/alternative/\n"
+    "header  SR_ALL    ALL =~ /^Message-Id: <....([0-9a-f]{8})\\$([0-9a-f]{8})\\$[0-9a-f]{8}\\@.{10,400}boundary=\"----=_NextPart_000_...._\\1\\.\\2\"/msi\n"
+    "uri     SR_CASE   /^HTTP:\\/\\/Example\\.COM\\/Path$/\n"
+    "uri     SR_LOWER  /^http:\\/\\/example\\.com/\n"
+    "uri     SR_UNESC  m{^http://www\\.example\\.net/$}\n"
+    "uri     SR_ESC    m{^http://%77}\n"
+    "uri     SR_MAILTO /^mailto:unsub\\@list\\.example\\.com$/\n"
+    "uri     SR_WWW    m{^http://www\\.Shop\\.example/a$}\n"
+    "uri     SR_BG     m{^http://smart%20x/a\\.gif$}\n"
+    "uri     SR_SPAN   /notauri/\n"
+    "body    SR_PARA   /Pills\\. You/\n"
+    "body    SR_TD     /one two/\n";
 
 static const char MSG[] =
     "Received: from a.example (a.example [192.0.2.1])\n\tby b.example; Tue, 3 Nov 2026 10:00:00 +0000\n"
@@ -200,6 +280,75 @@ main(void)
 	rules_report_free(&rep);
 	unlink(path);
 	free(path);
+
+	/* SpamAssassin's semantics: rawbody on the decoded parts in their
+	 * own charset with HTML unrendered, uri rules on the raw URIs plus
+	 * the canonical variants, Content-* headers seen by header rules */
+	path = write_rules("sa.cf", SA_RULES);
+	r = rules_load((const char *const *)&path, 1, &rep, &err);
+	ok(r != NULL && rep.hard == 0, "SA semantics rules load");
+	m = mime_parse(SA_MSG, sizeof(SA_MSG) - 1, NULL, NULL);
+	ok(rules_eval(r, m, SA_MSG, sizeof(SA_MSG) - 1, &h) == 0, "SA semantics eval");
+	for (size_t i = 0; i < h.n; i++)
+		printf("# hit %s\n", h.v[i].name);
+	ok(hit(&h, "SR_8BIT", NULL), "rawbody matches the part's own charset (ISO-8859-1 byte)");
+	ok(!hit(&h, "SR_UTF8", NULL), "rawbody is not converted to UTF-8");
+	ok(hit(&h, "SR_HTML", NULL), "rawbody sees the HTML source, not the rendering");
+	ok(hit(&h, "SR_CT", NULL), "Content-Type of the message seen by header rules");
+	ok(hit(&h, "SR_ALL", NULL), "ALL holds Message-Id .. Content-Type in order");
+	ok(hit(&h, "SR_CASE", NULL), "uri: href as written, case kept");
+	ok(!hit(&h, "SR_LOWER", NULL), "uri: no lowercased variant of an ASCII host");
+	ok(hit(&h, "SR_UNESC", NULL) && hit(&h, "SR_ESC", NULL),
+	    "uri: %%-escaped host both raw and decoded");
+	ok(hit(&h, "SR_MAILTO", NULL), "uri: address in text as mailto:, trailing dot dropped");
+	ok(hit(&h, "SR_WWW", NULL), "uri: www. in text gets http://, \")\" without \"(\" ends it");
+	ok(hit(&h, "SR_BG", NULL), "uri: body background, scheme added");
+	ok(!hit(&h, "SR_SPAN", NULL), "uri: href of a tag HTML.pm ignores is not a URI");
+	ok(!hit(&h, "SR_PARA", NULL), "body: <p> is a paragraph break");
+	ok(hit(&h, "SR_TD", NULL), "body: <td> is a space");
+	rules_hits_free(&h);
+	mime_free(&m);
+	rules_free(&r);
+	rules_report_free(&rep);
+	unlink(path);
+	free(path);
+
+	/* Util.pm uri_list_canonicalize() */
+	ok(has_variant("http://Ex.test:80/a", "http://Ex.test:80/a") &&
+	    has_variant("http://Ex.test:80/a", "http://Ex.test/a"), "uri: :80 dropped as a variant");
+	ok(has_variant("http://3232235777/x", "http://192.168.1.1/x"), "uri: decimal host");
+	ok(has_variant("http://0xc0.0250.1.1/", "http://192.168.1.1/"), "uri: hex/octal octets");
+	ok(has_variant("http://r.test/go?u=http://evil.test/p&x=1", "http://evil.test/p"),
+	    "uri: URL inside a redirector");
+	ok(has_variant("http:\\\\ex.test\\a", "http://ex.test/a"), "uri: backslashes, scheme slashes");
+	ok(has_variant("http://ex.test?q", "http://ex.test/?q"), "uri: / before ?");
+	ok(has_variant("http://ex.test/&#x41;&#66;", "http://ex.test/AB"), "uri: &#NN; decoded");
+	ok(has_variant("http://ex.test/%41%2e%a0", "http://ex.test/A.%a0"),
+	    "uri: printable %%-escapes decoded, 8-bit kept");
+	ok(has_variant("http://foo/", "http://www.foo.com/"), "uri: single label as www.NAME.com");
+	ok(has_variant("mailto:a@b.test?subject=x", "mailto:a@b.test"), "uri: mailto query dropped");
+	{
+		struct buf b = BUF_INIT;
+		rules_uri_variants("#top", 4, collect, &b);
+		rules_uri_variants("/rel", 4, collect, &b);
+		ok(b.len == 0, "uri: fragments and relative paths skipped");
+		buf_free(&b);
+	}
+
+	/* Message.pm split_into_array_of_short_paragraphs() */
+	{
+		char big[10000];
+		size_t v[3] = { 0, 0, 0 };
+		memset(big, 'a', sizeof(big));
+		big[3000] = '\n';
+		rules_split_paragraphs(big, sizeof(big), count_chunk, v);
+		/* 0..3000 (the newline), then 2049-byte cuts, then the rest */
+		ok(v[2] == sizeof(big) && v[1] == 3001 && v[0] == 4,
+		    "rawbody chunks: %zu chunks, longest %zu, %zu bytes", v[0], v[1], v[2]);
+		memset(v, 0, sizeof(v));
+		rules_split_paragraphs(big, 2048, count_chunk, v);
+		ok(v[0] == 1 && v[1] == 2048, "2048 bytes: one chunk");
+	}
 
 	/* a pathological regex hits the match limit and returns quickly */
 	{
