@@ -42,6 +42,7 @@ struct mime_msg {
 	struct mime_url        *url;
 	size_t                  nurl, urlcap;
 	char                  **uri;            /* raw URIs for uri rules */
+	bool                   *uriparsed;      /* ... found in text only */
 	size_t                  nuri, uricap;
 	unsigned                flags;
 	unsigned                parts;
@@ -163,7 +164,8 @@ add_url(struct mime_msg *m, const char *s, size_t len)
 
 /* a raw URI (as SpamAssassin records it), prefix prepended */
 static void
-add_uri(struct mime_msg *m, const char *prefix, const char *s, size_t len)
+add_uri(struct mime_msg *m, const char *prefix, const char *s, size_t len,
+    bool parsed)
 {
 	struct buf b = BUF_INIT;
 	char *u;
@@ -175,6 +177,8 @@ add_uri(struct mime_msg *m, const char *prefix, const char *s, size_t len)
 	u = buf_steal(&b);
 	for (size_t i = 0; i < m->nuri; i++)
 		if (strcmp(m->uri[i], u) == 0) {
+			if (!parsed)
+				m->uriparsed[i] = false;
 			free(u);
 			return;
 		}
@@ -183,8 +187,14 @@ add_uri(struct mime_msg *m, const char *prefix, const char *s, size_t len)
 		free(u);
 		return;
 	}
-	GROW(m->uri, m->nuri, m->uricap);
-	m->uri[m->nuri++] = u;
+	if (m->nuri == m->uricap) {
+		m->uricap = m->uricap ? m->uricap * 2 : 8;
+		m->uri = xreallocarray(m->uri, m->uricap, sizeof(*m->uri));
+		m->uriparsed = xreallocarray(m->uriparsed, m->uricap, sizeof(*m->uriparsed));
+	}
+	m->uri[m->nuri] = u;
+	m->uriparsed[m->nuri] = parsed;
+	m->nuri++;
 }
 
 static void
@@ -218,7 +228,7 @@ sa_uri_cb(void *arg, const char *s, size_t len)
 			break;
 	}
 	if (len)
-		add_uri(m, "", s, len);
+		add_uri(m, "", s, len, false);
 }
 
 /* thunderbird's end delimiters (SpamAssassin's $tbirdenddelim) */
@@ -261,9 +271,9 @@ scan_emails(struct mime_msg *m, const char *t, size_t len)
 		if (dot == 0)
 			continue;
 		if (ascii_prefix_ci(t + s, i - s, "mailto:"))
-			add_uri(m, "", t + s, e - s);
+			add_uri(m, "", t + s, e - s, true);
 		else
-			add_uri(m, "mailto:", t + s, e - s);
+			add_uri(m, "mailto:", t + s, e - s, true);
 		i = e;
 	}
 }
@@ -310,7 +320,7 @@ scan_urls(struct mime_msg *m, const char *t, size_t len)
 				r--;
 			if (r > i + 4)
 				add_uri(m, ascii_prefix_ci(t + i, r - i, "www.") ?
-				    "http://" : "", t + i, r - i);
+				    "http://" : "", t + i, r - i, true);
 		}
 		i = e;
 	}
@@ -882,7 +892,12 @@ parse_headers(struct mime_msg *m, const char *data, size_t len, size_t *used)
 			break;
 		}
 		if ((*lstart == ' ' || *lstart == '\t') && name.len) {
-			buf_add(&val, lstart, ll);
+			/* Node.pm: s/\n[ \t]+/ /g */
+			size_t k = 0;
+			while (k < ll && (lstart[k] == ' ' || lstart[k] == '\t'))
+				k++;
+			buf_addc(&val, ' ');
+			buf_add(&val, lstart + k, ll - k);
 		} else {
 			const char *c = memchr(lstart, ':', ll);
 			if (name.len)
@@ -1005,6 +1020,7 @@ mime_free(struct mime_msg **mp)
 	for (size_t i = 0; i < m->nuri; i++)
 		free(m->uri[i]);
 	free(m->uri);
+	free(m->uriparsed);
 	free(m->url);
 	free(m);
 	*mp = NULL;
@@ -1051,6 +1067,12 @@ const char *
 mime_uri_at(const struct mime_msg *m, size_t i)
 {
 	return i < m->nuri ? m->uri[i] : NULL;
+}
+
+bool
+mime_uri_parsed(const struct mime_msg *m, size_t i)
+{
+	return i < m->nuri && m->uriparsed[i];
 }
 
 const struct mime_url *

@@ -104,6 +104,9 @@ const struct mime_url *mime_url_at(const struct mime_msg *, size_t i);
  * mailto: links as "mailto:...".  Not normalised, not lowercased. */
 size_t mime_uri_count(const struct mime_msg *);
 const char *mime_uri_at(const struct mime_msg *, size_t i);
+/* the i-th URI was found in the text only (not in HTML): SpamAssassin
+ * keeps such a URI only when a variant has a host with a known TLD */
+bool mime_uri_parsed(const struct mime_msg *, size_t i);
 
 /* helpers, exposed for the tests and for other filters.  Both write a
  * malloc'ed NUL-terminated UTF-8 string; *outlen excludes the NUL. */

@@ -46,6 +46,7 @@
 #define RULES_INCLUDE_DEPTH 8
 #define RULES_IF_DEPTH      64
 #define RULES_META_TOKENS   4096
+#define RULES_MAX_TLDS      20000       /* util_rb_tld entries */
 #define RULES_MAX_URIS      4000        /* uri rule strings per message */
 #define RULES_BODY_LINE     2048        /* SpamAssassin MAX_BODY_LINE_LENGTH */
 #define RULES_HASH          16384u
@@ -105,6 +106,8 @@ struct rules {
 	int *metas;             /* active meta rules, dependencies first */
 	size_t nmetas;
 	size_t nactive;
+	char **tld;             /* util_rb_tld, lowercase, sorted */
+	size_t ntld, tldcap;
 	/* ReplaceTags-free build: only what the loader needs */
 };
 
@@ -715,6 +718,12 @@ ifx_or(struct ifx *x)
 
 static int load_path(struct loader *, const char *path, bool top);
 
+static int
+str_cmp(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
 /* directives that configure SpamAssassin itself, not rules: accepted and
  * ignored (not reported as unknown) */
 static bool
@@ -1112,6 +1121,20 @@ parse_line(struct loader *L, char *line, const char *file, unsigned lno,
 		issue(L, RULES_I_UNSUPPORTED, file, lno, "%s %s", dir, name ? name : "");
 		return;
 	}
+	if (strcmp(dir, "util_rb_tld") == 0) {
+		/* the TLDs that make a host in text a URI (RegistryBoundaries) */
+		char *w;
+		while ((w = next_word(&p)) != NULL && L->r->ntld < RULES_MAX_TLDS) {
+			if (L->r->ntld == L->r->tldcap) {
+				L->r->tldcap = L->r->tldcap ? L->r->tldcap * 2 : 256;
+				L->r->tld = xreallocarray(L->r->tld, L->r->tldcap, sizeof(*L->r->tld));
+			}
+			for (char *c = w; *c; c++)
+				*c = (char)tolower((unsigned char)*c);
+			L->r->tld[L->r->ntld++] = xstrdup(w);
+		}
+		return;
+	}
 	if (ignored_directive(dir))
 		return;
 	issue(L, RULES_I_DIRECTIVE, file, lno, "%s", dir);
@@ -1398,6 +1421,8 @@ rules_load(const char *const *paths, size_t n, struct rules_report *rep, char **
 		if (r->v[i].type == RT_META && r->v[i].active)
 			meta_order(r, (int)i, placed);
 	free(placed);
+	if (r->ntld > 1)
+		qsort(r->tld, r->ntld, sizeof(*r->tld), str_cmp);
 	rep->loaded = (unsigned)r->nactive;
 	if (rep == &dummy)
 		rules_report_free(&dummy);
@@ -1437,6 +1462,9 @@ rules_free(struct rules **rp)
 	free(r->v);
 	free(r->order);
 	free(r->metas);
+	for (i = 0; i < r->ntld; i++)
+		free(r->tld[i]);
+	free(r->tld);
 	free(r);
 	*rp = NULL;
 }
@@ -2321,6 +2349,135 @@ uri_cb(void *arg, const char *s, size_t len)
 }
 
 
+/* RegistryBoundaries.pm uri_to_domain() != undef: the URI's host is an IP
+ * address or a name under a known TLD (util_rb_tld) */
+static bool
+uri_has_domain(const struct rules *r, const char *uri, size_t len)
+{
+	char h[256];
+	size_t hl = 0, i = 0, k, end;
+	const char *at;
+
+	if (ascii_prefix_ci(uri, len, "javascript:") || ascii_prefix_ci(uri, len, "cid:") ||
+	    ascii_prefix_ci(uri, len, "file:"))
+		return false;
+	if (ascii_prefix_ci(uri, len, "mailto:")) {
+		const char *q = memchr(uri, '?', len);
+		end = q ? (size_t)(q - uri) : len;
+		at = NULL;
+		for (k = 7; k < end; k++)
+			if (uri[k] == '@') {
+				if (at)
+					return false;   /* several @ */
+				at = uri + k;
+			}
+		if (at == NULL)
+			return false;
+		i = (size_t)(at - uri) + 1;
+	} else {
+		while (i < len && isalpha((unsigned char)uri[i]))
+			i++;
+		if (i < len && uri[i] == ':') {
+			i++;
+			for (k = 0; k < 2 && i < len && uri[i] == '/'; k++)
+				i++;
+		} else
+			i = 0;
+		for (end = i; end < len && uri[end] != '/' && uri[end] != '?' &&
+		    uri[end] != '#'; end++)
+			;
+		for (k = end; k > i; k--)
+			if (uri[k - 1] == '@') {
+				i = k;
+				break;
+			}
+		k = end;
+		while (k > i && isdigit((unsigned char)uri[k - 1]))
+			k--;
+		if (k > i && uri[k - 1] == ':')
+			end = k - 1;
+	}
+	if (end - i >= sizeof(h) || end == i)
+		return false;
+	for (k = i; k < end; k++)
+		h[hl++] = (char)tolower((unsigned char)uri[k]);
+	h[hl] = '\0';
+	/* escaped printable characters: not a host */
+	for (k = 0; k + 2 < hl; k++)
+		if (h[k] == '%' && ((h[k + 1] == '2' && strchr("123456789abcdef", h[k + 2])) ||
+		    (h[k + 1] >= '3' && h[k + 1] <= '6' && isxdigit((unsigned char)h[k + 2])) ||
+		    (h[k + 1] == '7' && strchr("0123456789abcde", h[k + 2]))))
+			return false;
+	{
+		/* IPv4 dotted quad or IPv6 */
+		unsigned d = 0, dig = 0;
+		bool ip = true;
+		for (k = 0; k < hl && ip; k++) {
+			if (h[k] == '.') {
+				ip = dig > 0;
+				d++;
+				dig = 0;
+			} else if (isdigit((unsigned char)h[k]) && dig < 3)
+				dig++;
+			else
+				ip = false;
+		}
+		if ((ip && d == 3 && dig > 0) || (strchr(h, ':') && h[0] == '['))
+			return true;
+	}
+	/* is_fqdn_valid() and is_domain_valid(): labels, a known TLD */
+	{
+		const char *dot = strrchr(h, '.');
+		char *key;
+		if (dot == NULL || dot[1] == '\0' || strstr(h, "..") || h[0] == '.')
+			return false;
+		for (k = 0; k < hl; k++)
+			if (!isalnum((unsigned char)h[k]) && h[k] != '-' && h[k] != '.' &&
+			    h[k] != '_' && (unsigned char)h[k] < 0x80)
+				return false;
+		key = (char *)(dot + 1);
+		return bsearch(&key, r->tld, r->ntld, sizeof(*r->tld), str_cmp) != NULL;
+	}
+}
+
+struct uvar {
+	char **v;
+	size_t n;
+};
+
+static void
+uvar_cb(void *arg, const char *s, size_t len)
+{
+	struct uvar *u = arg;
+
+	if (u->n >= RULES_MAX_URIS)
+		return;
+	u->v = xreallocarray(u->v, u->n + 1, sizeof(*u->v));
+	u->v[u->n++] = xstrndup(s, len);
+}
+
+/* one URI of the message into the uri rules' list: a URI found in text
+ * only counts when a variant has a valid domain (add_uri_detail_list()
+ * with valid_domain); without util_rb_tld lines every URI counts */
+static void
+add_message_uri(struct ectx *e, const char *u, bool parsed)
+{
+	struct uvar uv = { NULL, 0 };
+	bool keep = !parsed || e->r->ntld == 0;
+	size_t i;
+
+	rules_uri_variants(u, strlen(u), uvar_cb, &uv);
+	for (i = 0; i < uv.n && !keep; i++)
+		keep = uri_has_domain(e->r, uv.v[i], strlen(uv.v[i]));
+	for (i = 0; i < uv.n; i++) {
+		if (keep)
+			uri_cb(e, uv.v[i], strlen(uv.v[i]));
+		free(uv.v[i]);
+	}
+	free(uv.v);
+}
+
+
 static unsigned
 run_rule(struct ectx *e, const struct rule *ru, struct buf *tmp)
 {
@@ -2402,10 +2559,8 @@ rules_eval(const struct rules *r, const struct mime_msg *m, const char *raw,
 	parse_raw_headers(&e);
 	build_body(&e);
 	build_rawbody(&e);
-	for (i = 0; i < mime_uri_count(m); i++) {
-		const char *u = mime_uri_at(m, i);
-		rules_uri_variants(u, strlen(u), uri_cb, &e);
-	}
+	for (i = 0; i < mime_uri_count(m); i++)
+		add_message_uri(&e, mime_uri_at(m, i), mime_uri_parsed(m, i));
 
 	vals = xcalloc(r->n + 1, sizeof(*vals));
 	for (i = 0; i < r->norder; i++) {
