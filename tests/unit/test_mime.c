@@ -221,6 +221,14 @@ main(void)
 		mime_free(&m);
 	}
 	{
+		static const char fo[] = "Content-Type: text/plain;\n\tformat=flowed;\n"
+		    "   charset=\"x\"\nSubject: s\n\nb\n";
+		m = mime_parse(fo, sizeof(fo) - 1, NULL, NULL);
+		is_str(mime_header_get(m, "Content-Type"), "text/plain; format=flowed; charset=\"x\"",
+		    "folded header: each fold one space (Node.pm)");
+		mime_free(&m);
+	}
+	{
 		const char *h = "a<p>b<br>c<td>d</h1>e<hr><div>f";
 		s = mime_html_to_text(h, strlen(h), &len, NULL, NULL);
 		is_str(s, "a\n\nb\nc d e\n\nf", "HTML whitespace as HTML.pm: p/hr paragraph, br/div newline, td/hN space");

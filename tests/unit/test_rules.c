@@ -313,6 +313,32 @@ main(void)
 	unlink(path);
 	free(path);
 
+	/* with util_rb_tld loaded, a URI found in text counts only when its
+	 * host is under a known TLD (or an IP); HTML URIs always count */
+	{
+		static const char msg[] =
+		    "Subject: t\nContent-Type: text/html\n\n"
+		    "point it at http://yourserver:2301/ or http://a.example.com:2301/\n"
+		    "or http://192.0.2.9:2301/ <a href=\"http://intranet:81/\">x</a>\n";
+		path = write_rules("tld.cf",
+		    "util_rb_tld com net\n"
+		    "uri T_SERVER /yourserver/\nuri T_COM /a\\.example\\.com/\n"
+		    "uri T_IP /192\\.0\\.2\\.9/\nuri T_HREF /intranet/\n");
+		r = rules_load((const char *const *)&path, 1, &rep, &err);
+		m = mime_parse(msg, sizeof(msg) - 1, NULL, NULL);
+		ok(r && rules_eval(r, m, msg, sizeof(msg) - 1, &h) == 0, "TLD eval");
+		ok(!hit(&h, "T_SERVER", NULL), "text URI without a known TLD dropped");
+		ok(hit(&h, "T_COM", NULL), "text URI under .com kept");
+		ok(hit(&h, "T_IP", NULL), "text URI with an IP kept");
+		ok(hit(&h, "T_HREF", NULL), "href kept whatever its host");
+		rules_hits_free(&h);
+		mime_free(&m);
+		rules_free(&r);
+		rules_report_free(&rep);
+		unlink(path);
+		free(path);
+	}
+
 	/* Util.pm uri_list_canonicalize() */
 	ok(has_variant("http://Ex.test:80/a", "http://Ex.test:80/a") &&
 	    has_variant("http://Ex.test:80/a", "http://Ex.test/a"), "uri: :80 dropped as a variant");
