@@ -1497,6 +1497,7 @@ struct ectx {
 	size_t *rblens;
 	size_t nrb;
 	char **uris;            /* uri rules' list: raw URIs and variants */
+	size_t *urilens;
 	size_t nuris;
 };
 
@@ -2340,12 +2341,14 @@ uri_cb(void *arg, const char *s, size_t len)
 	struct ectx *e = arg;
 
 	for (size_t i = 0; i < e->nuris; i++)
-		if (strlen(e->uris[i]) == len && memcmp(e->uris[i], s, len) == 0)
+		if (e->urilens[i] == len && memcmp(e->uris[i], s, len) == 0)
 			return;
 	if (e->nuris >= RULES_MAX_URIS)
 		return;
 	e->uris = xreallocarray(e->uris, e->nuris + 1, sizeof(*e->uris));
-	e->uris[e->nuris++] = xstrndup(s, len);
+	e->urilens = xreallocarray(e->urilens, e->nuris + 1, sizeof(*e->urilens));
+	e->uris[e->nuris] = xstrndup(s, len);
+	e->urilens[e->nuris++] = len;
 }
 
 
@@ -2471,7 +2474,7 @@ add_message_uri(struct ectx *e, const char *u, bool parsed)
 		keep = uri_has_domain(e->r, uv.v[i], strlen(uv.v[i]));
 	for (i = 0; i < uv.n; i++) {
 		if (keep)
-			uri_cb(e, uv.v[i], strlen(uv.v[i]));
+			uri_cb(e, uv.v[i], strlen(uv.v[i]));    /* no NULs: xstrndup */
 		free(uv.v[i]);
 	}
 	free(uv.v);
@@ -2513,7 +2516,7 @@ run_rule(struct ectx *e, const struct rule *ru, struct buf *tmp)
 		return count_matches(e, ru->re, e->raw, e->rawlen, max);
 	case RT_URI:
 		for (i = 0; i < e->nuris && n < max; i++)
-			n += count_matches(e, ru->re, e->uris[i], strlen(e->uris[i]), max - n);
+			n += count_matches(e, ru->re, e->uris[i], e->urilens[i], max - n);
 		return n;
 	default:
 		return 0;
@@ -2605,6 +2608,7 @@ rules_eval(const struct rules *r, const struct mime_msg *m, const char *raw,
 	for (i = 0; i < e.nuris; i++)
 		free(e.uris[i]);
 	free(e.uris);
+	free(e.urilens);
 	pcre2_match_data_free(e.md);
 	pcre2_match_context_free(e.mc);
 	pcre2_jit_stack_free(e.js);

@@ -361,6 +361,38 @@ main(void)
 		buf_free(&b);
 	}
 
+	/* hostile URIs: random bytes from a URI alphabet, variants bounded */
+	{
+		static const char al[] = "hHtTpPsS:/\\%0123456789aAfFxX.@?#&;=-_~ \r\n\x80\xff";
+		unsigned seed = 12345;
+		size_t maxlen = 0, nvar = 0;
+		bool bounded = true;
+		for (int it = 0; it < 20000; it++) {
+			char u[300];
+			size_t ul = (size_t)(it % 290);
+			struct buf b = BUF_INIT;
+			for (size_t k = 0; k < ul; k++) {
+				seed = seed * 1103515245u + 12345u;
+				u[k] = al[(seed >> 16) % (sizeof(al) - 1)];
+			}
+			if (it % 3 == 0 && ul > 7)
+				memcpy(u, "http://", 7);
+			rules_uri_variants(u, ul, collect, &b);
+			for (size_t k = 0; k < b.len; k++)
+				if (b.data[k] == '|')
+					nvar++;
+			if (b.len > maxlen)
+				maxlen = b.len;
+			/* each variant at most ~3x the input (%xx escapes), a few
+			 * dozen of them at worst */
+			if (b.len > 64 * (3 * ul + 64))
+				bounded = false;
+			buf_free(&b);
+		}
+		ok(bounded && nvar > 20000, "20000 random URIs: %zu variants, longest list %zu bytes",
+		    nvar, maxlen);
+	}
+
 	/* Message.pm split_into_array_of_short_paragraphs() */
 	{
 		char big[10000];
