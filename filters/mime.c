@@ -471,6 +471,258 @@ space(struct buf *b, char c)
 		buf_addc(b, '\n');
 }
 
+/* ---- HTML.pm target_uri(): RFC 3986 resolution against <base href> ---- */
+
+struct uparts {
+	const char *p[5];       /* scheme, authority, path, query, fragment */
+	size_t l[5];
+	bool def[5];
+};
+
+static void
+uri_split(const char *s, size_t len, struct uparts *u)
+{
+	size_t i = 0, k;
+
+	memset(u, 0, sizeof(*u));
+	/* ^(?:([^:/?#]+):)? */
+	for (k = 0; k < len && !strchr(":/?#", s[k]); k++)
+		;
+	if (k > 0 && k < len && s[k] == ':') {
+		u->p[0] = s, u->l[0] = k, u->def[0] = true;
+		i = k + 1;
+	}
+	/* (?://([^/?#]*))? */
+	if (i + 1 < len && s[i] == '/' && s[i + 1] == '/') {
+		for (k = i + 2; k < len && !strchr("/?#", s[k]); k++)
+			;
+		u->p[1] = s + i + 2, u->l[1] = k - i - 2, u->def[1] = true;
+		i = k;
+	}
+	/* ([^?#]*) */
+	for (k = i; k < len && s[k] != '?' && s[k] != '#'; k++)
+		;
+	u->p[2] = s + i, u->l[2] = k - i, u->def[2] = true;
+	i = k;
+	if (i < len && s[i] == '?') {
+		for (k = i + 1; k < len && s[k] != '#'; k++)
+			;
+		u->p[3] = s + i + 1, u->l[3] = k - i - 1, u->def[3] = true;
+		i = k;
+	}
+	if (i < len && s[i] == '#')
+		u->p[4] = s + i + 1, u->l[4] = len - i - 1, u->def[4] = true;
+}
+
+/* _remove_dot_segments(), appended to out */
+static void
+dot_segments(struct buf *out, const char *in, size_t len)
+{
+	char *d = xmalloc(len + 2);
+	size_t pos = 0, dl = 0, ol0 = out->len;
+
+	/* s@^(?:\.\.?/)@/@ */
+	if (len >= 2 && in[0] == '.' && in[1] == '/')
+		d[dl++] = '/', in += 2, len -= 2;
+	else if (len >= 3 && in[0] == '.' && in[1] == '.' && in[2] == '/')
+		d[dl++] = '/', in += 3, len -= 3;
+	memcpy(d + dl, in, len);
+	dl += len;
+	/* while ($input): "" and "0" end it */
+	while (pos < dl && !(dl - pos == 1 && d[pos] == '0')) {
+		const char *q = d + pos;
+		size_t ql = dl - pos;
+		if (ql >= 2 && q[0] == '/' && q[1] == '.' && (ql == 2 || q[2] == '/')) {
+			/* "/./x" -> "/x", "/." -> "/" */
+			if (ql == 2) {
+				pos += 1;
+				d[pos] = '/';
+			} else
+				pos += 2;
+			continue;
+		}
+		if (ql >= 3 && q[0] == '/' && q[1] == '.' && q[2] == '.' &&
+		    (ql == 3 || q[3] == '/')) {
+			/* "/../x" -> "/x", "/.." -> "/" */
+			if (ql == 3) {
+				pos += 2;
+				d[pos] = '/';
+			} else
+				pos += 3;
+			/* $output =~ s@/?[^/]*$@@ */
+			while (out->len > ol0 && out->data[out->len - 1] != '/')
+				out->len--;
+			if (out->len > ol0)
+				out->len--;
+			continue;
+		}
+		size_t k = q[0] == '/' ? 1 : 0;
+		while (k < ql && q[k] != '/')
+			k++;
+		buf_add(out, q, k);
+		pos += k;
+	}
+	free(d);
+}
+
+/* target_uri(base, r) into out (reset first) */
+static void
+target_uri(struct buf *out, const char *base, size_t bl, const char *r, size_t rl)
+{
+	struct uparts R, B, T;
+
+	buf_reset(out);
+	uri_split(r, rl, &R);
+	uri_split(base, bl, &B);
+	memset(&T, 0, sizeof(T));
+	if (R.def[0] && B.def[0] && R.l[0] == B.l[0] && memcmp(R.p[0], B.p[0], R.l[0]) == 0)
+		R.def[0] = false;
+	struct buf path = BUF_INIT;
+	if (R.def[0]) {
+		T.p[0] = R.p[0], T.l[0] = R.l[0], T.def[0] = true;
+		T.p[1] = R.p[1], T.l[1] = R.l[1], T.def[1] = R.def[1];
+		dot_segments(&path, R.p[2], R.l[2]);
+		T.p[3] = R.p[3], T.l[3] = R.l[3], T.def[3] = R.def[3];
+	} else {
+		if (R.def[1]) {
+			T.p[1] = R.p[1], T.l[1] = R.l[1], T.def[1] = true;
+			dot_segments(&path, R.p[2], R.l[2]);
+			T.p[3] = R.p[3], T.l[3] = R.l[3], T.def[3] = R.def[3];
+		} else {
+			if (R.l[2] == 0) {
+				buf_add(&path, B.p[2], B.l[2]);
+				if (R.def[3])
+					T.p[3] = R.p[3], T.l[3] = R.l[3], T.def[3] = true;
+				else
+					T.p[3] = B.p[3], T.l[3] = B.l[3], T.def[3] = B.def[3];
+			} else {
+				if (R.p[2][0] == '/')
+					dot_segments(&path, R.p[2], R.l[2]);
+				else {
+					/* _merge_uri() */
+					struct buf mg = BUF_INIT;
+					bool bp_true = B.l[2] > 0 && !(B.l[2] == 1 && B.p[2][0] == '0');
+					if (B.def[1] && !bp_true) {
+						buf_addc(&mg, '/');
+					} else if (memchr(B.p[2], '/', B.l[2])) {
+						size_t k = B.l[2];
+						while (k > 0 && B.p[2][k - 1] != '/')
+							k--;
+						buf_add(&mg, B.p[2], k);
+					}
+					buf_add(&mg, R.p[2], R.l[2]);
+					dot_segments(&path, mg.data ? mg.data : "", mg.len);
+					buf_free(&mg);
+				}
+				T.p[3] = R.p[3], T.l[3] = R.l[3], T.def[3] = R.def[3];
+			}
+			T.p[1] = B.p[1], T.l[1] = B.l[1], T.def[1] = B.def[1];
+		}
+		T.p[0] = B.p[0], T.l[0] = B.l[0], T.def[0] = B.def[0];
+	}
+	T.p[4] = R.p[4], T.l[4] = R.l[4], T.def[4] = R.def[4];
+	if (T.def[0] && T.l[0]) {
+		buf_add(out, T.p[0], T.l[0]);
+		buf_addc(out, ':');
+	} else if (T.def[1]) {
+		size_t k = 0;
+		if (T.l[1] >= 3 && ascii_strncasecmp(T.p[1], "www", 3) == 0)
+			k = 3;
+		else if (T.l[1] >= 3 && ascii_strncasecmp(T.p[1], "ftp", 3) == 0)
+			k = 3;
+		if (k) {
+			while (k < T.l[1] && isdigit((unsigned char)T.p[1][k]))
+				k++;
+			if (k < T.l[1] && T.p[1][k] == '.')
+				buf_adds(out, (T.p[1][0] | 0x20) == 'w' ? "http:" : "ftp:");
+		}
+	}
+	if (T.def[1]) {
+		buf_adds(out, "//");
+		buf_add(out, T.p[1], T.l[1]);
+	}
+	buf_add(out, path.data ? path.data : "", path.len);
+	if (T.def[3]) {
+		buf_addc(out, '?');
+		buf_add(out, T.p[3], T.l[3]);
+	}
+	if (T.def[4]) {
+		buf_addc(out, '#');
+		buf_add(out, T.p[4], T.l[4]);
+	}
+	buf_free(&path);
+}
+
+/* HTML.pm push_uri() / canon_uri(), and <base href> */
+static void
+sa_push_uri(struct buf *base, bool is_base, const char *s, size_t len,
+    void (*uri)(void *, const char *, size_t), void *arg)
+{
+	struct buf t = BUF_INIT;
+
+	for (;;) {
+		if (len && isspace((unsigned char)*s))
+			s++, len--;
+		else if (len >= 2 && (unsigned char)s[0] == 0xc2 && (unsigned char)s[1] == 0xa0)
+			s += 2, len -= 2;
+		else
+			break;
+	}
+	for (;;) {
+		if (len && isspace((unsigned char)s[len - 1]))
+			len--;
+		else if (len >= 2 && (unsigned char)s[len - 2] == 0xc2 &&
+		    (unsigned char)s[len - 1] == 0xa0)
+			len -= 2;
+		else
+			break;
+	}
+	if (len > MIME_URL_MAX)
+		len = MIME_URL_MAX;
+	if (len == 0)
+		return;
+	if (ascii_prefix_ci(s, len, "data:") || ascii_prefix_ci(s, len, "mailto:") ||
+	    ascii_prefix_ci(s, len, "file:") || ascii_prefix_ci(s, len, "cid:") ||
+	    ascii_prefix_ci(s, len, "tel:"))
+		uri(arg, s, len);
+	else {
+		target_uri(&t, base->data ? base->data : "", base->len, s, len);
+		if (t.len)
+			uri(arg, t.data, t.len);
+	}
+	buf_free(&t);
+	if (is_base && (ascii_prefix_ci(s, len, "http:") || ascii_prefix_ci(s, len, "https:") ||
+	    ascii_prefix_ci(s, len, "ftp:"))) {
+		/* s@^([a-z]+:/{0,2}[^/]+/.*?)[^/\.]+\.[^/\.]{2,4}$@$1@i */
+		size_t k = 0, e = len, dot, ls;
+		while (k < len && s[k] != ':')
+			k++;
+		k++;
+		for (size_t n = 0; n < 2 && k < len && s[k] == '/'; n++)
+			k++;
+		while (k < len && s[k] != '/')
+			k++;
+		if (k < len) {
+			/* the last segment: NAME.EXT with no / or . in NAME
+			 * beyond the last dot, EXT 2-4 chars */
+			for (ls = len; ls > k + 1 && s[ls - 1] != '/'; ls--)
+				;
+			const char *ld = NULL;
+			for (dot = ls; dot < len; dot++)
+				if (s[dot] == '.')
+					ld = s + dot;
+			if (ld && ld > s + ls && len - (size_t)(ld - s) - 1 >= 2 &&
+			    len - (size_t)(ld - s) - 1 <= 4 &&
+			    memchr(s + ls, '.', (size_t)(ld - (s + ls))) == NULL)
+				e = ls;
+		}
+		buf_reset(base);
+		buf_add(base, s, e);
+		if (base->len == 0 || base->data[base->len - 1] != '/')
+			buf_addc(base, '/');
+	}
+}
+
 /* the attributes SpamAssassin's HTML.pm html_uri() takes as URIs */
 static bool
 sa_uri_attr(const char *tag, size_t tl, const char *at, size_t al)
@@ -515,7 +767,7 @@ html_to_text(const char *s, size_t len, size_t *outlen,
     void (*href)(void *, const char *, size_t),
     void (*uri)(void *, const char *, size_t), void *arg)
 {
-	struct buf b = BUF_INIT;
+	struct buf b = BUF_INIT, base = BUF_INIT;
 	size_t i = 0;
 
 	buf_reserve(&b, len / 2 + 16);
@@ -606,7 +858,8 @@ html_to_text(const char *s, size_t len, size_t *outlen,
 						buf_addc(&v, s[k++]);
 				}
 				if (want_uri)
-					uri(arg, v.data ? v.data : "", v.len);
+					sa_push_uri(&base, tag_is(s + ns, ne - ns, "base"),
+					    v.data ? v.data : "", v.len, uri, arg);
 				if (want_url && v.len)
 					href(arg, v.data, v.len);
 				buf_free(&v);
@@ -635,6 +888,7 @@ html_to_text(const char *s, size_t len, size_t *outlen,
 		    (n == 2 && (name[0] == 'h' || name[0] == 'H') && name[1] >= '1' && name[1] <= '6'))
 			space(&b, ' ');
 	}
+	buf_free(&base);
 	while (b.len && (b.data[b.len - 1] == ' ' || b.data[b.len - 1] == '\n'))
 		b.data[--b.len] = '\0';
 	if (b.data == NULL)

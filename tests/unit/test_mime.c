@@ -221,6 +221,25 @@ main(void)
 		mime_free(&m);
 	}
 	{
+		/* HTML.pm target_uri(): relative links resolved against <base>,
+		 * dot segments removed, the base's file name dropped */
+		static const char bh[] = "Content-Type: text/html\n\n"
+		    "<base href=\"http://192.0.2.5/dir/index.html\">"
+		    "<a href=\"cgi-bin/click?id=1\">a</a><a href=\"/x/../y/./z\">b</a>"
+		    "<a href=\"//other.example/p\">c</a><img src=\"http://h.example/a/b/../c\">\n";
+		const char *want[] = { "http://192.0.2.5/dir/index.html",
+		    "http://192.0.2.5/dir/cgi-bin/click?id=1", "http://192.0.2.5/y/z",
+		    "http://other.example/p", "http://h.example/a/c" };
+		m = mime_parse(bh, sizeof(bh) - 1, NULL, NULL);
+		for (size_t w = 0; w < sizeof(want) / sizeof(want[0]); w++) {
+			bool f = false;
+			for (size_t k = 0; k < mime_uri_count(m); k++)
+				f |= strcmp(mime_uri_at(m, k), want[w]) == 0;
+			ok(f, "base href: %s", want[w]);
+		}
+		mime_free(&m);
+	}
+	{
 		static const char fo[] = "Content-Type: text/plain;\n\tformat=flowed;\n"
 		    "   charset=\"x\"\nSubject: s\n\nb\n";
 		m = mime_parse(fo, sizeof(fo) - 1, NULL, NULL);
