@@ -1580,6 +1580,50 @@ parse_raw_headers(struct ectx *e)
 	e->hdr_end = (size_t)(p - e->raw);
 }
 
+/* Util.pm $header_address_mailre matched on all of s: the length of the
+ * address kept (up to a second @), 0 if s is not an address */
+static size_t
+mail_addr_len(const char *s, size_t len)
+{
+	size_t i = 0, at, k;
+
+	if (len > 0 && s[0] == '"') {
+		for (i = 1; i < len && s[i] != '"'; i++)
+			if (s[i] == '\\' && i + 1 < len)
+				i++;
+		if (i >= len)
+			return 0;
+		i++;
+	} else {
+		while (i < len && s[i] != '@' && !isspace((unsigned char)s[i]) &&
+		    !strchr("<>()[],:;", s[i]))
+			i++;
+		if (i == 0)
+			return 0;
+	}
+	if (i >= len || s[i] != '@')
+		return 0;
+	at = i++;
+	if (i < len && s[i] == '[') {
+		for (k = i + 1; k < len && (isdigit((unsigned char)s[k]) || s[k] == ':' ||
+		    s[k] == '.'); k++)
+			;
+		if (k + 1 != len || s[k] != ']' || k == i + 1)
+			return 0;
+	} else {
+		if (i == len)
+			return 0;
+		for (k = i; k < len; k++)
+			if (isspace((unsigned char)s[k]) || strchr("\"<>()[],:;", s[k]))
+				return 0;
+	}
+	/* s/^(([^\@]*)\@([^\@]*)).*$/$1/ */
+	for (k = at + 1; k < len && s[k] != '@'; k++)
+		;
+	(void)at;
+	return k;
+}
+
 static void
 add_addrs(struct buf *out, const char *v, bool want_name)
 {
@@ -1628,8 +1672,11 @@ add_addrs(struct buf *out, const char *v, bool want_name)
 			}
 			while (b < f && isspace((unsigned char)*b)) b++;
 			while (f > b && isspace((unsigned char)f[-1])) f--;
-			if (f > b) {
-				buf_add(out, b, (size_t)(f - b));
+			/* Util.pm: only what looks like an address counts
+			 * ($header_address_mailre), cut at a second @ */
+			size_t al = mail_addr_len(b, (size_t)(f - b));
+			if (al > 0) {
+				buf_add(out, b, al);
 				buf_addc(out, '\n');
 			}
 		}
