@@ -291,7 +291,8 @@ flag_bit(const struct imap_arg *a)
 		{ "\\Seen", MBOX_F_SEEN }, { "\\Answered", MBOX_F_ANSWERED }, { "\\Flagged", MBOX_F_FLAGGED },
 		{ "\\Deleted", MBOX_F_DELETED }, { "\\Draft", MBOX_F_DRAFT },
 	};
-	if (a->type != IA_ATOM)
+	/* NIL is an atom too: as a flag it is the keyword "NIL" (imaptest nil) */
+	if (a->type != IA_ATOM && a->type != IA_NIL)
 		return -1;
 	for (size_t i = 0; i < ARRAY_SIZE(names); i++)
 		if (imap_arg_is(a, names[i].n))
