@@ -354,6 +354,98 @@ kw_bits(struct mbox *mb, char **kw, size_t nkw, bool create, unsigned *bits)
 	return ok;
 }
 
+static bool wild_match(const char *, const char *);
+
+/* SEARCH FROM/TO/CC/BCC: the address field also matches with its
+ * comments and white space left out, so <a (c)@ (c) b.org> is found as
+ * a@b.org (imaptest search-addresses) */
+static bool
+addr_field(const char *name)
+{
+	return !ascii_strcasecmp(name, "From") || !ascii_strcasecmp(name, "To") ||
+	    !ascii_strcasecmp(name, "Cc") || !ascii_strcasecmp(name, "Bcc");
+}
+
+static bool ci_contains(const char *, size_t, const char *);
+
+static bool
+addr_contains(const char *p, size_t len, const char *value)
+{
+	char *t = xmalloc(len + 1);
+	size_t tl = 0;
+	int depth = 0;
+	bool quoted = false, r;
+
+	for (size_t i = 0; i < len; i++) {
+		char ch = p[i];
+		if (quoted) {
+			if (ch == '\\' && i + 1 < len)
+				t[tl++] = p[++i];
+			else if (ch == '"')
+				quoted = false;
+			else
+				t[tl++] = ch;
+			continue;
+		}
+		if (depth > 0) {
+			if (ch == '\\' && i + 1 < len)
+				i++;
+			else if (ch == '(')
+				depth++;
+			else if (ch == ')')
+				depth--;
+			continue;
+		}
+		if (ch == '(')
+			depth = 1;
+		else if (ch == '"')
+			quoted = true;
+		else if (ch != ' ' && ch != '\t' && ch != '\r' && ch != '\n')
+			t[tl++] = ch;
+	}
+	t[tl] = '\0';
+	r = ci_contains(t, tl, value);
+	free(t);
+	return r;
+}
+
+/* LSUB with %: the parent of a subscribed mailbox further down that
+ * matches the pattern comes back \Noselect unless it is subscribed itself
+ * (RFC 3501 6.3.9; imaptest subscribe) */
+static void
+lsub_noselect_parents(struct buf *out, const char *pat, const struct mbox_folder *f, int n)
+{
+	char **done = NULL;
+	size_t nd = 0;
+
+	for (int i = 0; i < n; i++) {
+		char par[2 * MBOX_NAME_MAX + 8], *dot;
+		if (!f[i].subscribed)
+			continue;
+		moat_strlcpy(par, f[i].name, sizeof(par));
+		while ((dot = strrchr(par, '.')) != NULL) {
+			bool seen = false;
+			*dot = '\0';
+			if (!wild_match(pat, par))
+				continue;
+			for (int k = 0; k < n && !seen; k++)
+				seen = f[k].subscribed && strcmp(f[k].name, par) == 0;
+			for (size_t k = 0; k < nd && !seen; k++)
+				seen = strcmp(done[k], par) == 0;
+			if (seen)
+				continue;
+			done = xreallocarray(done, nd + 1, sizeof(*done));
+			done[nd++] = xstrdup(par);
+			buf_adds(out, "* LSUB (\\Noselect) \".\" ");
+			imap_add_string(out, par, strlen(par));
+			buf_adds(out, "\r\n");
+		}
+	}
+	for (size_t k = 0; k < nd; k++)
+		free(done[k]);
+	free(done);
+}
+
 /* ---- message text helpers (pool threads) ---- */
 
 /* LF -> CRLF copy */
@@ -1362,6 +1454,8 @@ query_eval(struct query *q, struct sctx *c)
 							fe++;
 					}
 					r = ci_contains(p + i + nl + 1, fe - i - nl - 1, q->value);
+					if (!r && addr_field(q->name))
+						r = addr_contains(p + i + nl + 1, fe - i - nl - 1, q->value);
 					e = fe;
 				}
 				i = e + 1;
@@ -1825,6 +1919,8 @@ job_work(void *arg)
 			imap_add_string(&j->out, f[i].name, strlen(f[i].name));
 			buf_adds(&j->out, "\r\n");
 		}
+		if (j->op == J_LSUB && strchr(pat, '%') != NULL)
+			lsub_noselect_parents(&j->out, pat, f, n);
 		free(f);
 		if (n < 0)
 			jtext(j, 1, "[SERVERBUG] Cannot list");

@@ -34,12 +34,6 @@ KNOWN_FAILURES = {
         "ENVELOPE of address lists with RFC 5322 groups: an entry that is not an address inside a "
         "group (Cc: group2: foo;) is sent as (\"foo\" NIL \"MISSING_MAILBOX\" \"MISSING_DOMAIN\") "
         "where Dovecot and imaptest drop it (FETCH path)",
-    "search-addresses":
-        "SEARCH FROM/TO/CC match the raw header text; an address written with comments "
-        "(<user-from (comment)@ (comment) domain.org>) is not found by its plain form",
-    "subscribe":
-        "LSUB with % does not return the \\Noselect parent of a subscribed deeper mailbox "
-        "(RFC 3501 6.3.9)",
     "uidvalidity":
         "a mailbox deleted and created again under the same name gets the same UIDVALIDITY and "
         "UIDNEXT (RFC 3501 2.3.1.1: the UIDs must not be reused); assigned in store/mailbox.c",
