@@ -1072,6 +1072,174 @@ def run_test(path, host, port, user, password, mailbox='imaptest'):
     return Run(t, host, port, user, password, mailbox).run()
 
 
+# ---------------------------------------------------------------- stress
+
+class StressClient:
+    """one session of the stress run: random commands on the shared
+    mailbox while tracking its view of it (the sequence -> UID map) from
+    EXISTS, EXPUNGE and FETCH, as imaptest's stress mode does"""
+
+    def __init__(self, run, ident, rnd):
+        self.run = run
+        self.rnd = rnd
+        self.conn = Conn(run.host, run.port, ident)
+        self.uids = []          # per sequence: UID or 0 when not yet known
+        self.errors = []
+        self.cmds = 0
+
+    def err(self, msg):
+        self.errors.append("client %d: %s" % (self.conn.ident, msg))
+
+    def command(self, text):
+        tag = self.conn.next_tag()
+        full = '%s %s' % (tag, text)
+        m = re.search(r'\{(\d+)\}\r\n', full)
+        if m:
+            self.conn.send(full[:m.end()])
+            while True:
+                r = self.conn.read_response()
+                if r.startswith('+'):
+                    break
+                if r.startswith(tag + ' '):
+                    return r[len(tag) + 1:].split(' ', 1)[0].upper()
+                self.untagged(r)
+            self.conn.send(full[m.end():] + '\r\n')
+        else:
+            self.conn.send(full + '\r\n')
+        while True:
+            r = self.conn.read_response()
+            if r.startswith(tag + ' '):
+                st = r[len(tag) + 1:].split(' ', 1)[0].upper()
+                self.cmds += 1
+                if st not in ('OK', 'NO'):
+                    self.err("%s: %s" % (text.split('\r\n')[0][:60], r.strip()[:200]))
+                return st
+            if r.startswith('* '):
+                self.untagged(r)
+            elif not r.startswith('+'):
+                self.err("unexpected line: %s" % r.strip()[:200])
+
+    def untagged(self, r):
+        m = re.match(r'\* (\d+) (EXISTS|EXPUNGE|FETCH)\b(.*)', r, re.I | re.S)
+        if not m:
+            if re.match(r'(?i)\* (BAD|BYE)', r):
+                self.err("untagged %s" % r.strip()[:200])
+            return
+        n, what = int(m.group(1)), m.group(2).upper()
+        if what == 'EXISTS':
+            if n < len(self.uids):
+                self.err("message count dropped %d -> %d without EXPUNGE" % (len(self.uids), n))
+                del self.uids[n:]
+            self.uids.extend([0] * (n - len(self.uids)))
+        elif what == 'EXPUNGE':
+            if n == 0 or n > len(self.uids):
+                self.err("EXPUNGE %d with only %d messages" % (n, len(self.uids)))
+            else:
+                del self.uids[n - 1]
+        else:
+            if n == 0 or n > len(self.uids):
+                self.err("FETCH for sequence %d with only %d messages" % (n, len(self.uids)))
+                return
+            u = re.search(r'(?i)\bUID (\d+)', m.group(3))
+            if u:
+                uid = int(u.group(1))
+                if self.uids[n - 1] and self.uids[n - 1] != uid:
+                    self.err("sequence %d changed UID %d -> %d" % (n, self.uids[n - 1], uid))
+                self.uids[n - 1] = uid
+                if (n > 1 and self.uids[n - 2] and self.uids[n - 2] >= uid) or \
+                        (n < len(self.uids) and self.uids[n] and self.uids[n] <= uid):
+                    self.err("UIDs out of order around sequence %d" % n)
+
+    def step(self):
+        rnd = self.rnd
+        n = len(self.uids)
+        seq = rnd.randint(1, n) if n else None
+        k = rnd.random()
+        flag = rnd.choice(['\\Seen', '\\Flagged', '\\Answered', '\\Deleted', '$Stress'])
+        if k < 0.15:
+            date, body = self.run.next_message()
+            self.command('APPEND %s (%s) {%d}\r\n%s' % (quote(self.run.mailbox), flag,
+                                                       len(body.encode('utf-8', 'surrogateescape')), body))
+        elif k < 0.40 and seq:
+            self.command('STORE %d %sFLAGS (%s)' % (seq, rnd.choice('+-'), flag))
+        elif k < 0.60 and n:
+            self.command('FETCH 1:* (UID FLAGS)')
+        elif k < 0.70 and seq:
+            self.command('FETCH %d (UID RFC822.SIZE BODY.PEEK[HEADER.FIELDS (From Subject)])' % seq)
+        elif k < 0.78:
+            self.command('EXPUNGE')
+        elif k < 0.86:
+            self.command('UID SEARCH ALL')
+        elif k < 0.92 and seq:
+            self.command('UID STORE %d:* +FLAGS.SILENT (\\Seen)' % rnd.randint(1, 50))
+        else:
+            self.command('NOOP')
+
+
+def stress(host, port, user, password, clients=5, seconds=8.0, seed=1, mbox=None):
+    """imaptest's stress mode, simplified: CLIENTS sessions on one mailbox
+    for SECONDS running random APPEND/STORE/FETCH/EXPUNGE/SEARCH/NOOP and
+    checking every untagged EXISTS/EXPUNGE/FETCH against their view; at the
+    end every session, after a NOOP, must see the same UIDs as a fresh
+    SELECT.  Returns (commands run, errors)."""
+    import random
+    import threading
+    t = Test(mbox or '/nonexistent')
+    if mbox:
+        t.mbox = mbox
+    run = Run(t, host, port, user, password, 'imaptest-stress')
+    errors = []
+    c0 = Conn(host, port, 0)
+    c0.simple('LOGIN %s %s' % (quote(user), quote(password)))
+    c0.simple('DELETE %s' % quote(run.mailbox))
+    if c0.simple('CREATE %s' % quote(run.mailbox))[0] != 'OK':
+        return 0, ["CREATE failed"]
+    cl = []
+    for i in range(clients):
+        sc = StressClient(run, i + 1, random.Random(seed + i))
+        sc.command('LOGIN %s %s' % (quote(user), quote(password)))
+        sc.command('SELECT %s' % quote(run.mailbox))
+        cl.append(sc)
+    stop = time.time() + seconds
+
+    def loop(sc):
+        try:
+            while time.time() < stop and len(sc.errors) < 20:
+                sc.step()
+        except (Abort, OSError, ValueError) as e:
+            sc.err("session died: %s" % e)
+    th = [threading.Thread(target=loop, args=(sc,)) for sc in cl]
+    for x in th:
+        x.start()
+    for x in th:
+        x.join()
+    # every view against a fresh SELECT
+    st, unt = c0.simple('SELECT %s' % quote(run.mailbox))
+    c0.uids = []
+    st, unt = c0.simple('UID SEARCH ALL')
+    truth = []
+    for a in unt:
+        if a and a[0][0] == 'atom' and a[0][1].upper() == 'SEARCH':
+            truth = [int(x[1]) for x in a[1:]]
+    total = 0
+    for sc in cl:
+        total += sc.cmds
+        if not any(e.startswith("client %d: session died" % sc.conn.ident) for e in sc.errors):
+            try:
+                sc.command('NOOP')
+                if sc.uids:
+                    sc.command('FETCH 1:* UID')
+                if sc.uids != truth:
+                    sc.err("view %s... differs from a fresh SELECT's %s..." % (sc.uids[:20], truth[:20]))
+            except (Abort, OSError) as e:
+                sc.err("final check: %s" % e)
+        errors += sc.errors
+        sc.conn.close()
+    c0.simple('DELETE %s' % quote(run.mailbox))
+    c0.close()
+    return total, errors
+
+
 def main(argv):
     if len(argv) < 6:
         sys.stderr.write(__doc__)

@@ -9,7 +9,12 @@ does).  Moat groups that fail for a known reason are listed in
 KNOWN_FAILURES below: they are reported but do not fail the test (and a
 listed group that starts passing is only noted).  The Dovecot half needs
 root and dovecot-imapd and is skipped otherwise; the moat half does not.
-IMAPTEST_GROUPS="fetch copy" restricts the run (for development)."""
+Then a stress run (imaptest.stress: 5 sessions for some seconds of random
+APPEND/STORE/FETCH/EXPUNGE/SEARCH on one mailbox, every untagged
+EXISTS/EXPUNGE/FETCH checked against each session's view, and every view
+against a fresh SELECT at the end) on both servers: 0 errors wanted.
+IMAPTEST_GROUPS="fetch copy" restricts the run (for development);
+IMAPTEST_STRESS_SECS sets the stress time (default 6, 0 = no stress run)."""
 import os
 import shutil
 import subprocess
@@ -53,6 +58,7 @@ only = os.environ.get("IMAPTEST_GROUPS", "").split()
 if only:
     paths = [p for p in paths if os.path.basename(p) in only]
 USER, PASS = "alice@example.test", "alice-pw"
+STRESS_SECS = float(os.environ.get("IMAPTEST_STRESS_SECS", "6"))
 
 
 def run_all(port, label, known):
@@ -73,6 +79,15 @@ def run_all(port, label, known):
     t.diag("%s: %d test groups: %d passed, %d failed, %d skipped due to missing capabilities"
            % (label, len(paths), counts["pass"], counts["fail"], counts["skip"]))
     return counts
+
+
+def run_stress(port, label):
+    if STRESS_SECS <= 0:
+        return
+    n, errs = imaptest.stress("127.0.0.1", port, USER, PASS, clients=5, seconds=STRESS_SECS,
+                              mbox=os.path.join(TESTDIR, "default.mbox"))
+    t.ok(n > 100 and not errs, "%s stress: %d commands in %gs by 5 sessions, %d errors"
+         % (label, n, STRESS_SECS, len(errs)), "\n".join(errs[:10]))
 
 
 def dovecot_conf(tmp, port):
@@ -140,12 +155,21 @@ def run_dovecot():
             t.ok(False, "Dovecot starts", open(errf).read())
             return
         run_all(port, "dovecot", DOVECOT_KNOWN)
+        run_stress(port, "dovecot")
     finally:
         subprocess.run([dovecot, "-c", conf, "stop"], stdin=subprocess.DEVNULL,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
         shutil.rmtree(tmp, ignore_errors=True)
 
+
+# the stress checker is not vacuous: a view it cannot follow is an error
+chk = imaptest.StressClient.__new__(imaptest.StressClient)
+chk.errors, chk.uids, chk.conn = [], [], type("C", (), {"ident": 0})()
+for line in ("* 2 EXISTS\r\n", "* 1 FETCH (UID 7)\r\n", "* 2 FETCH (UID 5)\r\n", "* 3 EXPUNGE\r\n",
+             "* 1 EXISTS\r\n"):
+    chk.untagged(line)
+t.eq(len(chk.errors), 3, "stress checker flags UIDs out of order, a bad EXPUNGE, a shrinking EXISTS")
 
 if os.environ.get("IMAPTEST_SERVER", "both") in ("both", "dovecot"):
     run_dovecot()
@@ -154,4 +178,5 @@ if os.environ.get("IMAPTEST_SERVER", "both") in ("both", "moat"):
     with Moat(extra="listen imap 127.0.0.1:%d\nauth-allow-plaintext yes\n" % iport) as m:
         m.cli("user", "add", USER, input=PASS + "\n", check=True)
         run_all(iport, "moat", KNOWN_FAILURES)
+        run_stress(iport, "moat")
 t.done()
