@@ -173,7 +173,7 @@ class Test:
 REPLY_RE = re.compile(r'(?i)^(ok|no|bad|"")(?: |$)')
 
 
-def _directives(args, reply, parent_chain=None, depth=0, prev_atom=None, chain=1):
+def _directives(args, reply, parent_chain=None, depth=0, prev_atom=None):
     """add imaptest's default list directives in place (see module doc)"""
     have = any(a[0] == 'atom' and a[1].startswith('$!') for a in args[:1])
     if not have and depth > 0:
@@ -193,9 +193,6 @@ def _directives(args, reply, parent_chain=None, depth=0, prev_atom=None, chain=1
     for a in args:
         if a[0] == 'atom' and a[1].startswith('$!unordered='):
             mychain = int(a[1][12:])
-    ndir = 0
-    while ndir < len(args) and args[ndir][0] == 'atom' and args[ndir][1].startswith('$!'):
-        ndir += 1
     prev = None
     for i, a in enumerate(args):
         if a[0] == 'atom':
@@ -338,6 +335,8 @@ def read_script(path):
                     tag = int(m.group(1))
                     r2 = rest[m.end():]
                 if REPLY_RE.match(r2):
+                    if t.connections > 1 and cidx and cidx - 1 != group.conn:
+                        raise ValueError("%s:%d: reply for the wrong connection" % (path, lineno))
                     cmd = next((c for c in group.commands if c['tag'] == tag), None)
                     if cmd is None or cmd['reply'] is not None:
                         raise ValueError("%s:%d: reply for unknown tag" % (path, lineno))
@@ -854,8 +853,6 @@ class Run:
         elif status == 'bad' and expect != 'bad':
             self.fail("line %d %s: BAD reply" % (cmd['line'], cmd['text'][:80]))
         state['done'].add(tag)
-        if cmd['text'].lower() == 'logout' or group.bye:
-            pass
         return True
 
     def append_cmd(self, text):
@@ -902,8 +899,6 @@ class Run:
             state['cmds'][tag] = cmd
             if state['tag'] is None:
                 state['tag'] = tag
-            if text.lower() == 'logout' or group.bye:
-                conn.logout_sent = True
             self.send_with_literals(conn, tag, text, state, group)
         try:
             while not all(t in state['done'] for t in tags):
@@ -931,7 +926,6 @@ class Run:
                 raise Skip("needs a second user (%s)" % t.users[i + 1])
             c = Conn(self.host, self.port, i + 1)
             conns.append(c)
-            c.logout_sent = False
             key = '' if i == 0 else str(i + 1)
             self.vars['user' + key] = self.user
             self.vars['username' + key] = self.user.split('@')[0]
