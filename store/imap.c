@@ -611,6 +611,18 @@ add_addr1(struct buf *b, const char *p, size_t len)
 		}
 	}
 	trim(&addr, &addrl);
+	/* an obsolete source route: <@route1,@route2:user@domain> */
+	const char *route = NULL;
+	size_t routel = 0;
+	if (addrl > 1 && addr[0] == '@') {
+		const char *colon = memchr(addr, ':', addrl);
+		if (colon) {
+			route = addr;
+			routel = (size_t)(colon - addr);
+			addrl -= routel + 1;
+			addr = colon + 1;
+		}
+	}
 	const char *at = NULL;
 	for (size_t i = addrl; i-- > 0;)
 		if (addr[i] == '@') {
@@ -622,7 +634,12 @@ add_addr1(struct buf *b, const char *p, size_t len)
 		imap_add_string(b, nm.data, nm.len);
 	else
 		buf_adds(b, "NIL");
-	buf_adds(b, " NIL ");
+	buf_addc(b, ' ');
+	if (route)
+		imap_add_string(b, route, routel);
+	else
+		buf_adds(b, "NIL");
+	buf_addc(b, ' ');
 	/* a NIL host marks a group (RFC 3501 7.4.2): a broken address gets
 	 * placeholders instead, as Dovecot and UW-IMAP write them */
 	if (at && at > addr && addrl - (size_t)(at - addr) > 1) {
@@ -648,6 +665,22 @@ add_addr1(struct buf *b, const char *p, size_t len)
 	}
 	buf_addc(b, ')');
 	buf_free(&nm);
+}
+
+/* "(foo)" or "(a) (b)": a comment and no address */
+static bool
+comment_only(const char *p, size_t l)
+{
+	int depth = 0;
+	for (size_t i = 0; i < l; i++) {
+		if (p[i] == '(')
+			depth++;
+		else if (p[i] == ')' && depth > 0)
+			depth--;
+		else if (depth == 0 && p[i] != ' ' && p[i] != '\t')
+			return false;
+	}
+	return true;
 }
 
 static void
@@ -698,7 +731,7 @@ add_addrlist(struct buf *b, const char *v, size_t len, bool present)
 				p = colon + 1;
 			}
 			trim(&p, &l);
-			if (l > 0 && n < 1000) {
+			if (l > 0 && n < 1000 && !comment_only(p, l)) {
 				add_addr1(b, p, l);
 				n++;
 			}
@@ -742,6 +775,13 @@ add_envelope(struct buf *b, const char *h, size_t hl)
 	add_addrlist(b, from.data, from.len, hasfrom);
 	for (size_t i = 0; i < ARRAY_SIZE(addrs); i++) {
 		bool has = hdr_get(h, hl, addrs[i], &v);
+		if (has && i < 2) {
+			/* an empty Sender: or Reply-To: is as good as none */
+			const char *q = v.data ? v.data : "";
+			size_t ql = v.len;
+			trim(&q, &ql);
+			has = ql > 0;
+		}
 		buf_addc(b, ' ');
 		if (!has && i < 2)     /* Sender, Reply-To default to From */
 			add_addrlist(b, from.data, from.len, hasfrom);

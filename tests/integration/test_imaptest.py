@@ -35,11 +35,6 @@ KNOWN_FAILURES = {
         "encapsulated multipart/digest are resolved one level too deep (FETCH path)",
     "fetch-body-message-rfc822-x2":
         "same as fetch-body-message-rfc822 for a message/rfc822 inside a message/rfc822 (FETCH path)",
-    "fetch-envelope":
-        "ENVELOPE (FETCH path): a non-address inside a group (Cc: group2: foo;) is sent as "
-        "(\"foo\" NIL \"MISSING_MAILBOX\" \"MISSING_DOMAIN\") where Dovecot drops it; an empty "
-        "Sender:/Reply-To: gives NIL instead of the From value (RFC 3501 7.4.2); a source route "
-        "<@route:user@domain> is not split into the adl \"@route\"",
     "uidvalidity":
         "a mailbox deleted and created again under the same name gets the same UIDVALIDITY and "
         "UIDNEXT (RFC 3501 2.3.1.1: the UIDs must not be reused); assigned in store/mailbox.c",
