@@ -291,7 +291,8 @@ flag_bit(const struct imap_arg *a)
 		{ "\\Seen", MBOX_F_SEEN }, { "\\Answered", MBOX_F_ANSWERED }, { "\\Flagged", MBOX_F_FLAGGED },
 		{ "\\Deleted", MBOX_F_DELETED }, { "\\Draft", MBOX_F_DRAFT },
 	};
-	if (a->type != IA_ATOM)
+	/* NIL is an atom too: as a flag it is the keyword "NIL" (imaptest nil) */
+	if (a->type != IA_ATOM && a->type != IA_NIL)
 		return -1;
 	for (size_t i = 0; i < ARRAY_SIZE(names); i++)
 		if (imap_arg_is(a, names[i].n))
@@ -351,6 +352,98 @@ kw_bits(struct mbox *mb, char **kw, size_t nkw, bool create, unsigned *bits)
 		*bits |= b;
 	}
 	return ok;
+}
+
+static bool wild_match(const char *, const char *);
+
+/* SEARCH FROM/TO/CC/BCC: the address field also matches with its
+ * comments and white space left out, so <a (c)@ (c) b.org> is found as
+ * a@b.org (imaptest search-addresses) */
+static bool
+addr_field(const char *name)
+{
+	return !ascii_strcasecmp(name, "From") || !ascii_strcasecmp(name, "To") ||
+	    !ascii_strcasecmp(name, "Cc") || !ascii_strcasecmp(name, "Bcc");
+}
+
+static bool ci_contains(const char *, size_t, const char *);
+
+static bool
+addr_contains(const char *p, size_t len, const char *value)
+{
+	char *t = xmalloc(len + 1);
+	size_t tl = 0;
+	int depth = 0;
+	bool quoted = false, r;
+
+	for (size_t i = 0; i < len; i++) {
+		char ch = p[i];
+		if (quoted) {
+			if (ch == '\\' && i + 1 < len)
+				t[tl++] = p[++i];
+			else if (ch == '"')
+				quoted = false;
+			else
+				t[tl++] = ch;
+			continue;
+		}
+		if (depth > 0) {
+			if (ch == '\\' && i + 1 < len)
+				i++;
+			else if (ch == '(')
+				depth++;
+			else if (ch == ')')
+				depth--;
+			continue;
+		}
+		if (ch == '(')
+			depth = 1;
+		else if (ch == '"')
+			quoted = true;
+		else if (ch != ' ' && ch != '\t' && ch != '\r' && ch != '\n')
+			t[tl++] = ch;
+	}
+	t[tl] = '\0';
+	r = ci_contains(t, tl, value);
+	free(t);
+	return r;
+}
+
+/* LSUB with %: the parent of a subscribed mailbox further down that
+ * matches the pattern comes back \Noselect unless it is subscribed itself
+ * (RFC 3501 6.3.9; imaptest subscribe) */
+static void
+lsub_noselect_parents(struct buf *out, const char *pat, const struct mbox_folder *f, int n)
+{
+	char **done = NULL;
+	size_t nd = 0;
+
+	for (int i = 0; i < n; i++) {
+		char par[2 * MBOX_NAME_MAX + 8], *dot;
+		if (!f[i].subscribed)
+			continue;
+		moat_strlcpy(par, f[i].name, sizeof(par));
+		while ((dot = strrchr(par, '.')) != NULL) {
+			bool seen = false;
+			*dot = '\0';
+			if (!wild_match(pat, par))
+				continue;
+			for (int k = 0; k < n && !seen; k++)
+				seen = f[k].subscribed && strcmp(f[k].name, par) == 0;
+			for (size_t k = 0; k < nd && !seen; k++)
+				seen = strcmp(done[k], par) == 0;
+			if (seen)
+				continue;
+			done = xreallocarray(done, nd + 1, sizeof(*done));
+			done[nd++] = xstrdup(par);
+			buf_adds(out, "* LSUB (\\Noselect) \".\" ");
+			imap_add_string(out, par, strlen(par));
+			buf_adds(out, "\r\n");
+		}
+	}
+	for (size_t k = 0; k < nd; k++)
+		free(done[k]);
+	free(done);
 }
 
 /* ---- message text helpers (pool threads) ---- */
@@ -518,6 +611,18 @@ add_addr1(struct buf *b, const char *p, size_t len)
 		}
 	}
 	trim(&addr, &addrl);
+	/* an obsolete source route: <@route1,@route2:user@domain> */
+	const char *route = NULL;
+	size_t routel = 0;
+	if (addrl > 1 && addr[0] == '@') {
+		const char *colon = memchr(addr, ':', addrl);
+		if (colon) {
+			route = addr;
+			routel = (size_t)(colon - addr);
+			addrl -= routel + 1;
+			addr = colon + 1;
+		}
+	}
 	const char *at = NULL;
 	for (size_t i = addrl; i-- > 0;)
 		if (addr[i] == '@') {
@@ -529,7 +634,12 @@ add_addr1(struct buf *b, const char *p, size_t len)
 		imap_add_string(b, nm.data, nm.len);
 	else
 		buf_adds(b, "NIL");
-	buf_adds(b, " NIL ");
+	buf_addc(b, ' ');
+	if (route)
+		imap_add_string(b, route, routel);
+	else
+		buf_adds(b, "NIL");
+	buf_addc(b, ' ');
 	/* a NIL host marks a group (RFC 3501 7.4.2): a broken address gets
 	 * placeholders instead, as Dovecot and UW-IMAP write them */
 	if (at && at > addr && addrl - (size_t)(at - addr) > 1) {
@@ -555,6 +665,22 @@ add_addr1(struct buf *b, const char *p, size_t len)
 	}
 	buf_addc(b, ')');
 	buf_free(&nm);
+}
+
+/* "(foo)" or "(a) (b)": a comment and no address */
+static bool
+comment_only(const char *p, size_t l)
+{
+	int depth = 0;
+	for (size_t i = 0; i < l; i++) {
+		if (p[i] == '(')
+			depth++;
+		else if (p[i] == ')' && depth > 0)
+			depth--;
+		else if (depth == 0 && p[i] != ' ' && p[i] != '\t')
+			return false;
+	}
+	return true;
 }
 
 static void
@@ -605,7 +731,7 @@ add_addrlist(struct buf *b, const char *v, size_t len, bool present)
 				p = colon + 1;
 			}
 			trim(&p, &l);
-			if (l > 0 && n < 1000) {
+			if (l > 0 && n < 1000 && !comment_only(p, l)) {
 				add_addr1(b, p, l);
 				n++;
 			}
@@ -649,6 +775,13 @@ add_envelope(struct buf *b, const char *h, size_t hl)
 	add_addrlist(b, from.data, from.len, hasfrom);
 	for (size_t i = 0; i < ARRAY_SIZE(addrs); i++) {
 		bool has = hdr_get(h, hl, addrs[i], &v);
+		if (has && i < 2) {
+			/* an empty Sender: or Reply-To: is as good as none */
+			const char *q = v.data ? v.data : "";
+			size_t ql = v.len;
+			trim(&q, &ql);
+			has = ql > 0;
+		}
 		buf_addc(b, ' ');
 		if (!has && i < 2)     /* Sender, Reply-To default to From */
 			add_addrlist(b, from.data, from.len, hasfrom);
@@ -1361,6 +1494,8 @@ query_eval(struct query *q, struct sctx *c)
 							fe++;
 					}
 					r = ci_contains(p + i + nl + 1, fe - i - nl - 1, q->value);
+					if (!r && addr_field(q->name))
+						r = addr_contains(p + i + nl + 1, fe - i - nl - 1, q->value);
 					e = fe;
 				}
 				i = e + 1;
@@ -1824,6 +1959,8 @@ job_work(void *arg)
 			imap_add_string(&j->out, f[i].name, strlen(f[i].name));
 			buf_adds(&j->out, "\r\n");
 		}
+		if (j->op == J_LSUB && strchr(pat, '%') != NULL)
+			lsub_noselect_parents(&j->out, pat, f, n);
 		free(f);
 		if (n < 0)
 			jtext(j, 1, "[SERVERBUG] Cannot list");
