@@ -264,6 +264,24 @@ scan_emails(struct mime_msg *m, const char *t, size_t len)
 		/* trailing punctuation thunderbird ignores */
 		while (e > i + 1 && strchr("-~!@#^&*()_+=:;'?,.", t[e - 1]))
 			e--;
+		/* a URL with a scheme is scan_urls()'s (the regex tries that
+		 * alternative first) */
+		if (ascii_prefix_ci(t + s, e - s, "http://") ||
+		    ascii_prefix_ci(t + s, e - s, "https://") ||
+		    ascii_prefix_ci(t + s, e - s, "ftp://")) {
+			i = e;
+			continue;
+		}
+		/* _process_text_uri_list(): "x/y@z" is an http:// URI */
+		{
+			const char *sl = memchr(t + s, '/', i - s);
+			if (sl && (size_t)(sl - (t + s)) + 1 < i - s) {
+				add_uri(m, "http://", t + s, e - s, true);
+				i = e;
+				continue;
+			}
+		}
+		/* an address needs a dot after the @ */
 		dot = 0;
 		for (size_t k = i + 2; k + 1 < e; k++)
 			if (t[k] == '.')

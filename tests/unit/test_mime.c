@@ -192,7 +192,7 @@ main(void)
 		    "Subject: s\n"
 		    "\n"
 		    "<p>caf=E9 <a href=3D\" HTTP://Ex.COM/A \">x</a> mail b@c.example.com\n"
-		    "<img src=3D\"cid:1\"><span href=3D\"http://no.example/\">y</span>\n";
+		    "<img src=3D\"cid:1\"><span href=3D\"http://no.example/\">y</span> 3d3f/ac90@pot5\n";
 		const struct mime_text *t;
 		size_t k;
 		bool found;
@@ -214,6 +214,10 @@ main(void)
 		for (k = 0; k < mime_uri_count(m); k++)
 			found |= strcmp(mime_uri_at(m, k), "mailto:b@c.example.com") == 0;
 		ok(found, "address in text listed as mailto:");
+		found = false;
+		for (k = 0; k < mime_uri_count(m); k++)
+			found |= strcmp(mime_uri_at(m, k), "http://3d3f/ac90@pot5") == 0;
+		ok(found, "\"x/y@z\" in text listed as http://");
 		found = false;
 		for (k = 0; k < mime_uri_count(m); k++)
 			found |= strstr(mime_uri_at(m, k), "no.example") != NULL;
