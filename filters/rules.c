@@ -1645,16 +1645,26 @@ add_addrs(struct buf *out, const char *v, bool want_name)
 		const char *e = p;
 		if (*p == ',')
 			p++;
+		if (lt && gt) {
+			/* Util.pm: "<" \S+ ">" up to the last ">" of the element */
+			const char *z = e;
+			while (z > gt + 1 && isspace((unsigned char)z[-1]))
+				z--;
+			if (z > gt + 1 && z[-1] == '>')
+				gt = z - 1;
+		}
 		if (want_name) {
 			const char *b = s, *f = lt ? lt : e;
 			while (b < f && isspace((unsigned char)*b)) b++;
 			while (f > b && isspace((unsigned char)f[-1])) f--;
 			if (f > b && *b == '"' && f[-1] == '"' && f - b >= 2) { b++; f--; }
 			if (lt == NULL) {
-				/* addr (Name) */
+				/* addr (Name); a lone phrase is a name unless it
+				 * is an address */
 				const char *o = memchr(s, '(', (size_t)(e - s));
 				const char *c = o ? memchr(o, ')', (size_t)(e - o)) : NULL;
-				if (o && c) { b = o + 1; f = c; } else { b = f; }
+				if (o && c) { b = o + 1; f = c; }
+				else if (mail_addr_len(b, (size_t)(f - b)) > 0) { b = f; }
 			}
 			buf_add(out, b, (size_t)(f - b));
 			buf_addc(out, '\n');

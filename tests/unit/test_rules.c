@@ -342,16 +342,19 @@ main(void)
 	/* :addr keeps only what parses as an address (Util.pm) */
 	{
 		static const char msg[] = "From: Bon d'achat, <news@ml.example>\n"
-		    "To: x (c) <a@b@c.example>\nSubject: s\n\nb\n";
+		    "To: x (c) <a@b@c.example>\nCc: <u@c>A.d.example>\nSubject: s\n\nb\n";
 		path = write_rules("addr.cf",
 		    "header A_QUOTE From:addr =~ /'/\nheader A_NEWS From:addr =~ /^news\\@ml\\.example$/\n"
-		    "header A_TO To:addr =~ /^a\\@b$/\n");
+		    "header A_TO To:addr =~ /^a\\@b$/\nheader A_CC Cc:addr =~ /\\@/\n"
+		    "header A_PHRASE From:name =~ /^Bon d'achat$/m\n");
 		r = rules_load((const char *const *)&path, 1, &rep, &err);
 		m = mime_parse(msg, sizeof(msg) - 1, NULL, NULL);
 		ok(r && rules_eval(r, m, msg, sizeof(msg) - 1, &h) == 0, "addr eval");
 		ok(!hit(&h, "A_QUOTE", NULL) && hit(&h, "A_NEWS", NULL),
 		    ":addr: a phrase before a comma is not an address");
 		ok(hit(&h, "A_TO", NULL), ":addr: cut at a second @");
+		ok(!hit(&h, "A_CC", NULL), ":addr: <...> runs to the last >, then is no address");
+		ok(hit(&h, "A_PHRASE", NULL), ":name: a lone phrase is a name");
 		rules_hits_free(&h);
 		mime_free(&m);
 		rules_free(&r);
