@@ -1620,7 +1620,6 @@ mail_addr_len(const char *s, size_t len)
 	/* s/^(([^\@]*)\@([^\@]*)).*$/$1/ */
 	for (k = at + 1; k < len && s[k] != '@'; k++)
 		;
-	(void)at;
 	return k;
 }
 
