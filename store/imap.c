@@ -909,30 +909,45 @@ mime_free(struct part *pt)
 	free(pt->kids);
 }
 
-/* find part "1.2"; NULL if none.  A non-multipart message's part 1 is itself. */
+/*
+ * Find part "1.2" (RFC 3501 6.4.5); NULL if none.  The numbers count the
+ * parts of the current container: a multipart's children, or, for any
+ * other body, its one part 1 (itself).  After a message/rfc822 part the
+ * next number counts the parts of the message it encapsulates.  So for a
+ * message that is itself message/rfc822, part 1 is the whole encapsulated
+ * message and 1.1 its first part.
+ */
 static const struct part *
 mime_find(const struct part *root, const char *path)
 {
-	const struct part *pt = root;
+	const struct part *sel = NULL, *cont = root;
 	while (*path) {
 		char *end;
 		unsigned long n = strtoul(path, &end, 10);
 		if (end == path || n == 0)
 			return NULL;
-		if (pt->message && pt->nkids == 1)
-			pt = &pt->kids[0];
-		if (pt->multipart) {
-			if (n > pt->nkids)
+		if (sel != NULL) {
+			if (sel->message && sel->nkids == 1)
+				cont = &sel->kids[0];
+			else if (sel->multipart)
+				cont = sel;
+			else
+				return NULL;            /* a leaf has no parts */
+		}
+		if (cont->multipart) {
+			if (n > cont->nkids)
 				return NULL;
-			pt = &pt->kids[n - 1];
-		} else if (n != 1) {
+			sel = &cont->kids[n - 1];
+		} else if (n == 1) {
+			sel = cont;
+		} else {
 			return NULL;
 		}
 		path = end;
 		if (*path == '.')
 			path++;
 	}
-	return pt;
+	return sel ? sel : root;
 }
 
 /*
