@@ -1040,11 +1040,15 @@ add_bodystructure(struct buf *b, const char *p, const struct part *pt, bool ext)
 /* ---- FETCH (pool) ---- */
 
 static bool
-needs_body(const struct fitem *it, size_t n, bool *hdronly)
+needs_body(const struct fitem *it, size_t n, bool *hdronly, bool *envonly)
 {
 	bool any = false;
 	*hdronly = true;
+	*envonly = true;
 	for (size_t i = 0; i < n; i++) {
+		if (it[i].kind != F_ENVELOPE && it[i].kind != F_FLAGS && it[i].kind != F_UID &&
+		    it[i].kind != F_INTERNALDATE && it[i].kind != F_SIZE)
+			*envonly = false;
 		switch (it[i].kind) {
 		case F_ENVELOPE:
 		case F_RFC822_HEADER:
@@ -1136,13 +1140,15 @@ fetch_one(struct job *j, struct mbox_msg *mm, uint32_t seq)
 {
 	struct buf raw = BUF_INIT, msg = BUF_INIT;
 	struct buf *b = &j->out;
-	bool hdronly, sp = false;
+	bool hdronly, envonly, sp = false;
 	struct part root;
 	bool parsed = false;
 	char date[64];
 
-	if (needs_body(j->items, j->nitems, &hdronly)) {
-		int r = hdronly ? mbox_msg_read_header(j->mb, mm, &raw) : mbox_msg_read(j->mb, mm, &raw);
+	if (needs_body(j->items, j->nitems, &hdronly, &envonly)) {
+		/* ENVELOPE alone: from the field cache, not the file */
+		int r = envonly ? mbox_msg_envhdr(j->mb, mm, &raw) :
+		    hdronly ? mbox_msg_read_header(j->mb, mm, &raw) : mbox_msg_read(j->mb, mm, &raw);
 		if (r < 0) {
 			buf_free(&raw);
 			return;         /* vanished: nothing to say */
@@ -1239,9 +1245,28 @@ struct sctx {
 	struct job *j;
 	struct mbox_msg *m;
 	uint32_t seq;
-	struct buf hdr, full;
-	bool hdr_ok, full_ok;
+	struct buf hdr, full, env;
+	bool hdr_ok, full_ok, env_ok;
 };
+
+/* the envelope fields (mbox_cached_field), from the cache */
+static const char *
+sctx_env(struct sctx *c, size_t *len)
+{
+	if (c->hdr_ok) {
+		*len = c->hdr.len;
+		return c->hdr.data ? c->hdr.data : "";
+	}
+	if (!c->env_ok) {
+		struct buf raw = BUF_INIT;
+		(void)mbox_msg_envhdr(c->j->mb, c->m, &raw);
+		to_crlf(raw.data ? raw.data : "", raw.len, &c->env);
+		buf_free(&raw);
+		c->env_ok = true;
+	}
+	*len = c->env.len;
+	return c->env.data ? c->env.data : "";
+}
 
 static const char *
 sctx_hdr(struct sctx *c, size_t *len)
@@ -1321,7 +1346,7 @@ query_eval(struct query *q, struct sctx *c)
 		 * "sent" at the epoch, as Dovecot and Cyrus treat it (SENTBEFORE
 		 * matches, SENTSINCE/SENTON do not) */
 		time_t t = 0;
-		p = sctx_hdr(c, &len);
+		p = sctx_env(c, &len);
 		if (hdr_get(p, len, "Date", &v)) {
 			const char *d = v.data;
 			const char *comma = strchr(d, ',');
@@ -1344,7 +1369,7 @@ query_eval(struct query *q, struct sctx *c)
 		return q->op == Q_SENTBEFORE ? t < q->t : q->op == Q_SENTON ? t == q->t : t >= q->t;
 	}
 	case Q_HEADER:
-		p = sctx_hdr(c, &len);
+		p = mbox_cached_field(q->name) ? sctx_env(c, &len) : sctx_hdr(c, &len);
 		/* every instance of the field */
 		{
 			size_t i = 0, nl = strlen(q->name);
@@ -1667,6 +1692,7 @@ job_work(void *arg)
 			if (m != NULL)
 				fetch_one(j, m, j->seqs[j->next]);
 		}
+		mbox_cache_flush(j->mb);
 		break;
 	}
 	case J_STORE: {
@@ -1700,7 +1726,9 @@ job_work(void *arg)
 				j->res[j->nres++] = j->uid ? j->uids[i] : j->seqs[i];
 			buf_free(&sc.hdr);
 			buf_free(&sc.full);
+			buf_free(&sc.env);
 		}
+		mbox_cache_flush(j->mb);
 		break;
 	}
 	case J_COPY:
