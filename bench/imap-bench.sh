@@ -13,7 +13,8 @@
 # corpus of ../shared/corpus, read in place, written into temporary
 # Maildirs under $TMPDIR (default /tmp; about 2 x 250 MB for 50,000).
 # Environment: MESSAGES (50000), MAXSIZE (65536: larger corpus files are
-# skipped), CORPUS (../shared/corpus), KEEP=1 keeps the temporary directory.
+# skipped), CORPUS (../shared/corpus), ONLY=moat|dovecot runs one side,
+# KEEP=1 keeps the temporary directory.
 # Everything listens on 127.0.0.1 only; all processes are stopped at the end.
 set -eu
 src=$(cd "$(dirname "$0")/.." && pwd)

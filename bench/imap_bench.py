@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.join(SRC, "tests", "integration"))
 N = int(os.environ.get("MESSAGES", "50000"))
 MAXSIZE = int(os.environ.get("MAXSIZE", "65536"))
 KEEP = os.environ.get("KEEP") == "1"
+ONLY = os.environ.get("ONLY", "")       # "moat" or "dovecot": run one side
 CORPUS = os.path.abspath(os.environ.get("CORPUS", os.path.join(SRC, "..", "shared", "corpus")))
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 USER, PASS = "bench@bench.test", "bench-pw"
@@ -104,27 +105,34 @@ class Client:
         self.read_until(None)
 
     def read_until(self, tag):
+        """read lines (skipping literals) up to the tagged one; the buffer
+        is scanned by offset, never sliced per line, so the client's cost
+        does not depend on how the server chunks its output"""
         total = 0
+        pos = 0
+        lit = re.compile(rb"\{(\d+)\}$")
         while True:
-            i = self.buf.find(b"\r\n")
+            i = self.buf.find(b"\r\n", pos)
             while i >= 0:
-                line, self.buf = self.buf[:i], self.buf[i + 2:]
-                total += len(line) + 2
-                if tag is None:
+                total += i + 2 - pos
+                if tag is None or (self.buf.startswith(tag + b" ", pos) and self.buf[i - 1:i] != b"}"):
+                    line = self.buf[pos:i]
+                    self.buf = self.buf[i + 2:]
                     return line, total
-                if line.startswith(tag + b" ") and not line.endswith(b"}"):
-                    return line, total
-                m = re.search(rb"\{(\d+)\}$", line)
+                m = lit.search(self.buf, pos, i) if self.buf[i - 1:i] == b"}" else None
+                pos = i + 2
                 if m:               # a literal: skip its bytes
                     need = int(m.group(1))
-                    while len(self.buf) < need:
+                    while len(self.buf) - pos < need:
                         d = self.s.recv(1 << 20)
                         if not d:
                             raise EOFError
                         self.buf += d
-                    self.buf = self.buf[need:]
+                    pos += need
                     total += need
-                i = self.buf.find(b"\r\n")
+                i = self.buf.find(b"\r\n", pos)
+            self.buf = self.buf[pos:]
+            pos = 0
             d = self.s.recv(1 << 20)
             if not d:
                 raise EOFError("connection closed")
@@ -149,7 +157,22 @@ class Client:
         self.s.close()
 
 
-def session(port, frm, word):
+CMDS = ("SELECT", "FETCH 1:* (FLAGS ENVELOPE)", "SEARCH FROM", "SEARCH SUBJECT", "SEARCH UNSEEN")
+
+
+def cpu_of(pids):
+    """user+system seconds of the processes pids (Linux /proc)"""
+    t = 0
+    for pid in pids:
+        try:
+            f = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
+            t += (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            pass
+    return t
+
+
+def session(port, frm, word, pids=()):
     c = Client(port)
     c.cmd('LOGIN "%s" "%s"' % (USER, PASS))
     out = []
@@ -158,7 +181,10 @@ def session(port, frm, word):
                       ("SEARCH FROM", 'SEARCH FROM "%s"' % frm),
                       ("SEARCH SUBJECT", 'SEARCH SUBJECT "%s"' % word),
                       ("SEARCH UNSEEN", "SEARCH UNSEEN")):
+        c0 = cpu_of(pids)
         dt, nbytes = c.cmd(cmd)
+        if pids and os.environ.get("CPU") == "1":
+            print("#   %-28s wall %.3f cpu %.3f" % (name, dt, cpu_of(pids) - c0))
         out.append((name, dt, nbytes))
     c.close()
     return out
@@ -260,7 +286,15 @@ def main():
         res = {}
         for who, port in (("moat", mport), ("dovecot", dport)):
             for run in ("cold", "warm"):
-                res[(who, run)] = session(port, frm, word)
+                if ONLY and ONLY != who:
+                    res[(who, run)] = [(n, 0.0, 0) for n in CMDS]
+                else:
+                    pids = []
+                    if who == "moat":
+                        pids = [moat.proc.pid] + [int(x) for x in subprocess.run(
+                            ["pgrep", "-P", str(moat.proc.pid)], capture_output=True,
+                            text=True).stdout.split()]
+                    res[(who, run)] = session(port, frm, word, pids)
 
         print()
         print("%-28s %-5s %10s %10s %7s" % ("command (%d messages)" % N, "run", "moat s", "dovecot s", "ratio"))
