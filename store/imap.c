@@ -10,7 +10,8 @@
  * Limits: line IMAP_MAX_LINE, literal IMAP_MAX_LITERAL (APPEND: the
  * message-size-limit), bad commands IMAP_MAX_BAD, idle autologout 30 min
  * (RFC 3501 5.4; 2 min before login), FETCH output produced in chunks of
- * about IMAP_FETCH_CHUNK bytes, written before the next chunk is made.
+ * about IMAP_FETCH_CHUNK bytes; the next chunk is made while the last one
+ * is written, but never with more than 2 x IMAP_FETCH_CHUNK unsent.
  *
  * The session keeps the client's view of the mailbox (uid + flags per
  * sequence number).  After each job it reconciles the view with the
@@ -53,7 +54,7 @@
 #define IMAP_TIMEOUT        1800
 #define IMAP_TIMEOUT_NOAUTH 120
 #define IMAP_IDLE_POLL      2
-#define IMAP_FETCH_CHUNK    (4u * 1024 * 1024)
+#define IMAP_FETCH_CHUNK    (1024u * 1024)
 #define IMAP_MAX_OUT        (1024 * 1024)
 #define IMAP_HDR_MAX        (1024 * 1024)
 
@@ -2151,8 +2152,9 @@ job_done(void *arg)
 			evbuffer_add(o, j->out.data, j->out.len);
 		buf_reset(&j->out);
 		if (j->result == 0 && j->next < j->n) {
-			/* more to come once this chunk is written */
-			if (evbuffer_get_length(o) == 0) {
+			/* more to come: made while this chunk is written, or
+			 * once the output drained if the client lags */
+			if (evbuffer_get_length(o) <= 2 * IMAP_FETCH_CHUNK) {
 				s->busy = true;
 				pool_submit(W->pool, job_work, job_done, s);
 			} else {

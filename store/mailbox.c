@@ -515,6 +515,42 @@ index_free(struct index *ix)
 	memset(ix, 0, sizeof(*ix));
 }
 
+/* "<uid> <idate> <size> <vsize> " (as sscanf "%llu %lld %lld %lld %n",
+ * without its cost: this runs for every message at every full sync) */
+static bool
+index_fields(const char *line, unsigned long long *uid, long long *idate, long long *size,
+    long long *vsize, int *off)
+{
+	const char *p = line;
+	long long v[4];
+
+	for (int k = 0; k < 4; k++) {
+		bool neg = false;
+		unsigned long long x = 0;
+		int digits = 0;
+		if (*p == '-' && k == 1) {
+			neg = true;
+			p++;
+		}
+		while (*p >= '0' && *p <= '9' && digits < 18) {
+			x = x * 10 + (unsigned long long)(*p - '0');
+			p++;
+			digits++;
+		}
+		if (digits == 0 || *p != ' ')
+			return false;
+		while (*p == ' ')
+			p++;
+		v[k] = neg ? -(long long)x : (long long)x;
+	}
+	*uid = (unsigned long long)v[0];
+	*idate = v[1];
+	*size = v[2];
+	*vsize = v[3];
+	*off = (int)(p - line);
+	return true;
+}
+
 static void
 index_read(const struct mbox *mb, struct index *ix)
 {
@@ -559,7 +595,7 @@ index_read(const struct mbox *mb, struct index *ix)
 		if ((nl = memchr(line, '\n', (size_t)(end - line))) == NULL)
 			break;          /* a torn last line: it will be rescanned */
 		*nl = '\0';
-		if (sscanf(line, "%llu %lld %lld %lld %n", &uid, &idate, &size, &vsize, &off) != 4 ||
+		if (!index_fields(line, &uid, &idate, &size, &vsize, &off) ||
 		    off <= 0 || uid == 0 || uid <= last || uid >= ix->uidnext || line[off] == '\0' ||
 		    strchr(line + off, '/') != NULL) {
 			log_warnx("mailbox: %s: damaged line, rebuilding", p);
@@ -906,9 +942,9 @@ mbox_sync_locked(struct mbox *mb, bool take_recent, char **err)
 
 /*
  * Take the stamp of cur/, new/ and the index.  False when one is missing
- * or was changed within the last 2 seconds: a change in the same clock
- * tick as a scan would not show in the mtime, so such a folder is always
- * rescanned (Dovecot's rule for Maildir).
+ * or a directory was changed within the last 2 seconds: a change in the
+ * same clock tick as a scan would not show in its mtime, so such a folder
+ * is always rescanned (Dovecot's rule for Maildir).
  */
 static bool
 mbox_stamp_take(const struct mbox *mb, struct mbox_stamp *st)
@@ -923,7 +959,9 @@ mbox_stamp_take(const struct mbox *mb, struct mbox_stamp *st)
 	for (size_t i = 0; i < ARRAY_SIZE(subs); i++) {
 		if ((size_t)snprintf(p, sizeof(p), "%s/%s", mb->dir, subs[i]) >= sizeof(p) || stat(p, &sb) < 0)
 			return false;
-		if (sb.st_mtim.tv_sec + 2 >= now.tv_sec)
+		/* the index is only ever replaced by rename(): its identity
+		 * shows every change; a directory's mtime may not */
+		if (i < 2 && sb.st_mtim.tv_sec + 2 >= now.tv_sec)
 			return false;
 		st->t[i] = (long long)sb.st_mtim.tv_sec * 1000000000LL + sb.st_mtim.tv_nsec;
 		st->ino[i] = (long long)sb.st_ino;
@@ -1922,7 +1960,7 @@ mbox_throttle_ok(const char *ip)
 #define MBOX_CACHE_MAX  (256u * 1024 * 1024) /* the file stops growing here */
 #define MBOX_CACHE_FLUSH (1024u * 1024)      /* pending bytes that trigger a write */
 #define MBOX_CACHE_HDR  32                   /* "moat-cache 1 <uidvalidity>\n", padded */
-#define MBOX_CACHE_RECHDR 12                 /* uid, len, checksum (little endian) */
+#define MBOX_CACHE_RECHDR 16                 /* uid, len, base hash, checksum (LE) */
 
 static const char *const mbox_cache_fields[] = {
 	"Date", "Subject", "From", "Sender", "Reply-To", "To", "Cc", "Bcc",
@@ -1930,7 +1968,7 @@ static const char *const mbox_cache_fields[] = {
 };
 
 struct centry {
-	uint32_t uid, len;
+	uint32_t uid, len, bhash;
 	size_t  off;
 };
 
@@ -1958,10 +1996,11 @@ mbox_cached_field(const char *name)
 	return false;
 }
 
+/* FNV-1a, seeded */
 static uint32_t
-cache_sum(uint32_t uid, const char *p, size_t len)
+cache_sum(uint32_t seed, const char *p, size_t len)
 {
-	uint32_t h = 2166136261u ^ uid;
+	uint32_t h = 2166136261u ^ seed;
 	h *= 16777619u;
 	for (size_t i = 0; i < len; i++) {
 		h ^= (unsigned char)p[i];
@@ -2070,9 +2109,10 @@ cache_load(struct mbox *mb)
 	c->ok = true;
 	size_t o = from;
 	while (o + MBOX_CACHE_RECHDR <= c->maplen) {
-		uint32_t uid = get32(c->map + o), len = get32(c->map + o + 4), sum = get32(c->map + o + 8);
+		uint32_t uid = get32(c->map + o), len = get32(c->map + o + 4), bh = get32(c->map + o + 8),
+		    sum = get32(c->map + o + 12);
 		if (uid == 0 || len > MBOX_CACHE_REC_MAX || len > c->maplen - o - MBOX_CACHE_RECHDR ||
-		    cache_sum(uid, c->map + o + MBOX_CACHE_RECHDR, len) != sum)
+		    cache_sum(uid ^ bh, c->map + o + MBOX_CACHE_RECHDR, len) != sum)
 			break;
 		if (c->n == c->cap) {
 			c->cap = c->cap ? c->cap * 2 : 1024;
@@ -2080,6 +2120,7 @@ cache_load(struct mbox *mb)
 		}
 		c->v[c->n].uid = uid;
 		c->v[c->n].len = len;
+		c->v[c->n].bhash = bh;
 		c->v[c->n].off = o + MBOX_CACHE_RECHDR;
 		c->n++;
 		o += MBOX_CACHE_RECHDR + len;
@@ -2161,7 +2202,10 @@ mbox_msg_envhdr(struct mbox *mb, struct mbox_msg *m, struct buf *out)
 		c->recheck = false;
 		cache_load(mb);
 	}
-	if (c->map != NULL && c->ok && (e = cache_find(c, m->uid)) != NULL) {
+	/* the record must be of this file too: a UID given again after an
+	 * index was lost within the same second keeps its UIDVALIDITY */
+	uint32_t bh = cache_sum(0, m->file, m->baselen);
+	if (c->map != NULL && c->ok && (e = cache_find(c, m->uid)) != NULL && e->bhash == bh) {
 		buf_add(out, c->map + e->off, e->len);
 		return 0;
 	}
@@ -2176,7 +2220,8 @@ mbox_msg_envhdr(struct mbox *mb, struct mbox_msg *m, struct buf *out)
 		char rh[MBOX_CACHE_RECHDR];
 		put32(rh, m->uid);
 		put32(rh + 4, (uint32_t)len);
-		put32(rh + 8, cache_sum(m->uid, out->data + start, len));
+		put32(rh + 8, bh);
+		put32(rh + 12, cache_sum(m->uid ^ bh, out->data + start, len));
 		buf_add(&c->pending, rh, sizeof(rh));
 		buf_add(&c->pending, out->data + start, len);
 		c->npending++;

@@ -124,10 +124,11 @@ int  mbox_msg_read_header(struct mbox *, struct mbox_msg *, struct buf *out);
  * they appear in the message (LF line ends, folded lines kept, the empty
  * line at the end), so FETCH ENVELOPE and SEARCH FROM/SUBJECT/... do not
  * open every file.  Records are appended (checksummed, under the folder
- * lock), keyed by UID (message files never change and UIDs are never
- * reused within a UIDVALIDITY, so flag renames need nothing and expunged
- * UIDs are dropped when the file is compacted); a torn or foreign file
- * is ignored and rebuilt.  Deleting it is always safe.
+ * lock), keyed by UID and a hash of the file's base name (message files
+ * never change and a base name keeps its UID, so flag renames need
+ * nothing; expunged UIDs are dropped when the file is compacted; a file
+ * of another UIDVALIDITY is not used).  A torn tail is cut off, a foreign
+ * file rewritten, at most 8 KiB per message; deleting it is always safe.
  */
 /* those fields of the message's header into out (appended); 0 or -1 (gone) */
 int  mbox_msg_envhdr(struct mbox *, struct mbox_msg *, struct buf *out);
