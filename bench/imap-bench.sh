@@ -14,6 +14,7 @@
 # Maildirs under $TMPDIR (default /tmp; about 2 x 250 MB for 50,000).
 # Environment: MESSAGES (50000), MAXSIZE (65536: larger corpus files are
 # skipped), CORPUS (../shared/corpus), ONLY=moat|dovecot runs one side,
+# CPU=1 prints moatd's CPU time per command, DUMP=DIR keeps the responses,
 # KEEP=1 keeps the temporary directory.
 # Everything listens on 127.0.0.1 only; all processes are stopped at the end.
 set -eu

@@ -102,6 +102,7 @@ class Client:
         self.s = socket.create_connection(("127.0.0.1", port), timeout=600)
         self.n = 0
         self.buf = b""
+        self.dump = None
         self.read_until(None)
 
     def read_until(self, tag):
@@ -117,6 +118,8 @@ class Client:
                 total += i + 2 - pos
                 if tag is None or (self.buf.startswith(tag + b" ", pos) and self.buf[i - 1:i] != b"}"):
                     line = self.buf[pos:i]
+                    if self.dump is not None:
+                        self.dump.write(self.buf[:i + 2])
                     self.buf = self.buf[i + 2:]
                     return line, total
                 m = lit.search(self.buf, pos, i) if self.buf[i - 1:i] == b"}" else None
@@ -131,6 +134,8 @@ class Client:
                     pos += need
                     total += need
                 i = self.buf.find(b"\r\n", pos)
+            if self.dump is not None:
+                self.dump.write(self.buf[:pos])
             self.buf = self.buf[pos:]
             pos = 0
             d = self.s.recv(1 << 20)
@@ -172,7 +177,11 @@ def cpu_of(pids):
     return t
 
 
+SESSIONS = [0]
+
+
 def session(port, frm, word, pids=()):
+    SESSIONS[0] += 1
     c = Client(port)
     c.cmd('LOGIN "%s" "%s"' % (USER, PASS))
     out = []
@@ -182,7 +191,12 @@ def session(port, frm, word, pids=()):
                       ("SEARCH SUBJECT", 'SEARCH SUBJECT "%s"' % word),
                       ("SEARCH UNSEEN", "SEARCH UNSEEN")):
         c0 = cpu_of(pids)
+        if os.environ.get("DUMP"):      # DUMP=DIR: the responses, one file per server and command
+            c.dump = open(os.path.join(os.environ["DUMP"], "%d-%d-%s" % (port, SESSIONS[0], name.split()[-1].strip("()"))), "wb")
         dt, nbytes = c.cmd(cmd)
+        if c.dump is not None:
+            c.dump.close()
+            c.dump = None
         if pids and os.environ.get("CPU") == "1":
             print("#   %-28s wall %.3f cpu %.3f" % (name, dt, cpu_of(pids) - c0))
         out.append((name, dt, nbytes))
