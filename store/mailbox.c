@@ -1,7 +1,8 @@
 /*
  * mailbox.c - the mailbox layer under POP3 and IMAP: folders of the
  * user's Maildir++, a per-folder UID index (moat-uidlist), flags in the
- * Maildir info suffix, read/append/copy/expunge, logins.
+ * Maildir info suffix, the envelope-field cache (moat-cache),
+ * read/append/copy/expunge, logins.
  *
  * Runs in: worker pool threads (everything but the login throttle, which
  * is loop-thread state).  Untrusted input: folder names (validated by
@@ -35,7 +36,6 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/file.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/time.h>
 
@@ -1973,9 +1973,9 @@ struct centry {
 };
 
 struct mbox_cache {
-	char   *map;                /* the file as mapped (maplen bytes) */
-	size_t  maplen;
-	size_t  validlen;           /* bytes of map up to the first bad record */
+	int     fd;                 /* the file as opened, -1 */
+	size_t  filelen;            /* its size then */
+	size_t  validlen;           /* bytes up to the first bad record */
 	dev_t   dev;
 	ino_t   ino;
 	bool    ok;                 /* the header matched our UIDVALIDITY */
@@ -1984,6 +1984,7 @@ struct mbox_cache {
 	size_t  n, cap;
 	size_t  nsorted;            /* v[0..nsorted) is sorted */
 	struct buf pending;         /* records not written yet */
+	char   *rec;                /* one record as read */
 	size_t  npending;
 };
 
@@ -2033,12 +2034,12 @@ centry_cmp(const void *a, const void *b)
 }
 
 static void
-cache_unmap(struct mbox_cache *c)
+cache_reset(struct mbox_cache *c)
 {
-	if (c->map != NULL)
-		munmap(c->map, c->maplen);
-	c->map = NULL;
-	c->maplen = c->validlen = 0;
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+	c->filelen = c->validlen = 0;
 	c->n = c->nsorted = 0;
 	c->ok = false;
 }
@@ -2052,79 +2053,94 @@ cache_header(const struct mbox *mb, char *h)
 	h[MBOX_CACHE_HDR - 1] = '\n';
 }
 
-/* (re)map the file if it changed; index the records past what we know */
+/*
+ * (Re)open the file if it changed and index the records past what we
+ * know, checking each; the first bad one ends the valid part (a torn
+ * tail).  The file is read, not mapped: whoever truncates it under us
+ * costs us cache misses, never a SIGBUS.
+ */
 static void
 cache_load(struct mbox *mb)
 {
 	struct mbox_cache *c = mb->cache;
-	char p[PATH_MAX], h[MBOX_CACHE_HDR];
+	char p[PATH_MAX], h[MBOX_CACHE_HDR], h2[MBOX_CACHE_HDR];
 	struct stat st;
 	int fd;
 
 	if ((size_t)snprintf(p, sizeof(p), "%s/%s", mb->dir, MBOX_CACHE) >= sizeof(p))
 		return;
 	if ((fd = open(p, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) < 0) {
-		cache_unmap(c);
+		cache_reset(c);
 		return;
 	}
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > (off_t)MBOX_CACHE_MAX + MBOX_CACHE_FLUSH + MBOX_CACHE_REC_MAX) {
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
+	    st.st_size > (off_t)(MBOX_CACHE_MAX + MBOX_CACHE_FLUSH + MBOX_CACHE_REC_MAX)) {
 		close(fd);
-		cache_unmap(c);
+		cache_reset(c);
 		return;
 	}
-	if (c->map != NULL && st.st_dev == c->dev && st.st_ino == c->ino && (size_t)st.st_size == c->maplen) {
+	bool same = c->fd >= 0 && st.st_dev == c->dev && st.st_ino == c->ino;
+	if (same && (size_t)st.st_size == c->filelen) {
 		close(fd);
 		return;         /* unchanged */
 	}
-	size_t from = MBOX_CACHE_HDR;
-	if (c->map != NULL && st.st_dev == c->dev && st.st_ino == c->ino && (size_t)st.st_size > c->maplen &&
-	    c->validlen == c->maplen && c->ok) {
-		from = c->validlen;     /* grown: parse the new part only */
-		munmap(c->map, c->maplen);
-		c->map = NULL;
+	size_t o = MBOX_CACHE_HDR;
+	if (same && (size_t)st.st_size > c->filelen && c->validlen == c->filelen && c->ok) {
+		o = c->validlen;        /* grown: read the new part only */
+		close(c->fd);
+		c->fd = -1;
 	} else
-		cache_unmap(c);
+		cache_reset(c);
+	c->fd = fd;
 	c->dev = st.st_dev;
 	c->ino = st.st_ino;
-	if ((size_t)st.st_size < MBOX_CACHE_HDR) {
-		close(fd);
-		cache_unmap(c);
-		return;
-	}
-	c->map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
-	close(fd);
-	if (c->map == MAP_FAILED) {
-		c->map = NULL;
-		cache_unmap(c);
-		return;
-	}
-	c->maplen = (size_t)st.st_size;
-	cache_header(mb, h);
-	if (memcmp(c->map, h, MBOX_CACHE_HDR) != 0) {
-		c->validlen = 0;        /* another UIDVALIDITY or not ours: rewritten on flush */
-		c->ok = false;
-		c->n = c->nsorted = 0;
-		return;
-	}
-	c->ok = true;
-	size_t o = from;
-	while (o + MBOX_CACHE_RECHDR <= c->maplen) {
-		uint32_t uid = get32(c->map + o), len = get32(c->map + o + 4), bh = get32(c->map + o + 8),
-		    sum = get32(c->map + o + 12);
-		if (uid == 0 || len > MBOX_CACHE_REC_MAX || len > c->maplen - o - MBOX_CACHE_RECHDR ||
-		    cache_sum(uid ^ bh, c->map + o + MBOX_CACHE_RECHDR, len) != sum)
-			break;
-		if (c->n == c->cap) {
-			c->cap = c->cap ? c->cap * 2 : 1024;
-			c->v = xreallocarray(c->v, c->cap, sizeof(*c->v));
+	c->filelen = (size_t)st.st_size;
+	if (o == MBOX_CACHE_HDR) {
+		cache_header(mb, h);
+		if (c->filelen < MBOX_CACHE_HDR || pread(fd, h2, sizeof(h2), 0) != (ssize_t)sizeof(h2) ||
+		    memcmp(h, h2, sizeof(h)) != 0) {
+			c->ok = false;  /* another UIDVALIDITY or not ours: rewritten on flush */
+			c->validlen = 0;
+			return;
 		}
-		c->v[c->n].uid = uid;
-		c->v[c->n].len = len;
-		c->v[c->n].bhash = bh;
-		c->v[c->n].off = o + MBOX_CACHE_RECHDR;
-		c->n++;
-		o += MBOX_CACHE_RECHDR + len;
+		c->ok = true;
 	}
+	char *chunk = xmalloc(MBOX_CACHE_FLUSH);
+	for (;;) {
+		size_t want = MIN((size_t)MBOX_CACHE_FLUSH, c->filelen - o), k = 0;
+		ssize_t r;
+		bool bad = false;
+		if (want < MBOX_CACHE_RECHDR || (r = pread(fd, chunk, want, (off_t)o)) < (ssize_t)MBOX_CACHE_RECHDR)
+			break;
+		while (k + MBOX_CACHE_RECHDR <= (size_t)r) {
+			uint32_t uid = get32(chunk + k), len = get32(chunk + k + 4), bh = get32(chunk + k + 8),
+			    sum = get32(chunk + k + 12);
+			if (uid == 0 || len > MBOX_CACHE_REC_MAX || len > c->filelen - o - k - MBOX_CACHE_RECHDR) {
+				bad = true;
+				break;
+			}
+			if (k + MBOX_CACHE_RECHDR + len > (size_t)r)
+				break;  /* continues in the next chunk */
+			if (cache_sum(uid ^ bh, chunk + k + MBOX_CACHE_RECHDR, len) != sum) {
+				bad = true;
+				break;
+			}
+			if (c->n == c->cap) {
+				c->cap = c->cap ? c->cap * 2 : 1024;
+				c->v = xreallocarray(c->v, c->cap, sizeof(*c->v));
+			}
+			c->v[c->n].uid = uid;
+			c->v[c->n].len = len;
+			c->v[c->n].bhash = bh;
+			c->v[c->n].off = o + k + MBOX_CACHE_RECHDR;
+			c->n++;
+			k += MBOX_CACHE_RECHDR + len;
+		}
+		o += k;
+		if (bad || k == 0)
+			break;
+	}
+	free(chunk);
 	c->validlen = o;
 	/* sort unless it already is (the usual case: appended in UID order) */
 	bool sorted = true;
@@ -2134,6 +2150,16 @@ cache_load(struct mbox *mb)
 	if (!sorted)
 		qsort(c->v, c->n, sizeof(*c->v), centry_cmp);
 	c->nsorted = c->n;
+}
+
+/* one record, read and checked again; false if it is not there any more */
+static bool
+cache_get(const struct mbox_cache *c, const struct centry *e, char *rec)
+{
+	size_t n = MBOX_CACHE_RECHDR + e->len;
+	return pread(c->fd, rec, n, (off_t)(e->off - MBOX_CACHE_RECHDR)) == (ssize_t)n &&
+	    get32(rec) == e->uid && get32(rec + 4) == e->len &&
+	    cache_sum(e->uid ^ e->bhash, rec + MBOX_CACHE_RECHDR, e->len) == get32(rec + 12);
 }
 
 static const struct centry *
@@ -2195,6 +2221,7 @@ mbox_msg_envhdr(struct mbox *mb, struct mbox_msg *m, struct buf *out)
 
 	if (mb->cache == NULL) {
 		mb->cache = xcalloc(1, sizeof(*mb->cache));
+		mb->cache->fd = -1;
 		cache_load(mb);
 	}
 	c = mb->cache;
@@ -2205,8 +2232,11 @@ mbox_msg_envhdr(struct mbox *mb, struct mbox_msg *m, struct buf *out)
 	/* the record must be of this file too: a UID given again after an
 	 * index was lost within the same second keeps its UIDVALIDITY */
 	uint32_t bh = cache_sum(0, m->file, m->baselen);
-	if (c->map != NULL && c->ok && (e = cache_find(c, m->uid)) != NULL && e->bhash == bh) {
-		buf_add(out, c->map + e->off, e->len);
+	if (c->rec == NULL)
+		c->rec = xmalloc(MBOX_CACHE_RECHDR + MBOX_CACHE_REC_MAX);
+	if (c->fd >= 0 && c->ok && (e = cache_find(c, m->uid)) != NULL && e->bhash == bh &&
+	    cache_get(c, e, c->rec)) {
+		buf_add(out, c->rec + MBOX_CACHE_RECHDR, e->len);
 		return 0;
 	}
 	if (mbox_msg_read_header(mb, m, &raw) < 0) {
@@ -2216,7 +2246,7 @@ mbox_msg_envhdr(struct mbox *mb, struct mbox_msg *m, struct buf *out)
 	cache_extract(raw.data ? raw.data : "", raw.len, out);
 	buf_free(&raw);
 	size_t len = out->len - start;
-	if (len <= MBOX_CACHE_REC_MAX && c->maplen + c->pending.len < MBOX_CACHE_MAX) {
+	if (len <= MBOX_CACHE_REC_MAX && c->filelen + c->pending.len < MBOX_CACHE_MAX) {
 		char rh[MBOX_CACHE_RECHDR];
 		put32(rh, m->uid);
 		put32(rh + 4, (uint32_t)len);
@@ -2244,10 +2274,14 @@ cache_rewrite(struct mbox *mb, const char *path)
 		return;
 	cache_header(mb, h);
 	buf_add(&b, h, sizeof(h));
-	if (c->map != NULL && c->ok)
+	if (c->fd >= 0 && c->ok) {
+		char *rec = xmalloc(MBOX_CACHE_RECHDR + MBOX_CACHE_REC_MAX);
 		for (size_t i = 0; i < c->nsorted; i++)
-			if ((i == 0 || c->v[i - 1].uid != c->v[i].uid) && mbox_find(mb, c->v[i].uid) != NULL)
-				buf_add(&b, c->map + c->v[i].off - MBOX_CACHE_RECHDR, MBOX_CACHE_RECHDR + c->v[i].len);
+			if ((i == 0 || c->v[i - 1].uid != c->v[i].uid) && mbox_find(mb, c->v[i].uid) != NULL &&
+			    cache_get(c, &c->v[i], rec))
+				buf_add(&b, rec, MBOX_CACHE_RECHDR + c->v[i].len);
+		free(rec);
+	}
 	buf_add(&b, c->pending.data ? c->pending.data : "", c->pending.len);
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (fd < 0 || write_full(fd, b.data, b.len) < 0) {
@@ -2278,12 +2312,12 @@ mbox_cache_flush(struct mbox *mb)
 	    (lk = mbox_lock(mb)) < 0)
 		goto done;
 	cache_load(mb);         /* what the others wrote meanwhile */
-	if (c->map == NULL || !c->ok || c->n > 2 * mb->nmsgs + 1024) {
+	if (c->fd < 0 || !c->ok || c->n > 2 * mb->nmsgs + 1024) {
 		/* missing, foreign, or mostly expunged UIDs: a fresh file */
 		cache_rewrite(mb, p);
 	} else if ((fd = open(p, O_WRONLY | O_CLOEXEC | O_NOFOLLOW)) >= 0) {
 		/* drop a torn tail, then append */
-		if ((c->validlen == c->maplen || ftruncate(fd, (off_t)c->validlen) == 0) &&
+		if ((c->validlen == c->filelen || ftruncate(fd, (off_t)c->validlen) == 0) &&
 		    lseek(fd, (off_t)c->validlen, SEEK_SET) >= 0) {
 			if (write_full(fd, c->pending.data, c->pending.len) < 0) {
 				log_warn("mailbox: cannot write %s", p);
@@ -2305,7 +2339,8 @@ mbox_cache_free(struct mbox *mb)
 {
 	if (mb->cache == NULL)
 		return;
-	cache_unmap(mb->cache);
+	cache_reset(mb->cache);
+	free(mb->cache->rec);
 	free(mb->cache->v);
 	buf_free(&mb->cache->pending);
 	free(mb->cache);
