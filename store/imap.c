@@ -10,7 +10,8 @@
  * Limits: line IMAP_MAX_LINE, literal IMAP_MAX_LITERAL (APPEND: the
  * message-size-limit), bad commands IMAP_MAX_BAD, idle autologout 30 min
  * (RFC 3501 5.4; 2 min before login), FETCH output produced in chunks of
- * about IMAP_FETCH_CHUNK bytes, written before the next chunk is made.
+ * about IMAP_FETCH_CHUNK bytes; the next chunk is made while the last one
+ * is written, but never with more than 2 x IMAP_FETCH_CHUNK unsent.
  *
  * The session keeps the client's view of the mailbox (uid + flags per
  * sequence number).  After each job it reconciles the view with the
@@ -54,7 +55,7 @@
 #define IMAP_TIMEOUT        1800
 #define IMAP_TIMEOUT_NOAUTH 120
 #define IMAP_IDLE_POLL      2
-#define IMAP_FETCH_CHUNK    (4u * 1024 * 1024)
+#define IMAP_FETCH_CHUNK    (1024u * 1024)
 #define IMAP_MAX_OUT        (1024 * 1024)
 #define IMAP_HDR_MAX        (1024 * 1024)
 
@@ -1189,11 +1190,15 @@ add_bodystructure(struct buf *b, const char *p, const struct part *pt, bool ext)
 /* ---- FETCH (pool) ---- */
 
 static bool
-needs_body(const struct fitem *it, size_t n, bool *hdronly)
+needs_body(const struct fitem *it, size_t n, bool *hdronly, bool *envonly)
 {
 	bool any = false;
 	*hdronly = true;
+	*envonly = true;
 	for (size_t i = 0; i < n; i++) {
+		if (it[i].kind != F_ENVELOPE && it[i].kind != F_FLAGS && it[i].kind != F_UID &&
+		    it[i].kind != F_INTERNALDATE && it[i].kind != F_SIZE)
+			*envonly = false;
 		switch (it[i].kind) {
 		case F_ENVELOPE:
 		case F_RFC822_HEADER:
@@ -1285,13 +1290,15 @@ fetch_one(struct job *j, struct mbox_msg *mm, uint32_t seq)
 {
 	struct buf raw = BUF_INIT, msg = BUF_INIT;
 	struct buf *b = &j->out;
-	bool hdronly, sp = false;
+	bool hdronly, envonly, sp = false;
 	struct part root;
 	bool parsed = false;
 	char date[64];
 
-	if (needs_body(j->items, j->nitems, &hdronly)) {
-		int r = hdronly ? mbox_msg_read_header(j->mb, mm, &raw) : mbox_msg_read(j->mb, mm, &raw);
+	if (needs_body(j->items, j->nitems, &hdronly, &envonly)) {
+		/* ENVELOPE alone: from the field cache, not the file */
+		int r = envonly ? mbox_msg_envhdr(j->mb, mm, &raw) :
+		    hdronly ? mbox_msg_read_header(j->mb, mm, &raw) : mbox_msg_read(j->mb, mm, &raw);
 		if (r < 0) {
 			buf_free(&raw);
 			return;         /* vanished: nothing to say */
@@ -1388,9 +1395,28 @@ struct sctx {
 	struct job *j;
 	struct mbox_msg *m;
 	uint32_t seq;
-	struct buf hdr, full;
-	bool hdr_ok, full_ok;
+	struct buf hdr, full, env;
+	bool hdr_ok, full_ok, env_ok;
 };
+
+/* the envelope fields (mbox_cached_field), from the cache */
+static const char *
+sctx_env(struct sctx *c, size_t *len)
+{
+	if (c->hdr_ok) {
+		*len = c->hdr.len;
+		return c->hdr.data ? c->hdr.data : "";
+	}
+	if (!c->env_ok) {
+		struct buf raw = BUF_INIT;
+		(void)mbox_msg_envhdr(c->j->mb, c->m, &raw);
+		to_crlf(raw.data ? raw.data : "", raw.len, &c->env);
+		buf_free(&raw);
+		c->env_ok = true;
+	}
+	*len = c->env.len;
+	return c->env.data ? c->env.data : "";
+}
 
 static const char *
 sctx_hdr(struct sctx *c, size_t *len)
@@ -1470,7 +1496,7 @@ query_eval(struct query *q, struct sctx *c)
 		 * "sent" at the epoch, as Dovecot and Cyrus treat it (SENTBEFORE
 		 * matches, SENTSINCE/SENTON do not) */
 		time_t t = 0;
-		p = sctx_hdr(c, &len);
+		p = sctx_env(c, &len);
 		if (hdr_get(p, len, "Date", &v)) {
 			const char *d = v.data;
 			const char *comma = strchr(d, ',');
@@ -1493,7 +1519,7 @@ query_eval(struct query *q, struct sctx *c)
 		return q->op == Q_SENTBEFORE ? t < q->t : q->op == Q_SENTON ? t == q->t : t >= q->t;
 	}
 	case Q_HEADER:
-		p = sctx_hdr(c, &len);
+		p = mbox_cached_field(q->name) ? sctx_env(c, &len) : sctx_hdr(c, &len);
 		/* every instance of the field */
 		{
 			size_t i = 0, nl = strlen(q->name);
@@ -1818,6 +1844,7 @@ job_work(void *arg)
 			if (m != NULL)
 				fetch_one(j, m, j->seqs[j->next]);
 		}
+		mbox_cache_flush(j->mb);
 		break;
 	}
 	case J_STORE: {
@@ -1851,7 +1878,9 @@ job_work(void *arg)
 				j->res[j->nres++] = j->uid ? j->uids[i] : j->seqs[i];
 			buf_free(&sc.hdr);
 			buf_free(&sc.full);
+			buf_free(&sc.env);
 		}
+		mbox_cache_flush(j->mb);
 		break;
 	}
 	case J_COPY:
@@ -2276,8 +2305,9 @@ job_done(void *arg)
 			evbuffer_add(o, j->out.data, j->out.len);
 		buf_reset(&j->out);
 		if (j->result == 0 && j->next < j->n) {
-			/* more to come once this chunk is written */
-			if (evbuffer_get_length(o) == 0) {
+			/* more to come: made while this chunk is written, or
+			 * once the output drained if the client lags */
+			if (evbuffer_get_length(o) <= 2 * IMAP_FETCH_CHUNK) {
 				s->busy = true;
 				pool_submit(W->pool, job_work, job_done, s);
 			} else {
