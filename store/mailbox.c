@@ -752,6 +752,39 @@ mbox_scan(const struct mbox *mb, const char *sub, struct dent **v, size_t *n, si
 	return 0;
 }
 
+/*
+ * A new UIDVALIDITY for a folder of this user: the time, but always above
+ * the last one given out (kept in ROOT/moat-uidvalidity under its own
+ * flock), so a folder deleted and created again within a second never
+ * reuses UIDs with an old UIDVALIDITY (RFC 3501 2.3.1.1).
+ */
+static uint32_t
+mbox_next_uidvalidity(const char *root)
+{
+	char p[PATH_MAX], num[32];
+	uint32_t v = (uint32_t)time(NULL), last = 0;
+	int fd;
+	ssize_t n;
+
+	if ((size_t)snprintf(p, sizeof(p), "%s/moat-uidvalidity", root) >= sizeof(p) ||
+	    (fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600)) < 0)
+		return v;
+	if (flock(fd, LOCK_EX) == 0) {
+		if ((n = pread(fd, num, sizeof(num) - 1, 0)) > 0) {
+			num[n] = '\0';
+			last = (uint32_t)strtoul(num, NULL, 10);
+		}
+		if (v <= last)
+			v = last + 1;
+		n = snprintf(num, sizeof(num), "%u\n", v);
+		if (ftruncate(fd, 0) == 0)
+			(void)!pwrite(fd, num, (size_t)n, 0);
+	}
+	close(fd);
+	return v;
+}
+
+
 static int
 mbox_sync_locked(struct mbox *mb, bool take_recent, char **err)
 {
@@ -770,7 +803,7 @@ mbox_sync_locked(struct mbox *mb, bool take_recent, char **err)
 	index_read(mb, &ix);
 	if (!ix.valid) {
 		index_free(&ix);
-		ix.uidvalidity = (uint32_t)time(NULL);
+		ix.uidvalidity = mbox_next_uidvalidity(mb->root);
 		if (mb->uidvalidity && ix.uidvalidity <= mb->uidvalidity)
 			ix.uidvalidity = mb->uidvalidity + 1;
 		ix.uidnext = 1;

@@ -30,9 +30,6 @@ KNOWN_FAILURES = {
     "fetch-body-message-rfc822-mime":
         "BODY[1.HEADER]/[1.TEXT]/[1.1.HEADER]/[1.2] of an encapsulated multipart/digest "
         "(FETCH path)",
-    "uidvalidity":
-        "a mailbox deleted and created again under the same name gets the same UIDVALIDITY and "
-        "UIDNEXT (RFC 3501 2.3.1.1: the UIDs must not be reused); assigned in store/mailbox.c",
 }
 
 # groups the interpreter cannot run faithfully against Dovecot either
