@@ -815,6 +815,7 @@ struct part {
 	struct part *kids;
 	size_t  nkids;
 	bool    multipart, message;
+	bool    digest_kid;         /* no Content-Type in a multipart/digest: message/rfc822 */
 };
 
 /* parameter of a Content-Type-like value */
@@ -844,27 +845,34 @@ ct_param(const char *v, size_t vl, const char *name, struct buf *o)
 }
 
 static void
-mime_parse(const char *p, size_t off, size_t len, int depth, size_t *count, struct part *pt)
+mime_parse_in(const char *p, size_t off, size_t len, int depth, size_t *count, struct part *pt,
+    bool in_digest)
 {
 	struct buf ct = BUF_INIT, bd = BUF_INIT;
+	bool hasct;
 
 	memset(pt, 0, sizeof(*pt));
 	pt->off = off;
 	pt->len = len;
 	pt->hlen = hdr_end(p + off, len);
-	if (!hdr_get(p + off, pt->hlen, "Content-Type", &ct) || depth >= MIME_MAX_DEPTH)
+	hasct = hdr_get(p + off, pt->hlen, "Content-Type", &ct);
+	if (depth >= MIME_MAX_DEPTH || (!hasct && !in_digest))
 		goto done;
-	if (ascii_prefix_ci(ct.data, ct.len, "message/rfc822")) {
+	/* RFC 2046 5.1.5: in a multipart/digest a part without Content-Type
+	 * is message/rfc822 */
+	if (!hasct || ascii_prefix_ci(ct.data, ct.len, "message/rfc822")) {
+		pt->digest_kid = !hasct;
 		pt->message = true;
 		pt->kids = xcalloc(1, sizeof(*pt->kids));
 		pt->nkids = 1;
 		(*count)++;
-		mime_parse(p, off + pt->hlen, len - pt->hlen, depth + 1, count, pt->kids);
+		mime_parse_in(p, off + pt->hlen, len - pt->hlen, depth + 1, count, pt->kids, false);
 		goto done;
 	}
 	if (!ascii_prefix_ci(ct.data, ct.len, "multipart/") || !ct_param(ct.data, ct.len, "boundary", &bd))
 		goto done;
 	pt->multipart = true;
+	bool digest = ascii_prefix_ci(ct.data, ct.len, "multipart/digest");
 	{
 		const char *b = p + off + pt->hlen, *end = p + off + len;
 		const char *cur = NULL;
@@ -887,7 +895,8 @@ mime_parse(const char *p, size_t off, size_t len, int depth, size_t *count, stru
 						pe = cur;
 					pt->kids = xreallocarray(pt->kids, pt->nkids + 1, sizeof(*pt->kids));
 					(*count)++;
-					mime_parse(p, (size_t)(cur - p), (size_t)(pe - cur), depth + 1, count, &pt->kids[pt->nkids]);
+					mime_parse_in(p, (size_t)(cur - p), (size_t)(pe - cur), depth + 1, count,
+					    &pt->kids[pt->nkids], digest);
 					pt->nkids++;
 				}
 				if (last)
@@ -900,6 +909,12 @@ mime_parse(const char *p, size_t off, size_t len, int depth, size_t *count, stru
 done:
 	buf_free(&ct);
 	buf_free(&bd);
+}
+
+static void
+mime_parse(const char *p, size_t off, size_t len, int depth, size_t *count, struct part *pt)
+{
+	mime_parse_in(p, off, len, depth, count, pt, false);
 }
 
 static void
@@ -1132,13 +1147,19 @@ add_bodystructure(struct buf *b, const char *p, const struct part *pt, bool ext)
 		size_t blen = pt->len - pt->hlen;
 		const char *body = p + pt->off + pt->hlen;
 		bool text = !hasct || ascii_prefix_ci(ct.data, ct.len, "text/");
+		if (pt->digest_kid)
+			text = false;
 		if (hasct)
 			add_type(b, ct.data, ct.len);
+		else if (pt->digest_kid)
+			buf_adds(b, "\"message\" \"rfc822\"");
 		else
 			buf_adds(b, "\"text\" \"plain\"");
 		buf_addc(b, ' ');
 		if (hasct)
 			add_ct_params(b, ct.data, ct.len, text);
+		else if (pt->digest_kid)
+			buf_adds(b, "NIL");
 		else
 			buf_adds(b, "(\"charset\" \"us-ascii\")");
 		buf_addc(b, ' ');

@@ -27,9 +27,6 @@ import imaptest  # noqa: E402
 
 # group -> why moat fails it (kept visible; see docs/imap.md "imaptest")
 KNOWN_FAILURES = {
-    "fetch-body-message-rfc822-mime":
-        "BODY[1.HEADER]/[1.TEXT]/[1.1.HEADER]/[1.2] of an encapsulated multipart/digest "
-        "(FETCH path)",
 }
 
 # groups the interpreter cannot run faithfully against Dovecot either
