@@ -10,7 +10,8 @@
  * Limits: line IMAP_MAX_LINE, literal IMAP_MAX_LITERAL (APPEND: the
  * message-size-limit), bad commands IMAP_MAX_BAD, idle autologout 30 min
  * (RFC 3501 5.4; 2 min before login), FETCH output produced in chunks of
- * about IMAP_FETCH_CHUNK bytes, written before the next chunk is made.
+ * about IMAP_FETCH_CHUNK bytes; the next chunk is made while the last one
+ * is written, but never with more than 2 x IMAP_FETCH_CHUNK unsent.
  *
  * The session keeps the client's view of the mailbox (uid + flags per
  * sequence number).  After each job it reconciles the view with the
@@ -54,7 +55,7 @@
 #define IMAP_TIMEOUT        1800
 #define IMAP_TIMEOUT_NOAUTH 120
 #define IMAP_IDLE_POLL      2
-#define IMAP_FETCH_CHUNK    (4u * 1024 * 1024)
+#define IMAP_FETCH_CHUNK    (1024u * 1024)
 #define IMAP_MAX_OUT        (1024 * 1024)
 #define IMAP_HDR_MAX        (1024 * 1024)
 
@@ -814,6 +815,7 @@ struct part {
 	struct part *kids;
 	size_t  nkids;
 	bool    multipart, message;
+	bool    digest_kid;         /* no Content-Type in a multipart/digest: message/rfc822 */
 };
 
 /* parameter of a Content-Type-like value */
@@ -843,27 +845,34 @@ ct_param(const char *v, size_t vl, const char *name, struct buf *o)
 }
 
 static void
-mime_parse(const char *p, size_t off, size_t len, int depth, size_t *count, struct part *pt)
+mime_parse_in(const char *p, size_t off, size_t len, int depth, size_t *count, struct part *pt,
+    bool in_digest)
 {
 	struct buf ct = BUF_INIT, bd = BUF_INIT;
+	bool hasct;
 
 	memset(pt, 0, sizeof(*pt));
 	pt->off = off;
 	pt->len = len;
 	pt->hlen = hdr_end(p + off, len);
-	if (!hdr_get(p + off, pt->hlen, "Content-Type", &ct) || depth >= MIME_MAX_DEPTH)
+	hasct = hdr_get(p + off, pt->hlen, "Content-Type", &ct);
+	if (depth >= MIME_MAX_DEPTH || (!hasct && !in_digest))
 		goto done;
-	if (ascii_prefix_ci(ct.data, ct.len, "message/rfc822")) {
+	/* RFC 2046 5.1.5: in a multipart/digest a part without Content-Type
+	 * is message/rfc822 */
+	if (!hasct || ascii_prefix_ci(ct.data, ct.len, "message/rfc822")) {
+		pt->digest_kid = !hasct;
 		pt->message = true;
 		pt->kids = xcalloc(1, sizeof(*pt->kids));
 		pt->nkids = 1;
 		(*count)++;
-		mime_parse(p, off + pt->hlen, len - pt->hlen, depth + 1, count, pt->kids);
+		mime_parse_in(p, off + pt->hlen, len - pt->hlen, depth + 1, count, pt->kids, false);
 		goto done;
 	}
 	if (!ascii_prefix_ci(ct.data, ct.len, "multipart/") || !ct_param(ct.data, ct.len, "boundary", &bd))
 		goto done;
 	pt->multipart = true;
+	bool digest = ascii_prefix_ci(ct.data, ct.len, "multipart/digest");
 	{
 		const char *b = p + off + pt->hlen, *end = p + off + len;
 		const char *cur = NULL;
@@ -886,7 +895,8 @@ mime_parse(const char *p, size_t off, size_t len, int depth, size_t *count, stru
 						pe = cur;
 					pt->kids = xreallocarray(pt->kids, pt->nkids + 1, sizeof(*pt->kids));
 					(*count)++;
-					mime_parse(p, (size_t)(cur - p), (size_t)(pe - cur), depth + 1, count, &pt->kids[pt->nkids]);
+					mime_parse_in(p, (size_t)(cur - p), (size_t)(pe - cur), depth + 1, count,
+					    &pt->kids[pt->nkids], digest);
 					pt->nkids++;
 				}
 				if (last)
@@ -902,6 +912,12 @@ done:
 }
 
 static void
+mime_parse(const char *p, size_t off, size_t len, int depth, size_t *count, struct part *pt)
+{
+	mime_parse_in(p, off, len, depth, count, pt, false);
+}
+
+static void
 mime_free(struct part *pt)
 {
 	for (size_t i = 0; i < pt->nkids; i++)
@@ -909,30 +925,45 @@ mime_free(struct part *pt)
 	free(pt->kids);
 }
 
-/* find part "1.2"; NULL if none.  A non-multipart message's part 1 is itself. */
+/*
+ * Find part "1.2" (RFC 3501 6.4.5); NULL if none.  The numbers count the
+ * parts of the current container: a multipart's children, or, for any
+ * other body, its one part 1 (itself).  After a message/rfc822 part the
+ * next number counts the parts of the message it encapsulates.  So for a
+ * message that is itself message/rfc822, part 1 is the whole encapsulated
+ * message and 1.1 its first part.
+ */
 static const struct part *
 mime_find(const struct part *root, const char *path)
 {
-	const struct part *pt = root;
+	const struct part *sel = NULL, *cont = root;
 	while (*path) {
 		char *end;
 		unsigned long n = strtoul(path, &end, 10);
 		if (end == path || n == 0)
 			return NULL;
-		if (pt->message && pt->nkids == 1)
-			pt = &pt->kids[0];
-		if (pt->multipart) {
-			if (n > pt->nkids)
+		if (sel != NULL) {
+			if (sel->message && sel->nkids == 1)
+				cont = &sel->kids[0];
+			else if (sel->multipart)
+				cont = sel;
+			else
+				return NULL;            /* a leaf has no parts */
+		}
+		if (cont->multipart) {
+			if (n > cont->nkids)
 				return NULL;
-			pt = &pt->kids[n - 1];
-		} else if (n != 1) {
+			sel = &cont->kids[n - 1];
+		} else if (n == 1) {
+			sel = cont;
+		} else {
 			return NULL;
 		}
 		path = end;
 		if (*path == '.')
 			path++;
 	}
-	return pt;
+	return sel ? sel : root;
 }
 
 /*
@@ -1116,13 +1147,19 @@ add_bodystructure(struct buf *b, const char *p, const struct part *pt, bool ext)
 		size_t blen = pt->len - pt->hlen;
 		const char *body = p + pt->off + pt->hlen;
 		bool text = !hasct || ascii_prefix_ci(ct.data, ct.len, "text/");
+		if (pt->digest_kid)
+			text = false;
 		if (hasct)
 			add_type(b, ct.data, ct.len);
+		else if (pt->digest_kid)
+			buf_adds(b, "\"message\" \"rfc822\"");
 		else
 			buf_adds(b, "\"text\" \"plain\"");
 		buf_addc(b, ' ');
 		if (hasct)
 			add_ct_params(b, ct.data, ct.len, text);
+		else if (pt->digest_kid)
+			buf_adds(b, "NIL");
 		else
 			buf_adds(b, "(\"charset\" \"us-ascii\")");
 		buf_addc(b, ' ');
@@ -1174,11 +1211,15 @@ add_bodystructure(struct buf *b, const char *p, const struct part *pt, bool ext)
 /* ---- FETCH (pool) ---- */
 
 static bool
-needs_body(const struct fitem *it, size_t n, bool *hdronly)
+needs_body(const struct fitem *it, size_t n, bool *hdronly, bool *envonly)
 {
 	bool any = false;
 	*hdronly = true;
+	*envonly = true;
 	for (size_t i = 0; i < n; i++) {
+		if (it[i].kind != F_ENVELOPE && it[i].kind != F_FLAGS && it[i].kind != F_UID &&
+		    it[i].kind != F_INTERNALDATE && it[i].kind != F_SIZE)
+			*envonly = false;
 		switch (it[i].kind) {
 		case F_ENVELOPE:
 		case F_RFC822_HEADER:
@@ -1270,13 +1311,15 @@ fetch_one(struct job *j, struct mbox_msg *mm, uint32_t seq)
 {
 	struct buf raw = BUF_INIT, msg = BUF_INIT;
 	struct buf *b = &j->out;
-	bool hdronly, sp = false;
+	bool hdronly, envonly, sp = false;
 	struct part root;
 	bool parsed = false;
 	char date[64];
 
-	if (needs_body(j->items, j->nitems, &hdronly)) {
-		int r = hdronly ? mbox_msg_read_header(j->mb, mm, &raw) : mbox_msg_read(j->mb, mm, &raw);
+	if (needs_body(j->items, j->nitems, &hdronly, &envonly)) {
+		/* ENVELOPE alone: from the field cache, not the file */
+		int r = envonly ? mbox_msg_envhdr(j->mb, mm, &raw) :
+		    hdronly ? mbox_msg_read_header(j->mb, mm, &raw) : mbox_msg_read(j->mb, mm, &raw);
 		if (r < 0) {
 			buf_free(&raw);
 			return;         /* vanished: nothing to say */
@@ -1373,9 +1416,28 @@ struct sctx {
 	struct job *j;
 	struct mbox_msg *m;
 	uint32_t seq;
-	struct buf hdr, full;
-	bool hdr_ok, full_ok;
+	struct buf hdr, full, env;
+	bool hdr_ok, full_ok, env_ok;
 };
+
+/* the envelope fields (mbox_cached_field), from the cache */
+static const char *
+sctx_env(struct sctx *c, size_t *len)
+{
+	if (c->hdr_ok) {
+		*len = c->hdr.len;
+		return c->hdr.data ? c->hdr.data : "";
+	}
+	if (!c->env_ok) {
+		struct buf raw = BUF_INIT;
+		(void)mbox_msg_envhdr(c->j->mb, c->m, &raw);
+		to_crlf(raw.data ? raw.data : "", raw.len, &c->env);
+		buf_free(&raw);
+		c->env_ok = true;
+	}
+	*len = c->env.len;
+	return c->env.data ? c->env.data : "";
+}
 
 static const char *
 sctx_hdr(struct sctx *c, size_t *len)
@@ -1455,7 +1517,7 @@ query_eval(struct query *q, struct sctx *c)
 		 * "sent" at the epoch, as Dovecot and Cyrus treat it (SENTBEFORE
 		 * matches, SENTSINCE/SENTON do not) */
 		time_t t = 0;
-		p = sctx_hdr(c, &len);
+		p = sctx_env(c, &len);
 		if (hdr_get(p, len, "Date", &v)) {
 			const char *d = v.data;
 			const char *comma = strchr(d, ',');
@@ -1478,7 +1540,7 @@ query_eval(struct query *q, struct sctx *c)
 		return q->op == Q_SENTBEFORE ? t < q->t : q->op == Q_SENTON ? t == q->t : t >= q->t;
 	}
 	case Q_HEADER:
-		p = sctx_hdr(c, &len);
+		p = mbox_cached_field(q->name) ? sctx_env(c, &len) : sctx_hdr(c, &len);
 		/* every instance of the field */
 		{
 			size_t i = 0, nl = strlen(q->name);
@@ -1803,6 +1865,7 @@ job_work(void *arg)
 			if (m != NULL)
 				fetch_one(j, m, j->seqs[j->next]);
 		}
+		mbox_cache_flush(j->mb);
 		break;
 	}
 	case J_STORE: {
@@ -1836,7 +1899,9 @@ job_work(void *arg)
 				j->res[j->nres++] = j->uid ? j->uids[i] : j->seqs[i];
 			buf_free(&sc.hdr);
 			buf_free(&sc.full);
+			buf_free(&sc.env);
 		}
+		mbox_cache_flush(j->mb);
 		break;
 	}
 	case J_COPY:
@@ -2261,8 +2326,9 @@ job_done(void *arg)
 			evbuffer_add(o, j->out.data, j->out.len);
 		buf_reset(&j->out);
 		if (j->result == 0 && j->next < j->n) {
-			/* more to come once this chunk is written */
-			if (evbuffer_get_length(o) == 0) {
+			/* more to come: made while this chunk is written, or
+			 * once the output drained if the client lags */
+			if (evbuffer_get_length(o) <= 2 * IMAP_FETCH_CHUNK) {
 				s->busy = true;
 				pool_submit(W->pool, job_work, job_done, s);
 			} else {

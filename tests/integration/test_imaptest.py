@@ -27,17 +27,6 @@ import imaptest  # noqa: E402
 
 # group -> why moat fails it (kept visible; see docs/imap.md "imaptest")
 KNOWN_FAILURES = {
-    "fetch-body-message-rfc822":
-        "BODY[1] of a message whose top-level type is message/rfc822 must be the whole encapsulated "
-        "message (RFC 3501 6.4.5); moat returns the encapsulated message's own part 1 (FETCH path)",
-    "fetch-body-message-rfc822-mime":
-        "same as fetch-body-message-rfc822, and BODY[1.HEADER]/[1.TEXT]/[1.1.HEADER]/[1.2] of the "
-        "encapsulated multipart/digest are resolved one level too deep (FETCH path)",
-    "fetch-body-message-rfc822-x2":
-        "same as fetch-body-message-rfc822 for a message/rfc822 inside a message/rfc822 (FETCH path)",
-    "uidvalidity":
-        "a mailbox deleted and created again under the same name gets the same UIDVALIDITY and "
-        "UIDNEXT (RFC 3501 2.3.1.1: the UIDs must not be reused); assigned in store/mailbox.c",
 }
 
 # groups the interpreter cannot run faithfully against Dovecot either
