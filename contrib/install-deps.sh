@@ -27,7 +27,7 @@ RUN_PKGS="$BUILD_PKGS swaks"
 # certificates), fetchmail (POP3), mbsync from isync (IMAP)
 TEST_PKGS="$BUILD_PKGS python3 postfix swaks clang libclang-rt-14-dev
   man-db groff-base procps iproute2 openssl ca-certificates fetchmail isync testssl.sh
-  python3-dnslib python3-dkim opendkim-tools miltertest dovecot-imapd"
+  python3-dnslib python3-dkim opendkim-tools miltertest dovecot-imapd mutt tmux"
 
 case "${1:-build}" in
 build) PKGS=$BUILD_PKGS ;;

@@ -1607,6 +1607,64 @@ commit_done(void *arg)
 	session_process(s);         /* pipelined commands already buffered */
 }
 
+/*
+ * BLOCKING (the filter job): tag-subject-prefix in front of the Subject of
+ * a tagged message, once (not again at a second hop), as SpamAssassin's
+ * rewrite_header Subject: the spooled message is rewritten before the
+ * commit (tagged mail only), the rest of it byte for byte.
+ */
+static void
+subject_prefix(struct session *s, const char *msg, size_t len)
+{
+	const char *pfx = C()->tag_subject_prefix, *p = msg, *end = msg + len;
+	const char *f = NULL, *fv = NULL, *fe = NULL, *hend = NULL;
+	struct buf o = BUF_INIT;
+
+	/* the header section, line by line: the first Subject and its end */
+	while (p < end) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		const char *le = nl ? nl + 1 : end;
+		if (p[0] == '\n' || (p[0] == '\r' && le - p <= 2)) {
+			hend = p;
+			break;
+		}
+		if (f && fe == NULL && p[0] != ' ' && p[0] != '\t')
+			fe = p;
+		if (f == NULL && le - p > 8 && !ascii_strncasecmp(p, "Subject:", 8)) {
+			f = p;
+			fv = p + 8;
+		}
+		p = le;
+	}
+	if (hend == NULL)
+		hend = end;
+	if (f && fe == NULL)
+		fe = hend;
+	if (f) {
+		const char *v = fv;
+		while (v < fe && (*v == ' ' || *v == '\t'))
+			v++;
+		if ((size_t)(fe - v) >= strlen(pfx) && !strncmp(v, pfx, strlen(pfx)))
+			return;         /* prefixed already */
+		buf_add(&o, msg, (size_t)(fv - msg));
+		buf_printf(&o, " %s", pfx);
+		if (v < fe && *v != '\r' && *v != '\n')
+			buf_addc(&o, ' ');
+		buf_add(&o, v, (size_t)(end - v));
+	} else {
+		/* no Subject: one at the end of the header section */
+		buf_add(&o, msg, (size_t)(hend - msg));
+		buf_printf(&o, "Subject: %s\r\n", pfx);
+		buf_add(&o, hend, (size_t)(end - hend));
+	}
+	if (spool_replace_data(s->w, o.data, o.len) < 0) {
+		/* the message stays as it was, its subject unmarked */
+		log_warnx("sid=%s qid=%s event=subject-prefix-error error=\"%s\"", s->sid, s->env.qid,
+		    strerror(errno));
+	}
+	buf_free(&o);
+}
+
 /* the message as received, for the filters: read back from the spool file */
 static void
 filter_work(void *arg)
@@ -1658,6 +1716,8 @@ filter_work(void *arg)
 	engine_run(W->engine, msg, (size_t)len, &in, &s->verdict);
 	journal_message_id(s->env.qid, msg, (size_t)len);
 	free(rcpts);
+	if (s->verdict.action == VA_TAG && C()->tag_subject_prefix && C()->tag_subject_prefix[0])
+		subject_prefix(s, msg, (size_t)len);
 	if (s->verdict.action == VA_QUARANTINE) {
 		s->qmsg = msg;          /* the quarantine job stores it */
 		s->qlen = (size_t)len;

@@ -275,6 +275,22 @@ spool_flush(struct spool_writer *w)
 	return w->err ? -1 : 0;
 }
 
+int
+spool_replace_data(struct spool_writer *w, const char *p, size_t n)
+{
+	writer_flush(w);
+	if (w->err || w->committed)
+		return -1;
+	if (ftruncate(w->fd, w->data_off) < 0 || lseek(w->fd, w->data_off, SEEK_SET) < 0) {
+		w->err = errno;
+		return -1;
+	}
+	w->size = 0;
+	spool_write(w, p, n);
+	writer_flush(w);
+	return w->err ? -1 : 0;
+}
+
 static int
 dir_sync_group(void)
 {

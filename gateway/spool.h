@@ -123,6 +123,9 @@ off_t spool_writer_data_off(const struct spool_writer *);
 const char *spool_writer_path(const struct spool_writer *);
 /* flush buffered bytes to the file (so filters can read the whole message) */
 int  spool_flush(struct spool_writer *);
+/* BLOCKING: replace the message written so far (before the commit), for
+ * the tag Subject prefix; 0 or -1 */
+int  spool_replace_data(struct spool_writer *, const char *, size_t);
 
 /* BLOCKING: write a complete message from memory into the queue (DSNs,
  * quarantine release).  Sets env->qid.  0 or -1 with *err. */

@@ -83,6 +83,7 @@ static const struct setting settings[] = {
 	{ "attachment-policy",      CT_BOOL,     OFF(attachment_policy), "yes", 0, 0 },
 	{ "bayes",                  CT_BOOL,     OFF(bayes), "yes", 0, 0 },
 	{ "store-spam-to-junk",     CT_BOOL,     OFF(store_junk), "yes", 0, 0 },
+	{ "tag-subject-prefix",     CT_STRING,   OFF(tag_subject_prefix), NULL, 0, 0 },
 	{ "lists",                  CT_STRING,   OFF(lists_dir), NULL, 0, 0 },
 	{ "quarantine-retention",   CT_DURATION, OFF(quarantine_retention), "30d", 0, 315360000 },
 	{ "quarantine-max-size",    CT_SIZE,     OFF(quarantine_max_size), "1G", 0, 1099511627776LL },

@@ -229,6 +229,7 @@ struct moat_conf {
 	size_t  nlimit_exempt;
 	char   *recipient_delimiter;    /* "+" ; NULL/"" = none */
 	bool    store_junk;             /* tagged spam to the user's Junk folder */
+	char   *tag_subject_prefix;     /* tag: prepended to Subject; NULL = none */
 	bool    bayes_autolearn;        /* learn from confident verdicts */
 	double  bayes_autolearn_spam;   /* total without Bayes at or above: spam */
 	double  bayes_autolearn_ham;    /* at or below: ham */

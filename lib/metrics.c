@@ -46,7 +46,7 @@ static const struct family {
 	[M_ALERTS] = { "moat_alerts_total", "Alerts raised, by alert.", MT_COUNTER, "alert", NULL },
 	[M_JOURNAL_ERRORS] = { "moat_journal_errors_total",
 	    "Event journal batches that could not be written.", MT_COUNTER, NULL, NULL },
-	[M_SESSIONS_OPEN] = { "moat_sessions_open", "SMTP sessions open now, by listener.",
+	[M_SESSIONS_OPEN] = { "moat_sessions_open", "Sessions open now (SMTP, POP3, IMAP), by listener.",
 	    MT_GAUGE, "listener", NULL },
 };
 

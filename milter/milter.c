@@ -610,7 +610,7 @@ store_quarantine(struct mctx *m, const char *mta_qid, const struct verdict *v,
 static void
 subject_prefix(SMFICTX *ctx, const struct mctx *m)
 {
-	const char *pfx = C->milter_subject_prefix;
+	const char *pfx = C->milter_subject_prefix ? C->milter_subject_prefix : C->tag_subject_prefix;
 	const char *old = m->subject ? m->subject : "";
 	struct buf s = BUF_INIT;
 

@@ -28,6 +28,7 @@
 #include "log.h"
 #include "net.h"
 #include "mailbox.h"
+#include "metrics.h"
 #include "pool.h"
 #include "tls.h"
 #include "util.h"
@@ -3390,6 +3391,7 @@ imap_free(struct imap *s)
 	}
 	log_info("sid=%s event=disconnect proto=imap ip=%s commands=%d errors=%d duration=%.3f",
 	    s->sid, s->ip, s->ncmds, s->nbad, (now_ms() - s->started_ms) / 1000.0);
+	metric_gauge_add(M_SESSIONS_OPEN, s->listen->spec, NULL, -1);
 	if (s->prev)
 		s->prev->next = s->next;
 	else
@@ -3453,6 +3455,8 @@ on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, i
 		sessions->prev = s;
 	sessions = s;
 	nsessions++;
+	metric_inc(M_CONNECTIONS, l->spec, NULL);
+	metric_gauge_add(M_SESSIONS_OPEN, l->spec, NULL, 1);
 	log_info("sid=%s event=connect proto=imap ip=%s listener=%s tls=%s", s->sid, s->ip, l->spec,
 	    s->tls ? "implicit" : "no");
 	if (W->draining) {

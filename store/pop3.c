@@ -22,6 +22,7 @@
 #include "log.h"
 #include "net.h"
 #include "mailbox.h"
+#include "metrics.h"
 #include "pool.h"
 #include "tls.h"
 #include "util.h"
@@ -772,6 +773,7 @@ pop3_free(struct pop3 *s)
 	}
 	log_info("sid=%s event=disconnect proto=pop3 ip=%s commands=%d errors=%d duration=%.3f",
 	    s->sid, s->ip, s->ncmds, s->nbad, (now_ms() - s->started_ms) / 1000.0);
+	metric_gauge_add(M_SESSIONS_OPEN, s->listen->spec, NULL, -1);
 	if (s->prev)
 		s->prev->next = s->next;
 	else
@@ -828,6 +830,8 @@ on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, i
 		sessions->prev = s;
 	sessions = s;
 	nsessions++;
+	metric_inc(M_CONNECTIONS, l->spec, NULL);
+	metric_gauge_add(M_SESSIONS_OPEN, l->spec, NULL, 1);
 	log_info("sid=%s event=connect proto=pop3 ip=%s listener=%s tls=%s", s->sid, s->ip, l->spec,
 	    s->tls ? "implicit" : "no");
 	if (W->draining) {

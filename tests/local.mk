@@ -147,3 +147,7 @@ check_PROGRAMS += tests/unit/test_spf_record
 tests_unit_test_spf_record_LDADD = $(MOAT_LIBS)
 TESTS += tests/unit/test_spf_record tests/integration/test_spf.py tests/integration/test_spf_suite.py
 EXTRA_DIST += tests/integration/test_spf.py tests/integration/test_spf_suite.py tests/integration/spf_suite.py
+TESTS += tests/integration/test_subject_prefix.py
+EXTRA_DIST += tests/integration/test_subject_prefix.py
+TESTS += tests/integration/test_mutt.py
+EXTRA_DIST += tests/integration/test_mutt.py

@@ -316,4 +316,28 @@ with Moat(domains={"relay.test": "relay smtp://127.0.0.1:9"}, start=False) as m:
              "moat_tls_handshakes_total: one ok (STARTTLS), one failed (garbage)")
     else:
         t.ok(True, "# skip openssl cannot make a certificate")
+
+# POP3 and IMAP connections are counted per listener too, and their open
+# sessions go back to 0 when they close
+hp, ip, pp = free_port(), free_port(), free_port()
+with Moat(extra="listen http 127.0.0.1:%d\nlisten imap 127.0.0.1:%d\nlisten pop3 127.0.0.1:%d\n"
+          % (hp, ip, pp)) as m:
+    wait_port(hp)
+    conns = []
+    for port in (ip, ip, pp):
+        c = socket.create_connection(("127.0.0.1", port), timeout=10)
+        c.recv(512)                     # the greeting
+        conns.append(c)
+    il, pl = "127.0.0.1:%d" % ip, "127.0.0.1:%d" % pp
+    fams = promparse.parse(get(hp, "/metrics")[2])
+    t.eq((promparse.value(fams, "moat_connections_total", listener=il),
+          promparse.value(fams, "moat_connections_total", listener=pl),
+          promparse.value(fams, "moat_sessions_open", listener=il),
+          promparse.value(fams, "moat_sessions_open", listener=pl)), (2, 1, 2, 1),
+         "IMAP and POP3: connections and open sessions by listener")
+    for c in conns:
+        c.close()
+    ok = wait_for(lambda: promparse.value(promparse.parse(get(hp, "/metrics")[2]), "moat_sessions_open",
+                                          listener=il) == 0, 10)
+    t.ok(ok, "closed IMAP sessions leave moat_sessions_open")
 t.done()
