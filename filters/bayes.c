@@ -109,8 +109,8 @@ bayes_params_default(struct bayes_params *p)
 	memset(p, 0, sizeof(*p));
 	p->s = 0.05;
 	p->x = 0.5;
-	p->min_dev = 0.2;
-	p->max_tokens = 50;
+	p->min_dev = 0.3;
+	p->max_tokens = 25;
 	p->min_learned = 200;
 	memcpy(p->band_score, scores, sizeof(scores));
 }
@@ -856,7 +856,10 @@ static int
 clue_cmp(const void *a, const void *b)
 {
 	const struct clue *x = a, *y = b;
-	return x->dev < y->dev ? 1 : x->dev > y->dev ? -1 : 0;
+	/* most extreme first; ties in the order the message has them */
+	if (x->dev != y->dev)
+		return x->dev < y->dev ? 1 : -1;
+	return x->off < y->off ? -1 : x->off > y->off;
 }
 
 int
