@@ -11,11 +11,17 @@ negatives at the threshold that gives <= 0.1% false positives.
 
   bayes_cv.py --moat BUILDDIR/moat [--tools moat,bogofilter,spamassassin]
               [--folds 5] [--seed 1] [--sa-sample N] [--limit N] [--work DIR]
+              [--moat-params "SET;SET..."] [--dump FILE]
 
 --sa-sample N: SpamAssassin is trained on N random messages of each training
 set and tests N/4 of each test fold (it is slow); moat and bogofilter are
 then also reported on exactly that subsample, so all three are compared on
 the same splits.
+
+--moat-params "max_tokens=25;min_dev=0.3,x=0.55": after training, moat
+classifies every fold once more per set (MOAT_BAYES_PARAMS, no retraining),
+reported as moat[SET]: for tuning (use another --seed than the one reported).
+--dump FILE: every score as "TOOL VARIANT FOLD SCORE IS_SPAM FILE".
 """
 import argparse
 import hashlib
