@@ -10,7 +10,8 @@
  * Limits: line IMAP_MAX_LINE, literal IMAP_MAX_LITERAL (APPEND: the
  * message-size-limit), bad commands IMAP_MAX_BAD, idle autologout 30 min
  * (RFC 3501 5.4; 2 min before login), FETCH output produced in chunks of
- * about IMAP_FETCH_CHUNK bytes, written before the next chunk is made.
+ * about IMAP_FETCH_CHUNK bytes; the next chunk is made while the last one
+ * is written, but never with more than 2 x IMAP_FETCH_CHUNK unsent.
  *
  * The session keeps the client's view of the mailbox (uid + flags per
  * sequence number).  After each job it reconciles the view with the
@@ -54,7 +55,7 @@
 #define IMAP_TIMEOUT        1800
 #define IMAP_TIMEOUT_NOAUTH 120
 #define IMAP_IDLE_POLL      2
-#define IMAP_FETCH_CHUNK    (4u * 1024 * 1024)
+#define IMAP_FETCH_CHUNK    (1024u * 1024)
 #define IMAP_MAX_OUT        (1024 * 1024)
 #define IMAP_HDR_MAX        (1024 * 1024)
 
@@ -291,7 +292,8 @@ flag_bit(const struct imap_arg *a)
 		{ "\\Seen", MBOX_F_SEEN }, { "\\Answered", MBOX_F_ANSWERED }, { "\\Flagged", MBOX_F_FLAGGED },
 		{ "\\Deleted", MBOX_F_DELETED }, { "\\Draft", MBOX_F_DRAFT },
 	};
-	if (a->type != IA_ATOM)
+	/* NIL is an atom too: as a flag it is the keyword "NIL" (imaptest nil) */
+	if (a->type != IA_ATOM && a->type != IA_NIL)
 		return -1;
 	for (size_t i = 0; i < ARRAY_SIZE(names); i++)
 		if (imap_arg_is(a, names[i].n))
@@ -351,6 +353,98 @@ kw_bits(struct mbox *mb, char **kw, size_t nkw, bool create, unsigned *bits)
 		*bits |= b;
 	}
 	return ok;
+}
+
+static bool wild_match(const char *, const char *);
+
+/* SEARCH FROM/TO/CC/BCC: the address field also matches with its
+ * comments and white space left out, so <a (c)@ (c) b.org> is found as
+ * a@b.org (imaptest search-addresses) */
+static bool
+addr_field(const char *name)
+{
+	return !ascii_strcasecmp(name, "From") || !ascii_strcasecmp(name, "To") ||
+	    !ascii_strcasecmp(name, "Cc") || !ascii_strcasecmp(name, "Bcc");
+}
+
+static bool ci_contains(const char *, size_t, const char *);
+
+static bool
+addr_contains(const char *p, size_t len, const char *value)
+{
+	char *t = xmalloc(len + 1);
+	size_t tl = 0;
+	int depth = 0;
+	bool quoted = false, r;
+
+	for (size_t i = 0; i < len; i++) {
+		char ch = p[i];
+		if (quoted) {
+			if (ch == '\\' && i + 1 < len)
+				t[tl++] = p[++i];
+			else if (ch == '"')
+				quoted = false;
+			else
+				t[tl++] = ch;
+			continue;
+		}
+		if (depth > 0) {
+			if (ch == '\\' && i + 1 < len)
+				i++;
+			else if (ch == '(')
+				depth++;
+			else if (ch == ')')
+				depth--;
+			continue;
+		}
+		if (ch == '(')
+			depth = 1;
+		else if (ch == '"')
+			quoted = true;
+		else if (ch != ' ' && ch != '\t' && ch != '\r' && ch != '\n')
+			t[tl++] = ch;
+	}
+	t[tl] = '\0';
+	r = ci_contains(t, tl, value);
+	free(t);
+	return r;
+}
+
+/* LSUB with %: the parent of a subscribed mailbox further down that
+ * matches the pattern comes back \Noselect unless it is subscribed itself
+ * (RFC 3501 6.3.9; imaptest subscribe) */
+static void
+lsub_noselect_parents(struct buf *out, const char *pat, const struct mbox_folder *f, int n)
+{
+	char **done = NULL;
+	size_t nd = 0;
+
+	for (int i = 0; i < n; i++) {
+		char par[2 * MBOX_NAME_MAX + 8], *dot;
+		if (!f[i].subscribed)
+			continue;
+		moat_strlcpy(par, f[i].name, sizeof(par));
+		while ((dot = strrchr(par, '.')) != NULL) {
+			bool seen = false;
+			*dot = '\0';
+			if (!wild_match(pat, par))
+				continue;
+			for (int k = 0; k < n && !seen; k++)
+				seen = f[k].subscribed && strcmp(f[k].name, par) == 0;
+			for (size_t k = 0; k < nd && !seen; k++)
+				seen = strcmp(done[k], par) == 0;
+			if (seen)
+				continue;
+			done = xreallocarray(done, nd + 1, sizeof(*done));
+			done[nd++] = xstrdup(par);
+			buf_adds(out, "* LSUB (\\Noselect) \".\" ");
+			imap_add_string(out, par, strlen(par));
+			buf_adds(out, "\r\n");
+		}
+	}
+	for (size_t k = 0; k < nd; k++)
+		free(done[k]);
+	free(done);
 }
 
 /* ---- message text helpers (pool threads) ---- */
@@ -518,6 +612,18 @@ add_addr1(struct buf *b, const char *p, size_t len)
 		}
 	}
 	trim(&addr, &addrl);
+	/* an obsolete source route: <@route1,@route2:user@domain> */
+	const char *route = NULL;
+	size_t routel = 0;
+	if (addrl > 1 && addr[0] == '@') {
+		const char *colon = memchr(addr, ':', addrl);
+		if (colon) {
+			route = addr;
+			routel = (size_t)(colon - addr);
+			addrl -= routel + 1;
+			addr = colon + 1;
+		}
+	}
 	const char *at = NULL;
 	for (size_t i = addrl; i-- > 0;)
 		if (addr[i] == '@') {
@@ -529,7 +635,12 @@ add_addr1(struct buf *b, const char *p, size_t len)
 		imap_add_string(b, nm.data, nm.len);
 	else
 		buf_adds(b, "NIL");
-	buf_adds(b, " NIL ");
+	buf_addc(b, ' ');
+	if (route)
+		imap_add_string(b, route, routel);
+	else
+		buf_adds(b, "NIL");
+	buf_addc(b, ' ');
 	/* a NIL host marks a group (RFC 3501 7.4.2): a broken address gets
 	 * placeholders instead, as Dovecot and UW-IMAP write them */
 	if (at && at > addr && addrl - (size_t)(at - addr) > 1) {
@@ -555,6 +666,22 @@ add_addr1(struct buf *b, const char *p, size_t len)
 	}
 	buf_addc(b, ')');
 	buf_free(&nm);
+}
+
+/* "(foo)" or "(a) (b)": a comment and no address */
+static bool
+comment_only(const char *p, size_t l)
+{
+	int depth = 0;
+	for (size_t i = 0; i < l; i++) {
+		if (p[i] == '(')
+			depth++;
+		else if (p[i] == ')' && depth > 0)
+			depth--;
+		else if (depth == 0 && p[i] != ' ' && p[i] != '\t')
+			return false;
+	}
+	return true;
 }
 
 static void
@@ -605,7 +732,7 @@ add_addrlist(struct buf *b, const char *v, size_t len, bool present)
 				p = colon + 1;
 			}
 			trim(&p, &l);
-			if (l > 0 && n < 1000) {
+			if (l > 0 && n < 1000 && !comment_only(p, l)) {
 				add_addr1(b, p, l);
 				n++;
 			}
@@ -649,6 +776,13 @@ add_envelope(struct buf *b, const char *h, size_t hl)
 	add_addrlist(b, from.data, from.len, hasfrom);
 	for (size_t i = 0; i < ARRAY_SIZE(addrs); i++) {
 		bool has = hdr_get(h, hl, addrs[i], &v);
+		if (has && i < 2) {
+			/* an empty Sender: or Reply-To: is as good as none */
+			const char *q = v.data ? v.data : "";
+			size_t ql = v.len;
+			trim(&q, &ql);
+			has = ql > 0;
+		}
 		buf_addc(b, ' ');
 		if (!has && i < 2)     /* Sender, Reply-To default to From */
 			add_addrlist(b, from.data, from.len, hasfrom);
@@ -681,6 +815,7 @@ struct part {
 	struct part *kids;
 	size_t  nkids;
 	bool    multipart, message;
+	bool    digest_kid;         /* no Content-Type in a multipart/digest: message/rfc822 */
 };
 
 /* parameter of a Content-Type-like value */
@@ -710,27 +845,34 @@ ct_param(const char *v, size_t vl, const char *name, struct buf *o)
 }
 
 static void
-mime_parse(const char *p, size_t off, size_t len, int depth, size_t *count, struct part *pt)
+mime_parse_in(const char *p, size_t off, size_t len, int depth, size_t *count, struct part *pt,
+    bool in_digest)
 {
 	struct buf ct = BUF_INIT, bd = BUF_INIT;
+	bool hasct;
 
 	memset(pt, 0, sizeof(*pt));
 	pt->off = off;
 	pt->len = len;
 	pt->hlen = hdr_end(p + off, len);
-	if (!hdr_get(p + off, pt->hlen, "Content-Type", &ct) || depth >= MIME_MAX_DEPTH)
+	hasct = hdr_get(p + off, pt->hlen, "Content-Type", &ct);
+	if (depth >= MIME_MAX_DEPTH || (!hasct && !in_digest))
 		goto done;
-	if (ascii_prefix_ci(ct.data, ct.len, "message/rfc822")) {
+	/* RFC 2046 5.1.5: in a multipart/digest a part without Content-Type
+	 * is message/rfc822 */
+	if (!hasct || ascii_prefix_ci(ct.data, ct.len, "message/rfc822")) {
+		pt->digest_kid = !hasct;
 		pt->message = true;
 		pt->kids = xcalloc(1, sizeof(*pt->kids));
 		pt->nkids = 1;
 		(*count)++;
-		mime_parse(p, off + pt->hlen, len - pt->hlen, depth + 1, count, pt->kids);
+		mime_parse_in(p, off + pt->hlen, len - pt->hlen, depth + 1, count, pt->kids, false);
 		goto done;
 	}
 	if (!ascii_prefix_ci(ct.data, ct.len, "multipart/") || !ct_param(ct.data, ct.len, "boundary", &bd))
 		goto done;
 	pt->multipart = true;
+	bool digest = ascii_prefix_ci(ct.data, ct.len, "multipart/digest");
 	{
 		const char *b = p + off + pt->hlen, *end = p + off + len;
 		const char *cur = NULL;
@@ -753,7 +895,8 @@ mime_parse(const char *p, size_t off, size_t len, int depth, size_t *count, stru
 						pe = cur;
 					pt->kids = xreallocarray(pt->kids, pt->nkids + 1, sizeof(*pt->kids));
 					(*count)++;
-					mime_parse(p, (size_t)(cur - p), (size_t)(pe - cur), depth + 1, count, &pt->kids[pt->nkids]);
+					mime_parse_in(p, (size_t)(cur - p), (size_t)(pe - cur), depth + 1, count,
+					    &pt->kids[pt->nkids], digest);
 					pt->nkids++;
 				}
 				if (last)
@@ -769,6 +912,12 @@ done:
 }
 
 static void
+mime_parse(const char *p, size_t off, size_t len, int depth, size_t *count, struct part *pt)
+{
+	mime_parse_in(p, off, len, depth, count, pt, false);
+}
+
+static void
 mime_free(struct part *pt)
 {
 	for (size_t i = 0; i < pt->nkids; i++)
@@ -776,30 +925,45 @@ mime_free(struct part *pt)
 	free(pt->kids);
 }
 
-/* find part "1.2"; NULL if none.  A non-multipart message's part 1 is itself. */
+/*
+ * Find part "1.2" (RFC 3501 6.4.5); NULL if none.  The numbers count the
+ * parts of the current container: a multipart's children, or, for any
+ * other body, its one part 1 (itself).  After a message/rfc822 part the
+ * next number counts the parts of the message it encapsulates.  So for a
+ * message that is itself message/rfc822, part 1 is the whole encapsulated
+ * message and 1.1 its first part.
+ */
 static const struct part *
 mime_find(const struct part *root, const char *path)
 {
-	const struct part *pt = root;
+	const struct part *sel = NULL, *cont = root;
 	while (*path) {
 		char *end;
 		unsigned long n = strtoul(path, &end, 10);
 		if (end == path || n == 0)
 			return NULL;
-		if (pt->message && pt->nkids == 1)
-			pt = &pt->kids[0];
-		if (pt->multipart) {
-			if (n > pt->nkids)
+		if (sel != NULL) {
+			if (sel->message && sel->nkids == 1)
+				cont = &sel->kids[0];
+			else if (sel->multipart)
+				cont = sel;
+			else
+				return NULL;            /* a leaf has no parts */
+		}
+		if (cont->multipart) {
+			if (n > cont->nkids)
 				return NULL;
-			pt = &pt->kids[n - 1];
-		} else if (n != 1) {
+			sel = &cont->kids[n - 1];
+		} else if (n == 1) {
+			sel = cont;
+		} else {
 			return NULL;
 		}
 		path = end;
 		if (*path == '.')
 			path++;
 	}
-	return pt;
+	return sel ? sel : root;
 }
 
 /*
@@ -983,13 +1147,19 @@ add_bodystructure(struct buf *b, const char *p, const struct part *pt, bool ext)
 		size_t blen = pt->len - pt->hlen;
 		const char *body = p + pt->off + pt->hlen;
 		bool text = !hasct || ascii_prefix_ci(ct.data, ct.len, "text/");
+		if (pt->digest_kid)
+			text = false;
 		if (hasct)
 			add_type(b, ct.data, ct.len);
+		else if (pt->digest_kid)
+			buf_adds(b, "\"message\" \"rfc822\"");
 		else
 			buf_adds(b, "\"text\" \"plain\"");
 		buf_addc(b, ' ');
 		if (hasct)
 			add_ct_params(b, ct.data, ct.len, text);
+		else if (pt->digest_kid)
+			buf_adds(b, "NIL");
 		else
 			buf_adds(b, "(\"charset\" \"us-ascii\")");
 		buf_addc(b, ' ');
@@ -1041,11 +1211,15 @@ add_bodystructure(struct buf *b, const char *p, const struct part *pt, bool ext)
 /* ---- FETCH (pool) ---- */
 
 static bool
-needs_body(const struct fitem *it, size_t n, bool *hdronly)
+needs_body(const struct fitem *it, size_t n, bool *hdronly, bool *envonly)
 {
 	bool any = false;
 	*hdronly = true;
+	*envonly = true;
 	for (size_t i = 0; i < n; i++) {
+		if (it[i].kind != F_ENVELOPE && it[i].kind != F_FLAGS && it[i].kind != F_UID &&
+		    it[i].kind != F_INTERNALDATE && it[i].kind != F_SIZE)
+			*envonly = false;
 		switch (it[i].kind) {
 		case F_ENVELOPE:
 		case F_RFC822_HEADER:
@@ -1137,13 +1311,15 @@ fetch_one(struct job *j, struct mbox_msg *mm, uint32_t seq)
 {
 	struct buf raw = BUF_INIT, msg = BUF_INIT;
 	struct buf *b = &j->out;
-	bool hdronly, sp = false;
+	bool hdronly, envonly, sp = false;
 	struct part root;
 	bool parsed = false;
 	char date[64];
 
-	if (needs_body(j->items, j->nitems, &hdronly)) {
-		int r = hdronly ? mbox_msg_read_header(j->mb, mm, &raw) : mbox_msg_read(j->mb, mm, &raw);
+	if (needs_body(j->items, j->nitems, &hdronly, &envonly)) {
+		/* ENVELOPE alone: from the field cache, not the file */
+		int r = envonly ? mbox_msg_envhdr(j->mb, mm, &raw) :
+		    hdronly ? mbox_msg_read_header(j->mb, mm, &raw) : mbox_msg_read(j->mb, mm, &raw);
 		if (r < 0) {
 			buf_free(&raw);
 			return;         /* vanished: nothing to say */
@@ -1240,9 +1416,28 @@ struct sctx {
 	struct job *j;
 	struct mbox_msg *m;
 	uint32_t seq;
-	struct buf hdr, full;
-	bool hdr_ok, full_ok;
+	struct buf hdr, full, env;
+	bool hdr_ok, full_ok, env_ok;
 };
+
+/* the envelope fields (mbox_cached_field), from the cache */
+static const char *
+sctx_env(struct sctx *c, size_t *len)
+{
+	if (c->hdr_ok) {
+		*len = c->hdr.len;
+		return c->hdr.data ? c->hdr.data : "";
+	}
+	if (!c->env_ok) {
+		struct buf raw = BUF_INIT;
+		(void)mbox_msg_envhdr(c->j->mb, c->m, &raw);
+		to_crlf(raw.data ? raw.data : "", raw.len, &c->env);
+		buf_free(&raw);
+		c->env_ok = true;
+	}
+	*len = c->env.len;
+	return c->env.data ? c->env.data : "";
+}
 
 static const char *
 sctx_hdr(struct sctx *c, size_t *len)
@@ -1322,7 +1517,7 @@ query_eval(struct query *q, struct sctx *c)
 		 * "sent" at the epoch, as Dovecot and Cyrus treat it (SENTBEFORE
 		 * matches, SENTSINCE/SENTON do not) */
 		time_t t = 0;
-		p = sctx_hdr(c, &len);
+		p = sctx_env(c, &len);
 		if (hdr_get(p, len, "Date", &v)) {
 			const char *d = v.data;
 			const char *comma = strchr(d, ',');
@@ -1345,7 +1540,7 @@ query_eval(struct query *q, struct sctx *c)
 		return q->op == Q_SENTBEFORE ? t < q->t : q->op == Q_SENTON ? t == q->t : t >= q->t;
 	}
 	case Q_HEADER:
-		p = sctx_hdr(c, &len);
+		p = mbox_cached_field(q->name) ? sctx_env(c, &len) : sctx_hdr(c, &len);
 		/* every instance of the field */
 		{
 			size_t i = 0, nl = strlen(q->name);
@@ -1361,6 +1556,8 @@ query_eval(struct query *q, struct sctx *c)
 							fe++;
 					}
 					r = ci_contains(p + i + nl + 1, fe - i - nl - 1, q->value);
+					if (!r && addr_field(q->name))
+						r = addr_contains(p + i + nl + 1, fe - i - nl - 1, q->value);
 					e = fe;
 				}
 				i = e + 1;
@@ -1668,6 +1865,7 @@ job_work(void *arg)
 			if (m != NULL)
 				fetch_one(j, m, j->seqs[j->next]);
 		}
+		mbox_cache_flush(j->mb);
 		break;
 	}
 	case J_STORE: {
@@ -1701,7 +1899,9 @@ job_work(void *arg)
 				j->res[j->nres++] = j->uid ? j->uids[i] : j->seqs[i];
 			buf_free(&sc.hdr);
 			buf_free(&sc.full);
+			buf_free(&sc.env);
 		}
+		mbox_cache_flush(j->mb);
 		break;
 	}
 	case J_COPY:
@@ -1824,6 +2024,8 @@ job_work(void *arg)
 			imap_add_string(&j->out, f[i].name, strlen(f[i].name));
 			buf_adds(&j->out, "\r\n");
 		}
+		if (j->op == J_LSUB && strchr(pat, '%') != NULL)
+			lsub_noselect_parents(&j->out, pat, f, n);
 		free(f);
 		if (n < 0)
 			jtext(j, 1, "[SERVERBUG] Cannot list");
@@ -2124,8 +2326,9 @@ job_done(void *arg)
 			evbuffer_add(o, j->out.data, j->out.len);
 		buf_reset(&j->out);
 		if (j->result == 0 && j->next < j->n) {
-			/* more to come once this chunk is written */
-			if (evbuffer_get_length(o) == 0) {
+			/* more to come: made while this chunk is written, or
+			 * once the output drained if the client lags */
+			if (evbuffer_get_length(o) <= 2 * IMAP_FETCH_CHUNK) {
 				s->busy = true;
 				pool_submit(W->pool, job_work, job_done, s);
 			} else {

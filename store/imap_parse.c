@@ -273,8 +273,9 @@ parse_list(const char *p, size_t len, size_t *pos, int depth, char close,
 					/* a section: anything up to the matching ']' */
 					const char *e = memchr(p + i, ']', len - i);
 					if (e == NULL) {
-						*error = "missing ]";
-						goto fail;
+						/* no section: '[' is an ATOM-CHAR */
+						i++;
+						continue;
 					}
 					i = (size_t)(e - p) + 1;
 					continue;
@@ -350,9 +351,11 @@ seqnum(const char *p, size_t len, size_t *i, uint32_t *out)
 		(*i)++;
 		d++;
 	}
-	if (d == 0 || v == 0 || v >= UINT32_MAX)
+	if (d == 0 || v == 0 || v > UINT32_MAX)
 		return false;
-	*out = (uint32_t)v;
+	/* UINT32_MAX stands for '*': 4294967295 (a valid nz-number) becomes
+	 * the one below it, which no UID reaches in practice */
+	*out = v == UINT32_MAX ? UINT32_MAX - 1 : (uint32_t)v;
 	return true;
 }
 

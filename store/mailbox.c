@@ -1,7 +1,8 @@
 /*
  * mailbox.c - the mailbox layer under POP3 and IMAP: folders of the
  * user's Maildir++, a per-folder UID index (moat-uidlist), flags in the
- * Maildir info suffix, read/append/copy/expunge, logins.
+ * Maildir info suffix, the envelope-field cache (moat-cache),
+ * read/append/copy/expunge, logins.
  *
  * Runs in: worker pool threads (everything but the login throttle, which
  * is loop-thread state).  Untrusted input: folder names (validated by
@@ -121,6 +122,9 @@ mbox_login(const struct moat_conf *c, const char *user, const char *pass,
 	return 1;
 }
 
+static void mbox_cache_free(struct mbox *);
+static void mbox_cache_synced(struct mbox *, uint32_t);
+
 /* ---- names and paths ---- */
 
 bool
@@ -226,6 +230,7 @@ mbox_close(struct mbox *mb)
 {
 	if (mb == NULL)
 		return;
+	mbox_cache_free(mb);    /* records not written are simply read again */
 	mbox_free_msgs(mb->msgs, mb->nmsgs);
 	for (size_t i = 0; i < MBOX_KW_MAX; i++)
 		free(mb->kw[i]);
@@ -510,6 +515,42 @@ index_free(struct index *ix)
 	memset(ix, 0, sizeof(*ix));
 }
 
+/* "<uid> <idate> <size> <vsize> " (as sscanf "%llu %lld %lld %lld %n",
+ * without its cost: this runs for every message at every full sync) */
+static bool
+index_fields(const char *line, unsigned long long *uid, long long *idate, long long *size,
+    long long *vsize, int *off)
+{
+	const char *p = line;
+	long long v[4];
+
+	for (int k = 0; k < 4; k++) {
+		bool neg = false;
+		unsigned long long x = 0;
+		int digits = 0;
+		if (*p == '-' && k == 1) {
+			neg = true;
+			p++;
+		}
+		while (*p >= '0' && *p <= '9' && digits < 18) {
+			x = x * 10 + (unsigned long long)(*p - '0');
+			p++;
+			digits++;
+		}
+		if (digits == 0 || *p != ' ')
+			return false;
+		while (*p == ' ')
+			p++;
+		v[k] = neg ? -(long long)x : (long long)x;
+	}
+	*uid = (unsigned long long)v[0];
+	*idate = v[1];
+	*size = v[2];
+	*vsize = v[3];
+	*off = (int)(p - line);
+	return true;
+}
+
 static void
 index_read(const struct mbox *mb, struct index *ix)
 {
@@ -554,7 +595,7 @@ index_read(const struct mbox *mb, struct index *ix)
 		if ((nl = memchr(line, '\n', (size_t)(end - line))) == NULL)
 			break;          /* a torn last line: it will be rescanned */
 		*nl = '\0';
-		if (sscanf(line, "%llu %lld %lld %lld %n", &uid, &idate, &size, &vsize, &off) != 4 ||
+		if (!index_fields(line, &uid, &idate, &size, &vsize, &off) ||
 		    off <= 0 || uid == 0 || uid <= last || uid >= ix->uidnext || line[off] == '\0' ||
 		    strchr(line + off, '/') != NULL) {
 			log_warnx("mailbox: %s: damaged line, rebuilding", p);
@@ -711,6 +752,39 @@ mbox_scan(const struct mbox *mb, const char *sub, struct dent **v, size_t *n, si
 	return 0;
 }
 
+/*
+ * A new UIDVALIDITY for a folder of this user: the time, but always above
+ * the last one given out (kept in ROOT/moat-uidvalidity under its own
+ * flock), so a folder deleted and created again within a second never
+ * reuses UIDs with an old UIDVALIDITY (RFC 3501 2.3.1.1).
+ */
+static uint32_t
+mbox_next_uidvalidity(const char *root)
+{
+	char p[PATH_MAX], num[32];
+	uint32_t v = (uint32_t)time(NULL), last = 0;
+	int fd;
+	ssize_t n;
+
+	if ((size_t)snprintf(p, sizeof(p), "%s/moat-uidvalidity", root) >= sizeof(p) ||
+	    (fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600)) < 0)
+		return v;
+	if (flock(fd, LOCK_EX) == 0) {
+		if ((n = pread(fd, num, sizeof(num) - 1, 0)) > 0) {
+			num[n] = '\0';
+			last = (uint32_t)strtoul(num, NULL, 10);
+		}
+		if (v <= last)
+			v = last + 1;
+		n = snprintf(num, sizeof(num), "%u\n", v);
+		if (ftruncate(fd, 0) == 0)
+			(void)!pwrite(fd, num, (size_t)n, 0);
+	}
+	close(fd);
+	return v;
+}
+
+
 static int
 mbox_sync_locked(struct mbox *mb, bool take_recent, char **err)
 {
@@ -729,7 +803,7 @@ mbox_sync_locked(struct mbox *mb, bool take_recent, char **err)
 	index_read(mb, &ix);
 	if (!ix.valid) {
 		index_free(&ix);
-		ix.uidvalidity = (uint32_t)time(NULL);
+		ix.uidvalidity = mbox_next_uidvalidity(mb->root);
 		if (mb->uidvalidity && ix.uidvalidity <= mb->uidvalidity)
 			ix.uidvalidity = mb->uidvalidity + 1;
 		ix.uidnext = 1;
@@ -899,17 +973,64 @@ mbox_sync_locked(struct mbox *mb, bool take_recent, char **err)
 	return 0;
 }
 
+/*
+ * Take the stamp of cur/, new/ and the index.  False when one is missing
+ * or a directory was changed within the last 2 seconds: a change in the
+ * same clock tick as a scan would not show in its mtime, so such a folder
+ * is always rescanned (Dovecot's rule for Maildir).
+ */
+static bool
+mbox_stamp_take(const struct mbox *mb, struct mbox_stamp *st)
+{
+	static const char *const subs[] = { "cur", "new", MBOX_INDEX };
+	char p[PATH_MAX];
+	struct stat sb;
+	struct timespec now;
+
+	clock_gettime(CLOCK_REALTIME, &now);
+	memset(st, 0, sizeof(*st));
+	for (size_t i = 0; i < ARRAY_SIZE(subs); i++) {
+		if ((size_t)snprintf(p, sizeof(p), "%s/%s", mb->dir, subs[i]) >= sizeof(p) || stat(p, &sb) < 0)
+			return false;
+		/* the index is only ever replaced by rename(): its identity
+		 * shows every change; a directory's mtime may not */
+		if (i < 2 && sb.st_mtim.tv_sec + 2 >= now.tv_sec)
+			return false;
+		st->t[i] = (long long)sb.st_mtim.tv_sec * 1000000000LL + sb.st_mtim.tv_nsec;
+		st->ino[i] = (long long)sb.st_ino;
+		st->size[i] = (long long)sb.st_size;
+	}
+	st->set = true;
+	return true;
+}
+
 int
 mbox_sync(struct mbox *mb, bool take_recent, char **err)
 {
+	struct mbox_stamp now;
 	int lk, r;
 
+	/* nothing changed since the last full sync: keep what we have */
+	if (mb->stamp.set && (!take_recent || mb->stamp.recent) && mbox_stamp_take(mb, &now) &&
+	    memcmp(now.t, mb->stamp.t, sizeof(now.t)) == 0 &&
+	    memcmp(now.ino, mb->stamp.ino, sizeof(now.ino)) == 0 &&
+	    memcmp(now.size, mb->stamp.size, sizeof(now.size)) == 0) {
+		mbox_keywords_load(mb);
+		return 0;
+	}
 	if ((lk = mbox_lock(mb)) < 0) {
 		seterr(err, "cannot lock %s: %s", mb->dir, strerror(errno));
 		return -1;
 	}
+	uint32_t uv = mb->uidvalidity;
 	r = mbox_sync_locked(mb, take_recent, err);
+	/* the stamp after our own changes, still under the lock */
+	if (r == 0 && mbox_stamp_take(mb, &mb->stamp))
+		mb->stamp.recent = take_recent;
+	else
+		mb->stamp.set = false;
 	mbox_unlock(lk);
+	mbox_cache_synced(mb, uv);
 	return r;
 }
 
@@ -1863,4 +1984,410 @@ mbox_throttle_ok(const char *ip)
 	struct thr *t = thr_find(ip, false);
 	if (t)
 		t->ip[0] = '\0';
+}
+
+/* ---- the envelope-field cache (moat-cache) ---- */
+
+#define MBOX_CACHE      "moat-cache"
+#define MBOX_CACHE_REC_MAX  8192u           /* bigger field sets are not cached */
+#define MBOX_CACHE_MAX  (256u * 1024 * 1024) /* the file stops growing here */
+#define MBOX_CACHE_FLUSH (1024u * 1024)      /* pending bytes that trigger a write */
+#define MBOX_CACHE_HDR  32                   /* "moat-cache 1 <uidvalidity>\n", padded */
+#define MBOX_CACHE_RECHDR 16                 /* uid, len, base hash, checksum (LE) */
+
+static const char *const mbox_cache_fields[] = {
+	"Date", "Subject", "From", "Sender", "Reply-To", "To", "Cc", "Bcc",
+	"In-Reply-To", "Message-ID",
+};
+
+struct centry {
+	uint32_t uid, len, bhash;
+	size_t  off;
+};
+
+struct mbox_cache {
+	int     fd;                 /* the file as opened, -1 */
+	size_t  filelen;            /* its size then */
+	size_t  validlen;           /* bytes up to the first bad record */
+	dev_t   dev;
+	ino_t   ino;
+	bool    ok;                 /* the header matched our UIDVALIDITY */
+	bool    recheck;            /* synced since: look for records of others */
+	struct centry *v;           /* sorted by uid */
+	size_t  n, cap;
+	size_t  nsorted;            /* v[0..nsorted) is sorted */
+	struct buf pending;         /* records not written yet */
+	char   *rec;                /* one record as read */
+	size_t  npending;
+};
+
+bool
+mbox_cached_field(const char *name)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(mbox_cache_fields); i++)
+		if (ascii_strcasecmp(name, mbox_cache_fields[i]) == 0)
+			return true;
+	return false;
+}
+
+/* FNV-1a, seeded */
+static uint32_t
+cache_sum(uint32_t seed, const char *p, size_t len)
+{
+	uint32_t h = 2166136261u ^ seed;
+	h *= 16777619u;
+	for (size_t i = 0; i < len; i++) {
+		h ^= (unsigned char)p[i];
+		h *= 16777619u;
+	}
+	return h;
+}
+
+static void
+put32(char *p, uint32_t v)
+{
+	p[0] = (char)(v & 0xff);
+	p[1] = (char)((v >> 8) & 0xff);
+	p[2] = (char)((v >> 16) & 0xff);
+	p[3] = (char)((v >> 24) & 0xff);
+}
+
+static uint32_t
+get32(const char *p)
+{
+	const unsigned char *u = (const unsigned char *)p;
+	return (uint32_t)u[0] | (uint32_t)u[1] << 8 | (uint32_t)u[2] << 16 | (uint32_t)u[3] << 24;
+}
+
+static int
+centry_cmp(const void *a, const void *b)
+{
+	uint32_t x = ((const struct centry *)a)->uid, y = ((const struct centry *)b)->uid;
+	return x < y ? -1 : x > y;
+}
+
+static void
+cache_reset(struct mbox_cache *c)
+{
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+	c->filelen = c->validlen = 0;
+	c->n = c->nsorted = 0;
+	c->ok = false;
+}
+
+static void
+cache_header(const struct mbox *mb, char *h)
+{
+	memset(h, ' ', MBOX_CACHE_HDR);
+	int n = snprintf(h, MBOX_CACHE_HDR, "moat-cache 1 %u", mb->uidvalidity);
+	h[n] = ' ';
+	h[MBOX_CACHE_HDR - 1] = '\n';
+}
+
+/*
+ * (Re)open the file if it changed and index the records past what we
+ * know, checking each; the first bad one ends the valid part (a torn
+ * tail).  The file is read, not mapped: whoever truncates it under us
+ * costs us cache misses, never a SIGBUS.
+ */
+static void
+cache_load(struct mbox *mb)
+{
+	struct mbox_cache *c = mb->cache;
+	char p[PATH_MAX], h[MBOX_CACHE_HDR], h2[MBOX_CACHE_HDR];
+	struct stat st;
+	int fd;
+
+	if ((size_t)snprintf(p, sizeof(p), "%s/%s", mb->dir, MBOX_CACHE) >= sizeof(p))
+		return;
+	if ((fd = open(p, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) < 0) {
+		cache_reset(c);
+		return;
+	}
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
+	    st.st_size > (off_t)(MBOX_CACHE_MAX + MBOX_CACHE_FLUSH + MBOX_CACHE_REC_MAX)) {
+		close(fd);
+		cache_reset(c);
+		return;
+	}
+	bool same = c->fd >= 0 && st.st_dev == c->dev && st.st_ino == c->ino;
+	if (same && (size_t)st.st_size == c->filelen) {
+		close(fd);
+		return;         /* unchanged */
+	}
+	size_t o = MBOX_CACHE_HDR;
+	if (same && (size_t)st.st_size > c->filelen && c->validlen == c->filelen && c->ok) {
+		o = c->validlen;        /* grown: read the new part only */
+		close(c->fd);
+		c->fd = -1;
+	} else
+		cache_reset(c);
+	c->fd = fd;
+	c->dev = st.st_dev;
+	c->ino = st.st_ino;
+	c->filelen = (size_t)st.st_size;
+	if (o == MBOX_CACHE_HDR) {
+		cache_header(mb, h);
+		if (c->filelen < MBOX_CACHE_HDR || pread(fd, h2, sizeof(h2), 0) != (ssize_t)sizeof(h2) ||
+		    memcmp(h, h2, sizeof(h)) != 0) {
+			c->ok = false;  /* another UIDVALIDITY or not ours: rewritten on flush */
+			c->validlen = 0;
+			return;
+		}
+		c->ok = true;
+	}
+	char *chunk = xmalloc(MBOX_CACHE_FLUSH);
+	for (;;) {
+		size_t want = MIN((size_t)MBOX_CACHE_FLUSH, c->filelen - o), k = 0;
+		ssize_t r;
+		bool bad = false;
+		if (want < MBOX_CACHE_RECHDR || (r = pread(fd, chunk, want, (off_t)o)) < (ssize_t)MBOX_CACHE_RECHDR)
+			break;
+		while (k + MBOX_CACHE_RECHDR <= (size_t)r) {
+			uint32_t uid = get32(chunk + k), len = get32(chunk + k + 4), bh = get32(chunk + k + 8),
+			    sum = get32(chunk + k + 12);
+			if (uid == 0 || len > MBOX_CACHE_REC_MAX || len > c->filelen - o - k - MBOX_CACHE_RECHDR) {
+				bad = true;
+				break;
+			}
+			if (k + MBOX_CACHE_RECHDR + len > (size_t)r)
+				break;  /* continues in the next chunk */
+			if (cache_sum(uid ^ bh, chunk + k + MBOX_CACHE_RECHDR, len) != sum) {
+				bad = true;
+				break;
+			}
+			if (c->n == c->cap) {
+				c->cap = c->cap ? c->cap * 2 : 1024;
+				c->v = xreallocarray(c->v, c->cap, sizeof(*c->v));
+			}
+			c->v[c->n].uid = uid;
+			c->v[c->n].len = len;
+			c->v[c->n].bhash = bh;
+			c->v[c->n].off = o + k + MBOX_CACHE_RECHDR;
+			c->n++;
+			k += MBOX_CACHE_RECHDR + len;
+		}
+		o += k;
+		if (bad || k == 0)
+			break;
+	}
+	free(chunk);
+	c->validlen = o;
+	/* sort unless it already is (the usual case: appended in UID order) */
+	bool sorted = true;
+	for (size_t i = c->nsorted > 0 ? c->nsorted : 1; i < c->n && sorted; i++)
+		if (c->v[i - 1].uid > c->v[i].uid)
+			sorted = false;
+	if (!sorted)
+		qsort(c->v, c->n, sizeof(*c->v), centry_cmp);
+	c->nsorted = c->n;
+}
+
+/* one record, read and checked again; false if it is not there any more */
+static bool
+cache_get(const struct mbox_cache *c, const struct centry *e, char *rec)
+{
+	size_t n = MBOX_CACHE_RECHDR + e->len;
+	return pread(c->fd, rec, n, (off_t)(e->off - MBOX_CACHE_RECHDR)) == (ssize_t)n &&
+	    get32(rec) == e->uid && get32(rec + 4) == e->len &&
+	    cache_sum(e->uid ^ e->bhash, rec + MBOX_CACHE_RECHDR, e->len) == get32(rec + 12);
+}
+
+static const struct centry *
+cache_find(const struct mbox_cache *c, uint32_t uid)
+{
+	size_t lo = 0, hi = c->nsorted;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (c->v[mid].uid == uid)
+			return &c->v[mid];
+		if (c->v[mid].uid < uid)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return NULL;
+}
+
+/* the cached fields of a header section (as hdr_get in imap.c reads
+ * fields: NAME ':' at the start of a line, folded lines following) */
+static void
+cache_extract(const char *p, size_t len, struct buf *out)
+{
+	size_t i = 0;
+	bool keep = false;
+
+	while (i < len) {
+		size_t e = i;
+		while (e < len && p[e] != '\n')
+			e++;
+		if (e == i || (e == i + 1 && p[i] == '\r'))
+			break;
+		if (p[i] == ' ' || p[i] == '\t') {
+			/* a folded line: goes with the field before it */
+		} else {
+			keep = false;
+			for (size_t k = 0; k < ARRAY_SIZE(mbox_cache_fields) && !keep; k++) {
+				size_t nl = strlen(mbox_cache_fields[k]);
+				if (e - i > nl && p[i + nl] == ':' && ascii_strncasecmp(p + i, mbox_cache_fields[k], nl) == 0)
+					keep = true;
+			}
+		}
+		if (keep)
+			buf_add(out, p + i, e - i);
+		if (keep)
+			buf_addc(out, '\n');
+		i = e + 1;
+	}
+	buf_addc(out, '\n');
+}
+
+int
+mbox_msg_envhdr(struct mbox *mb, struct mbox_msg *m, struct buf *out)
+{
+	struct mbox_cache *c;
+	const struct centry *e;
+	struct buf raw = BUF_INIT;
+	size_t start = out->len;
+
+	if (mb->cache == NULL) {
+		mb->cache = xcalloc(1, sizeof(*mb->cache));
+		mb->cache->fd = -1;
+		cache_load(mb);
+	}
+	c = mb->cache;
+	if (c->recheck) {
+		c->recheck = false;
+		cache_load(mb);
+	}
+	/* the record must be of this file too: a UID given again after an
+	 * index was lost within the same second keeps its UIDVALIDITY */
+	uint32_t bh = cache_sum(0, m->file, m->baselen);
+	if (c->rec == NULL)
+		c->rec = xmalloc(MBOX_CACHE_RECHDR + MBOX_CACHE_REC_MAX);
+	if (c->fd >= 0 && c->ok && (e = cache_find(c, m->uid)) != NULL && e->bhash == bh &&
+	    cache_get(c, e, c->rec)) {
+		buf_add(out, c->rec + MBOX_CACHE_RECHDR, e->len);
+		return 0;
+	}
+	if (mbox_msg_read_header(mb, m, &raw) < 0) {
+		buf_free(&raw);
+		return -1;
+	}
+	cache_extract(raw.data ? raw.data : "", raw.len, out);
+	buf_free(&raw);
+	size_t len = out->len - start;
+	if (len <= MBOX_CACHE_REC_MAX && c->filelen + c->pending.len < MBOX_CACHE_MAX) {
+		char rh[MBOX_CACHE_RECHDR];
+		put32(rh, m->uid);
+		put32(rh + 4, (uint32_t)len);
+		put32(rh + 8, bh);
+		put32(rh + 12, cache_sum(m->uid ^ bh, out->data + start, len));
+		buf_add(&c->pending, rh, sizeof(rh));
+		buf_add(&c->pending, out->data + start, len);
+		c->npending++;
+		if (c->pending.len >= MBOX_CACHE_FLUSH)
+			mbox_cache_flush(mb);
+	}
+	return 0;
+}
+
+/* rewrite the file with the live records and the pending ones (under the lock) */
+static void
+cache_rewrite(struct mbox *mb, const char *path)
+{
+	struct mbox_cache *c = mb->cache;
+	char tmp[PATH_MAX], h[MBOX_CACHE_HDR];
+	struct buf b = BUF_INIT;
+	int fd;
+
+	if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= sizeof(tmp))
+		return;
+	cache_header(mb, h);
+	buf_add(&b, h, sizeof(h));
+	if (c->fd >= 0 && c->ok) {
+		char *rec = xmalloc(MBOX_CACHE_RECHDR + MBOX_CACHE_REC_MAX);
+		for (size_t i = 0; i < c->nsorted; i++)
+			if ((i == 0 || c->v[i - 1].uid != c->v[i].uid) && mbox_find(mb, c->v[i].uid) != NULL &&
+			    cache_get(c, &c->v[i], rec))
+				buf_add(&b, rec, MBOX_CACHE_RECHDR + c->v[i].len);
+		free(rec);
+	}
+	buf_add(&b, c->pending.data ? c->pending.data : "", c->pending.len);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0 || write_full(fd, b.data, b.len) < 0) {
+		log_warn("mailbox: cannot write %s", tmp);
+		if (fd >= 0)
+			close(fd);
+		unlink(tmp);
+	} else {
+		close(fd);
+		if (rename(tmp, path) < 0) {
+			log_warn("mailbox: cannot rename %s", tmp);
+			unlink(tmp);
+		}
+	}
+	buf_free(&b);
+}
+
+void
+mbox_cache_flush(struct mbox *mb)
+{
+	struct mbox_cache *c = mb->cache;
+	char p[PATH_MAX];
+	int lk, fd;
+
+	if (c == NULL || c->npending == 0)
+		return;
+	if ((size_t)snprintf(p, sizeof(p), "%s/%s", mb->dir, MBOX_CACHE) >= sizeof(p) ||
+	    (lk = mbox_lock(mb)) < 0)
+		goto done;
+	cache_load(mb);         /* what the others wrote meanwhile */
+	if (c->fd < 0 || !c->ok || c->n > 2 * mb->nmsgs + 1024) {
+		/* missing, foreign, or mostly expunged UIDs: a fresh file */
+		cache_rewrite(mb, p);
+	} else if ((fd = open(p, O_WRONLY | O_CLOEXEC | O_NOFOLLOW)) >= 0) {
+		/* drop a torn tail, then append */
+		if ((c->validlen == c->filelen || ftruncate(fd, (off_t)c->validlen) == 0) &&
+		    lseek(fd, (off_t)c->validlen, SEEK_SET) >= 0) {
+			if (write_full(fd, c->pending.data, c->pending.len) < 0) {
+				log_warn("mailbox: cannot write %s", p);
+				if (ftruncate(fd, (off_t)c->validlen) < 0)
+					log_warn("mailbox: cannot truncate %s", p);
+			}
+		}
+		close(fd);
+	}
+	cache_load(mb);         /* index what was just written */
+	mbox_unlock(lk);
+done:
+	buf_reset(&c->pending);
+	c->npending = 0;
+}
+
+static void
+mbox_cache_free(struct mbox *mb)
+{
+	if (mb->cache == NULL)
+		return;
+	cache_reset(mb->cache);
+	free(mb->cache->rec);
+	free(mb->cache->v);
+	buf_free(&mb->cache->pending);
+	free(mb->cache);
+	mb->cache = NULL;
+}
+
+/* after a sync: look for others' records again; a new UIDVALIDITY drops it */
+static void
+mbox_cache_synced(struct mbox *mb, uint32_t uv)
+{
+	if (mb->cache == NULL)
+		return;
+	if (mb->uidvalidity != uv)
+		mbox_cache_free(mb);
+	else
+		mb->cache->recheck = true;
 }

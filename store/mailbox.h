@@ -72,6 +72,14 @@ struct mbox {
 	bool    readonly;
 	char   *kw[MBOX_KW_MAX];    /* keyword names by index, NULL = unused */
 	long long kw_mtime;         /* of dovecot-keywords when read (ns) */
+	struct mbox_cache *cache;   /* the envelope-field cache, loaded lazily */
+	/* cur/, new/ and the index as the last full sync saw them (mbox_sync
+	 * skips the rescan while they are unchanged, as Dovecot does) */
+	struct mbox_stamp {
+		long long t[3];     /* mtimes (ns) */
+		long long ino[3], size[3];
+		bool    set, recent;
+	} stamp;
 };
 
 /*
@@ -109,6 +117,25 @@ int  mbox_msg_open(struct mbox *, struct mbox_msg *);
 int  mbox_msg_read(struct mbox *, struct mbox_msg *, struct buf *out);
 /* read at most the header section (up to and incl. the empty line); 0 or -1 */
 int  mbox_msg_read_header(struct mbox *, struct mbox_msg *, struct buf *out);
+
+/*
+ * The envelope-field cache, <folder>/moat-cache: for each UID the header
+ * fields ENVELOPE and the common SEARCH keys need (mbox_cached_field), as
+ * they appear in the message (LF line ends, folded lines kept, the empty
+ * line at the end), so FETCH ENVELOPE and SEARCH FROM/SUBJECT/... do not
+ * open every file.  Records are appended (checksummed, under the folder
+ * lock), keyed by UID and a hash of the file's base name (message files
+ * never change and a base name keeps its UID, so flag renames need
+ * nothing; expunged UIDs are dropped when the file is compacted; a file
+ * of another UIDVALIDITY is not used).  A torn tail is cut off, a foreign
+ * file rewritten, at most 8 KiB per message; deleting it is always safe.
+ */
+/* those fields of the message's header into out (appended); 0 or -1 (gone) */
+int  mbox_msg_envhdr(struct mbox *, struct mbox_msg *, struct buf *out);
+/* true for a header field name that mbox_msg_envhdr returns */
+bool mbox_cached_field(const char *name);
+/* write what was read since the last flush into the cache file */
+void mbox_cache_flush(struct mbox *);
 
 /* keyword name -> bit, reading dovecot-keywords; with create, a new name
  * takes a free index (written under the folder's lock).  0 when unknown

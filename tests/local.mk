@@ -118,6 +118,8 @@ TESTS += tests/integration/test_imap_keywords.py
 EXTRA_DIST += tests/integration/test_imap_keywords.py
 TESTS += tests/integration/test_imap_dovecot.py
 EXTRA_DIST += tests/integration/test_imap_dovecot.py tests/integration/imapdiff.py
+TESTS += tests/integration/test_imaptest.py tests/integration/test_imap_conformance.py
+EXTRA_DIST += tests/integration/test_imaptest.py tests/integration/imaptest.py tests/integration/test_imap_conformance.py
 
 # ---- GeoIP, greylisting, early talkers (issue #4) ----
 check_PROGRAMS += tests/unit/test_geoip tests/unit/test_greylist

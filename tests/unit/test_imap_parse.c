@@ -108,7 +108,11 @@ main(void)
 	ok(imap_args_parse("a)", 2, &a, &n, &err) < 0, "stray ): %s", err ? err : "");
 	ok(imap_args_parse("\"abc", 4, &a, &n, &err) < 0, "unterminated quote");
 	ok(imap_args_parse("{10}\r\nab", 8, &a, &n, &err) < 0, "literal longer than the data");
-	ok(imap_args_parse("BODY[HEADER", 11, &a, &n, &err) < 0, "missing ]");
+	ok(imap_args_parse("BODY[HEADER", 11, &a, &n, &err) == 0 && n == 1 && a[0].type == IA_ATOM && a[0].len == 11,
+	   "'[' without ']' is an ATOM-CHAR (imaptest atoms)");
+	imap_args_free(a, n);
+	ok(imap_args_parse("a[b} x", 6, &a, &n, &err) == 0 && n == 2 && a[0].len == 4, "mailbox atom with [ and }");
+	imap_args_free(a, n);
 	ok(imap_args_parse("\x01", 1, &a, &n, &err) < 0, "control character");
 
 	ok(imap_seqset_parse("1,3:5,7:*", 9, &set), "seqset parse");
@@ -116,6 +120,12 @@ main(void)
 	   imap_seqset_has(&set, 1, 10), "seqset membership");
 	imap_seqset_free(&set);
 	ok(imap_seqset_parse("5:2", 3, &set) && imap_seqset_has(&set, 3, 9), "reversed range");
+	imap_seqset_free(&set);
+	ok(imap_seqset_parse("1:4294967295", 12, &set) && imap_seqset_has(&set, 7, 9) &&
+	   imap_seqset_has(&set, 9, 9), "seqset up to 4294967295 (imaptest search-sets)");
+	imap_seqset_free(&set);
+	ok(imap_seqset_parse("10:4294967295", 13, &set) && !imap_seqset_has(&set, 9, 9),
+	   "10:4294967295 does not match the highest UID 9 (unlike 10:*)");
 	imap_seqset_free(&set);
 	ok(!imap_seqset_parse("0", 1, &set) && !imap_seqset_parse("1,", 2, &set) && !imap_seqset_parse("a", 1, &set) &&
 	   !imap_seqset_parse("4294967296", 10, &set) && !imap_seqset_parse("", 0, &set), "bad seqsets");

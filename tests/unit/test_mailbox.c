@@ -2,7 +2,9 @@
  * test_mailbox.c - unit tests of store/mailbox.c: UIDs assigned in
  * arrival order and stable across syncs and flag changes, new/ -> cur/
  * with \Recent, flags in the info suffix, append/copy/expunge, a lost
- * index rebuilt with a new UIDVALIDITY, folders and subscriptions.
+ * index rebuilt with a new UIDVALIDITY, folders and subscriptions, the
+ * envelope-field cache (served without the file, a torn tail dropped,
+ * rebuilt when deleted or when the UIDVALIDITY changes).
  */
 #include "config.h"
 #include "mailbox.h"
@@ -12,7 +14,9 @@
 #include "t.h"
 
 #include <dirent.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -24,6 +28,116 @@ deliver(const char *root, const char *text)
 	struct maildir_msg m;
 	if (maildir_open(&m, root) < 0 || maildir_write(&m, text, strlen(text)) < 0 || maildir_commit(&m) < 0)
 		printf("# deliver failed\n");
+}
+
+/* replace the text of a message file in place (as if read from elsewhere) */
+static void
+overwrite(const char *root, const struct mbox_msg *m, const char *text)
+{
+	char p[PATH_MAX];
+	FILE *f;
+	snprintf(p, sizeof(p), "%s/cur/%s", root, m->file);
+	if ((f = fopen(p, "w")) == NULL || fputs(text, f) < 0 || fclose(f) != 0)
+		printf("# overwrite %s failed\n", p);
+}
+
+static long long
+fsize(const char *dir, const char *name)
+{
+	char p[PATH_MAX];
+	struct stat st;
+	snprintf(p, sizeof(p), "%s/%s", dir, name);
+	return stat(p, &st) < 0 ? -1 : (long long)st.st_size;
+}
+
+/* the cached fields of the message with uid in a fresh session */
+static bool
+envhdr_is(const char *root, uint32_t uid, const char *want)
+{
+	char *err = NULL;
+	struct mbox *mb = mbox_open(root, "INBOX", &err);
+	struct buf b = BUF_INIT;
+	bool r = false;
+	if (mb != NULL && mbox_sync(mb, true, &err) == 0 && mbox_find(mb, uid) != NULL &&
+	    mbox_msg_envhdr(mb, mbox_find(mb, uid), &b) == 0)
+		r = b.data != NULL && strcmp(b.data, want) == 0;
+	if (!r)
+		printf("# uid %u: got \"%s\" want \"%s\"\n", uid, b.data ? b.data : "(null)", want);
+	mbox_cache_flush(mb);
+	mbox_close(mb);
+	buf_free(&b);
+	free(err);
+	return r;
+}
+
+static void
+test_cache(void)
+{
+	char root[PATH_MAX], p[PATH_MAX], *err = NULL;
+	struct mbox *mb;
+	struct buf b = BUF_INIT;
+	FILE *f;
+
+	snprintf(root, sizeof(root), "%s/cachebox", tmpdir);
+	ok(maildir_create(root, NULL, NULL) == 0, "cache: mailbox created");
+	deliver(root, "Received: by x\nFrom: A <a@x.test>\nX-Other: no\nSubject: one\n two\nTo: b@x.test\n\nbody\n");
+	deliver(root, "Subject: second\nMessage-ID: <2@x>\n\nbody: x\nFrom: not a header\n");
+	deliver(root, "From: c@x.test\n\n");
+	ok(mbox_cached_field("from") && mbox_cached_field("Message-ID") && !mbox_cached_field("X-Other"),
+	   "cache: the envelope fields");
+	mb = mbox_open(root, "INBOX", &err);
+	ok(mb != NULL && mbox_sync(mb, true, &err) == 0 && mb->nmsgs == 3, "cache: 3 messages");
+	if (mb == NULL || mb->nmsgs != 3)
+		return;
+	ok(mbox_msg_envhdr(mb, &mb->msgs[0], &b) == 0 &&
+	   !strcmp(b.data, "From: A <a@x.test>\nSubject: one\n two\nTo: b@x.test\n\n"),
+	   "cache: fields of message 1, folded line kept, others left out");
+	buf_reset(&b);
+	ok(mbox_msg_envhdr(mb, &mb->msgs[1], &b) == 0 && !strcmp(b.data, "Subject: second\nMessage-ID: <2@x>\n\n"),
+	   "cache: only the header section");
+	buf_reset(&b);
+	ok(mbox_msg_envhdr(mb, &mb->msgs[2], &b) == 0 && !strcmp(b.data, "From: c@x.test\n\n"), "cache: message 3");
+	ok(fsize(root, "moat-cache") < 0, "cache: nothing written before the flush");
+	mbox_cache_flush(mb);
+	long long size3 = fsize(root, "moat-cache");
+	ok(size3 > 32, "cache: written by the flush (%lld bytes)", size3);
+
+	/* served from the cache: the file is not read again */
+	overwrite(root, &mb->msgs[0], "Subject: changed\n\n");
+	ok(envhdr_is(root, 1, "From: A <a@x.test>\nSubject: one\n two\nTo: b@x.test\n\n"), "cache: hit in another session");
+	is_int(fsize(root, "moat-cache"), size3, "cache: a hit writes nothing");
+
+	/* a torn tail (a crash while appending): the records before it count,
+	 * the next append replaces it */
+	snprintf(p, sizeof(p), "%s/moat-cache", root);
+	if ((f = fopen(p, "a")) != NULL) {
+		fputs("\x04\0\0\0\xff", f);
+		fclose(f);
+	}
+	ok(envhdr_is(root, 1, "From: A <a@x.test>\nSubject: one\n two\nTo: b@x.test\n\n"), "cache: valid records before a torn tail");
+	deliver(root, "Subject: four\n\n");
+	ok(envhdr_is(root, 4, "Subject: four\n\n"), "cache: a new message");
+	ok(fsize(root, "moat-cache") == size3 + 16 + 15, "cache: torn tail replaced by the new record (%lld)",
+	   fsize(root, "moat-cache"));
+	ok(envhdr_is(root, 2, "Subject: second\nMessage-ID: <2@x>\n\n"), "cache: still readable");
+
+	/* deleted: rebuilt from the files */
+	unlink(p);
+	ok(envhdr_is(root, 1, "Subject: changed\n\n"), "cache: deleted, read from the file again");
+	ok(fsize(root, "moat-cache") > 32, "cache: rewritten");
+
+	/* the index lost: UIDs given again (the first message gone, uid 1
+	 * is now the second one); its old records must not be used, whether
+	 * the new UIDVALIDITY differs or (same second) not */
+	snprintf(p, sizeof(p), "%s/cur/%s", root, mb->msgs[0].file);
+	unlink(p);
+	snprintf(p, sizeof(p), "%s/moat-uidlist", root);
+	unlink(p);
+	ok(envhdr_is(root, 1, "Subject: second\nMessage-ID: <2@x>\n\n"), "cache: not used for UIDs given again");
+
+	mbox_close(mb);
+	buf_free(&b);
+	free(err);
 }
 
 static int
@@ -158,6 +272,8 @@ main(void)
 	ok(mbox_delete(root, "Job.2024", &err) == 0 && mbox_delete(root, "INBOX", &err) < 0, "delete");
 	struct mbox_status st;
 	ok(mbox_get_status(root, "Sent", &st, &err) == 0 && st.messages == 2 && st.uidnext == 3, "status");
+
+	test_cache();
 
 	/* throttle */
 	ok(mbox_throttle_delay("192.0.2.1") == 0, "no delay at first");
