@@ -11,11 +11,17 @@ negatives at the threshold that gives <= 0.1% false positives.
 
   bayes_cv.py --moat BUILDDIR/moat [--tools moat,bogofilter,spamassassin]
               [--folds 5] [--seed 1] [--sa-sample N] [--limit N] [--work DIR]
+              [--moat-params "SET;SET..."] [--dump FILE]
 
 --sa-sample N: SpamAssassin is trained on N random messages of each training
 set and tests N/4 of each test fold (it is slow); moat and bogofilter are
 then also reported on exactly that subsample, so all three are compared on
 the same splits.
+
+--moat-params "max_tokens=25;min_dev=0.3,x=0.55": after training, moat
+classifies every fold once more per set (MOAT_BAYES_PARAMS, no retraining),
+reported as moat[SET]: for tuning (use another --seed than the one reported).
+--dump FILE: every score as "TOOL VARIANT FOLD SCORE IS_SPAM FILE".
 """
 import argparse
 import hashlib
@@ -92,11 +98,14 @@ class Moat:
         subprocess.run([self.exe, "-c", self.conf, "bayes", "train", "--spam", s, "--ham", h],
                        check=True, stdout=subprocess.DEVNULL)
 
-    def classify(self, files):
+    def classify(self, files, params=None):
         out = {}
+        env = dict(os.environ)
+        if params:
+            env["MOAT_BAYES_PARAMS"] = params
         for ch in chunks(files, 500):
             r = subprocess.run([self.exe, "-c", self.conf, "bayes", "classify"] + ch + ["/dev/null"],
-                               check=True, capture_output=True, text=True)
+                               check=True, capture_output=True, text=True, env=env)
             for line in r.stdout.splitlines():
                 p, prob, _ = line.rsplit(" ", 2)
                 out[p] = float(prob)
@@ -266,6 +275,10 @@ def main():
     ap.add_argument("--sa-sample", type=int, default=0)
     ap.add_argument("--only-fold", type=int, default=-1)
     ap.add_argument("--work")
+    ap.add_argument("--moat-params", default="",
+                    help="';'-separated MOAT_BAYES_PARAMS sets: moat classifies each fold "
+                    "once more per set (reported as moat[SET]); for tuning")
+    ap.add_argument("--dump", help="write every score as TOOL VARIANT FOLD SCORE LABEL FILE")
     a = ap.parse_args()
     tools = a.tools.split(",")
     msgs = load(a.limit)
@@ -274,8 +287,10 @@ def main():
           % (CORPUS, len(msgs), nspam, len(msgs) - nspam, a.folds, a.seed), flush=True)
     work = a.work or tempfile.mkdtemp(prefix="bayes-bench-")
     label = {p: s for p, s, _ in msgs}
-    scores = {t: [] for t in tools}
-    sub_scores = {t: [] for t in tools}
+    extra = ["moat[%s]" % ps for ps in a.moat_params.split(";") if ps] if "moat" in tools else []
+    scores = {t: [] for t in tools + extra}
+    sub_scores = {t: [] for t in tools + extra}
+    dump = open(a.dump, "w") if a.dump else None
     timing = {}
 
     def cpu():
@@ -317,14 +332,19 @@ def main():
                 tm[3] += t2 - t1
                 tm[4] += c2 - c1
                 tm[5] += len(te)
-                dst = scores[t] if vname == "full" else sub_scores[t]
+                runs = [(t, res)]
+                if t == "moat":
+                    runs += [(e, tool.classify(files, e[5:-1])) for e in extra]
                 missing = 0
-                for p in files:
-                    if p in res:
-                        dst.append((res[p], label[p]))
-                    else:
-                        missing += 1
-                        dst.append((0.5, label[p]))
+                for tn, rs in runs:
+                    dst = scores[tn] if vname == "full" else sub_scores[tn]
+                    for p in files:
+                        if p not in rs:
+                            missing += 1
+                        dst.append((rs.get(p, 0.5), label[p]))
+                        if dump:
+                            dump.write("%s %s %d %.6f %d %s\n" % (tn, vname, k, rs.get(p, 0.5),
+                                                                 label[p], p))
                 print("# fold %d %-12s %-4s train %5d in %6.1fs, classify %5d in %6.1fs%s"
                       % (k, t, vname, len(tr), t1 - t0, len(te), t2 - t1,
                          ", %d unscored" % missing if missing else ""), flush=True)
@@ -335,18 +355,18 @@ def main():
         print("%-13s %6s %7s %7s %9s %11s %16s %16s" % ("tool", "cut", "FP%", "FN%", "ROC AUC",
               "FN%@0.1%FP", "train msg/s", "classify msg/s"))
         print("%-13s %6s %7s %7s %9s %11s %16s %16s" % ("", "", "", "", "", "", "wall (cpu)", "wall (cpu)"))
-        for t in tools:
+        for t in tools + extra:
             s = sc[t]
             if not s:
                 continue
-            fp, fn, _, _ = rates(s, cuts[t])
+            fp, fn, _, _ = rates(s, cuts[t.split("[")[0]])
             fz, nfn, cut = fn_at_fp(s)
             tm = timing.get((t, vname))
             sp = lambda n, w, c: "%7.0f (%6.0f)" % (n / w if w else 0, n / c if c else 0)
             tr = sp(tm[2], tm[0], tm[1]) if tm else "-"
             cl = sp(tm[5], tm[3], tm[4]) if tm else "-"
             print("%-13s %6.3f %7.3f %7.3f %9.5f %7.3f (%2d) %16s %16s" % (
-                t, cuts[t], 100 * fp, 100 * fn, auc(s), 100 * fz, nfn, tr, cl))
+                t, cuts[t.split("[")[0]], 100 * fp, 100 * fn, auc(s), 100 * fz, nfn, tr, cl))
     table("all messages, %d-fold (FP/FN at each tool's usual cut-off; FN%%@0.1%%FP with the count)"
           % a.folds, scores, "full")
     if a.sa_sample:

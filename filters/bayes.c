@@ -5,14 +5,19 @@
  * Tokens (each counted once per message):
  *   body words      of the decoded text parts and the HTML rendered as text,
  *                   case-folded, 3..40 bytes (longer: "sk:<first char><len/10>"),
- *                   pure numbers skipped; plus pairs of adjacent words ("a b")
+ *                   pure numbers skipped; plus pairs of adjacent words ("a b");
+ *                   an all-capitals word also as written ("C:FREE")
  *   header words    prefixed per header: "s:" Subject, "f:" From, "t:" To/Cc,
- *                   "rt:" Reply-To, "rp:" Return-Path, "r:" Received,
- *                   "xm:" X-Mailer/User-Agent, "mid:" Message-ID, "li:" List-Id,
- *                   "ct:" Content-Type; "H:<name>" for every header present
- *                   (X-Spam-*, X-Bogosity and the like are ignored: they are
- *                   other filters' verdicts)
- *   URLs            "u:<host>" and each parent domain down to two labels
+ *                   "rt:" Reply-To, "rp:" Return-Path/Errors-To, "r:" Received
+ *                   (the first BAYES_RECEIVED), "xm:" X-Mailer/User-Agent,
+ *                   "mid:" Message-ID (and "mids:" its shape), "li:" List-Id,
+ *                   "ct:" Content-Type, "pr:" Precedence, "xp:" X-Priority/Importance,
+ *                   "lu:" List-Unsubscribe; "x:" the first words of any other
+ *                   header; "H:<name>" for every header present (X-Spam-*,
+ *                   X-Bogosity and the like are ignored: they are other
+ *                   filters' verdicts)
+ *   URLs            "u:<host>" and each parent domain down to two labels,
+ *                   "up:" the words of the path and query
  *   attachments     "a:<type>", "ae:<extension>"; "p:<type>" per text part;
  *                   "mime:<flag>" for what the parser cut or found broken
  *
@@ -49,6 +54,9 @@
 #define BAYES_MAX_HDR      4096           /* bytes of one header value tokenized */
 #define BAYES_WORD_MIN     3
 #define BAYES_WORD_MAX     40
+#define BAYES_RECEIVED     10             /* Received headers tokenized (the last hops) */
+#define BAYES_MAX_OTHER    256            /* bytes of another header's value tokenized */
+#define BAYES_MAX_PATH     512            /* bytes of a URL's path and query tokenized */
 
 struct bayes {
 	const struct bayes_store_ops *ops;
@@ -101,8 +109,8 @@ bayes_params_default(struct bayes_params *p)
 	memset(p, 0, sizeof(*p));
 	p->s = 0.05;
 	p->x = 0.5;
-	p->min_dev = 0.2;
-	p->max_tokens = 50;
+	p->min_dev = 0.3;
+	p->max_tokens = 25;
 	p->min_learned = 200;
 	memcpy(p->band_score, scores, sizeof(scores));
 }
@@ -294,9 +302,10 @@ word_cp(long c)
 struct tok_ctx {
 	void (*emit)(void *, const char *, size_t);
 	void  *arg;
-	char   prev[BAYES_WORD_MAX + 8];
+	char   prev[BAYES_WORD_MAX * 4 + 8];    /* the last word, folded */
 	size_t prevlen;
 	bool   pairs;
+	bool   caps;                    /* also emit all-capitals words as written */
 };
 
 static void
@@ -336,6 +345,18 @@ emit_word(struct tok_ctx *t, const char *prefix, const char *w, size_t wl)
 	memcpy(tok, prefix, pl);
 	memcpy(tok + pl, f, fl);
 	t->emit(t->arg, tok, pl + fl);
+	if (t->caps && fl == wl) {
+		/* an all-capitals ASCII word also as written ("C:FREE"): shouting
+		 * is a spam sign the folded word loses */
+		size_t nup = 0;
+		for (size_t i = 0; i < wl && isupper((unsigned char)w[i]); i++)
+			nup++;
+		if (nup == wl && pl + 2 + wl < sizeof(tok)) {
+			memcpy(tok + pl, "C:", 2);
+			memcpy(tok + pl + 2, w, wl);
+			t->emit(t->arg, tok, pl + 2 + wl);
+		}
+	}
 	if (t->pairs) {
 		if (t->prevlen) {
 			char pair[sizeof(t->prev) + BAYES_WORD_MAX * 4 + 16];
@@ -426,6 +447,33 @@ emit_str(struct tok_ctx *t, const char *prefix, const char *s, size_t len)
 	t->emit(t->arg, tok, pl + len);
 }
 
+/* "mids:" the shape of a Message-ID's local part: runs of digits "9", of
+ * lowercase "a", uppercase "A", hex-looking mixed "x", other bytes as they are */
+static void
+msgid_shape(struct tok_ctx *t, const char *v, size_t vl)
+{
+	char shape[48];
+	size_t n = 0, i = 0;
+	char last = 0;
+
+	while (i < vl && (v[i] == ' ' || v[i] == '<'))
+		i++;
+	for (; i < vl && v[i] != '@' && v[i] != '>' && n < sizeof(shape) - 1; i++) {
+		unsigned char c = (unsigned char)v[i];
+		char k = isdigit(c) ? '9' : islower(c) ? 'a' : isupper(c) ? 'A' :
+		    c < 0x80 && isprint(c) ? (char)c : '?';
+		if ((k == 'a' || k == 'A' || k == '9') && k == last)
+			continue;
+		shape[n++] = last = k;
+	}
+	if (n) {                                /* as it is: emit_str folds case */
+		char tok[sizeof(shape) + 8];
+		memcpy(tok, "mids:", 5);
+		memcpy(tok + 5, shape, n);
+		t->emit(t->arg, tok, 5 + n);
+	}
+}
+
 void
 bayes_tokenize(const struct mime_msg *m, void (*emit)(void *, const char *, size_t), void *arg)
 {
@@ -435,6 +483,9 @@ bayes_tokenize(const struct mime_msg *m, void (*emit)(void *, const char *, size
 		{ "x-mailer", "xm:" }, { "user-agent", "xm:" }, { "message-id", "mid:" },
 		{ "list-id", "li:" }, { "content-type", "ct:" }, { "sender", "f:" },
 		{ "organization", "o:" }, { "x-originating-ip", "r:" },
+		{ "precedence", "pr:" },
+		{ "x-priority", "xp:" }, { "importance", "xp:" }, { "list-unsubscribe", "lu:" },
+		{ "x-mailing-list", "li:" }, { "mailing-list", "li:" }, { "errors-to", "rp:" },
 	};
 	struct tok_ctx t = { .emit = emit, .arg = arg };
 	size_t budget = BAYES_MAX_TEXT;
@@ -450,18 +501,26 @@ bayes_tokenize(const struct mime_msg *m, void (*emit)(void *, const char *, size
 		emit_str(&t, "H:", h->name, strlen(h->name));
 		if (vl > BAYES_MAX_HDR)
 			vl = BAYES_MAX_HDR;
-		for (size_t k = 0; k < ARRAY_SIZE(hdrs); k++) {
+		size_t k;
+		for (k = 0; k < ARRAY_SIZE(hdrs); k++) {
 			if (ascii_strcasecmp(h->name, hdrs[k].name) != 0)
 				continue;
-			if (k == 6 && ++nrcvd > 3)      /* the first Received lines only */
-				break;
+			if (k == 6 && ++nrcvd > BAYES_RECEIVED)
+				break;                  /* the first Received lines only */
 			t.pairs = k == 0;               /* pairs in the Subject */
 			tokenize_text(&t, hdrs[k].prefix, h->value, vl);
+			if (k == 9)
+				msgid_shape(&t, h->value, vl);
 			break;
+		}
+		if (k == ARRAY_SIZE(hdrs)) {    /* any other header: its first words */
+			t.pairs = false;
+			tokenize_text(&t, "x:", h->value, vl < BAYES_MAX_OTHER ? vl : BAYES_MAX_OTHER);
 		}
 	}
 	/* body */
 	t.pairs = true;
+	t.caps = true;
 	for (size_t i = 0; i < mime_text_count(m) && budget; i++) {
 		const struct mime_text *x = mime_text_at(m, i);
 		size_t l = x->len < budget ? x->len : budget;
@@ -471,6 +530,7 @@ bayes_tokenize(const struct mime_msg *m, void (*emit)(void *, const char *, size
 		budget -= l;
 	}
 	t.pairs = false;
+	t.caps = false;
 	/* URL hosts and their parent domains */
 	for (size_t i = 0; i < mime_url_count(m) && i < 200; i++) {
 		const char *h = mime_url_at(m, i)->host, *d;
@@ -479,6 +539,12 @@ bayes_tokenize(const struct mime_msg *m, void (*emit)(void *, const char *, size
 		emit_str(&t, "u:", h, hl);
 		for (d = strchr(h, '.'); d && strchr(d + 1, '.'); d = strchr(d + 1, '.'))
 			emit_str(&t, "u:", d + 1, hl - (size_t)(d + 1 - h));
+		/* and the words of its path and query */
+		const char *u = mime_url_at(m, i)->url, *path;
+		if ((path = strstr(u, "://")) != NULL && (path = strchr(path + 3, '/')) != NULL) {
+			size_t ul = strlen(path);
+			tokenize_text(&t, "up:", path, ul < BAYES_MAX_PATH ? ul : BAYES_MAX_PATH);
+		}
 	}
 	/* attachments */
 	for (size_t i = 0; i < mime_attachment_count(m) && i < 100; i++) {
@@ -790,7 +856,10 @@ static int
 clue_cmp(const void *a, const void *b)
 {
 	const struct clue *x = a, *y = b;
-	return x->dev < y->dev ? 1 : x->dev > y->dev ? -1 : 0;
+	/* most extreme first; ties in the order the message has them */
+	if (x->dev != y->dev)
+		return x->dev < y->dev ? 1 : -1;
+	return x->off < y->off ? -1 : x->off > y->off;
 }
 
 int

@@ -106,6 +106,25 @@ main(void)
 	    "Content-Disposition: attachment; filename=\"Invoice.ZIP\"\n"
 	    "Content-Transfer-Encoding: base64\n\nUEsDBA==\n--b--\n", &t);
 	ok(has_tok(&t, "a:application/zip") && has_tok(&t, "ae:zip"), "attachment type and extension");
+	/* tokenizer 2: capitals, URL paths, Message-ID shape, more headers */
+	tokens_of("Subject: x\nMessage-ID: <20261123.AbC99x@mail.example>\n"
+	    "Content-Transfer-Encoding: 8bit\nPrecedence: bulk\n\n"
+	    "one two three four five. Visit http://shop.example/Buy-Now/cheap.php?id=77 FREE offer\n", &t);
+	ok(has_tok(&t, "one two") && has_tok(&t, "two three"), "adjacent pairs");
+	ok(!has_tok(&t, "five visit"), "pairs stop at a full stop");
+	ok(has_tok(&t, "C:FREE") && has_tok(&t, "free") && !has_tok(&t, "C:offer"),
+	    "all-capitals variant of a capitalised word");
+	ok(has_tok(&t, "up:buy-now") && has_tok(&t, "up:cheap.php"), "URL path words");
+	ok(has_tok(&t, "mids:9.AaA9a"), "Message-ID shape");
+	ok(has_tok(&t, "pr:bulk"), "Precedence");
+	tokens_of("Received: from a.example by b.example\nReceived: from c.example by d.example\n"
+	    "Received: from e.example\nReceived: from f.example\nReceived: from g.example\n"
+	    "X-Campaign-Tag: Spring Sale\nSubject: MP3 ABC\n\nBody MP3 Xy\n", &t);
+	ok(has_tok(&t, "r:a.example") && has_tok(&t, "r:g.example"), "Received lines past the third");
+	ok(has_tok(&t, "x:spring") && has_tok(&t, "x:sale") && has_tok(&t, "H:x-campaign-tag"),
+	    "other headers' words prefixed x:");
+	ok(!has_tok(&t, "C:MP3") && !has_tok(&t, "C:Xy") && !has_tok(&t, "s:C:ABC"),
+	    "no capitals variant for digits, mixed case or headers");
 	is_int(bayes_hash("abc", 3), bayes_hash("abc", 3), "hash is stable");
 	ok(bayes_hash("abc", 3) != bayes_hash("abd", 3), "hash differs");
 
