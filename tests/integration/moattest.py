@@ -320,6 +320,118 @@ def null_dns():
     return _null_dns[0]
 
 
+class Dovecot:
+    """Dovecot (dovecot-imapd) on a free loopback port with its own config,
+    users and Maildirs in a temporary directory, for comparisons with moat.
+    Needs root (its login processes run as Dovecot's system users); mail is
+    owned by uid 65534.  Dovecot.unavailable() says why it cannot run.
+
+        with Dovecot({"alice@example.test": "pw"}, special_use=True) as d:
+            ... d.port ...
+    """
+    BIN = shutil.which("dovecot") or "/usr/sbin/dovecot"
+    SPECIAL_USE = """  mailbox INBOX {
+    auto = subscribe
+  }
+  mailbox Drafts {
+    auto = subscribe
+    special_use = \\Drafts
+  }
+  mailbox Junk {
+    auto = subscribe
+    special_use = \\Junk
+  }
+  mailbox Sent {
+    auto = subscribe
+    special_use = \\Sent
+  }
+  mailbox Trash {
+    auto = subscribe
+    special_use = \\Trash
+  }
+"""
+
+    @classmethod
+    def unavailable(cls):
+        if not os.path.exists(cls.BIN):
+            return "dovecot not installed (apt-get install dovecot-imapd)"
+        if os.geteuid() != 0:
+            return "Dovecot needs root to start its login processes (CI runs as root)"
+        return None
+
+    def __init__(self, users, special_use=False, prefix="moat-dovecot-"):
+        self.tmp = make_tmpdir(prefix)
+        self.port = free_port()
+        self.mail = os.path.join(self.tmp, "mail")
+        self.conf = os.path.join(self.tmp, "dovecot.conf")
+        os.makedirs(self.mail)
+        os.chown(self.mail, 65534, 65534)
+        for d in ("run", "state"):
+            os.makedirs(os.path.join(self.tmp, d))
+        with open(os.path.join(self.tmp, "users"), "w") as f:
+            for u, pw in users.items():
+                f.write("%s:{PLAIN}%s\n" % (u, pw))
+        with open(self.conf, "w") as f:
+            f.write("""base_dir = {t}/run
+state_dir = {t}/state
+log_path = {t}/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+mail_location = maildir:{t}/mail/%u
+default_internal_user = dovecot
+default_login_user = dovenull
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {t}/users
+}}
+userdb {{
+  driver = static
+  args = uid=65534 gid=65534 home={t}/mail/%u
+}}
+service anvil {{
+  chroot =
+}}
+service imap-login {{
+  chroot =
+  inet_listener imap {{
+    port = {p}
+  }}
+}}
+namespace inbox {{
+  inbox = yes
+  separator = .
+{su}}}
+""".format(t=self.tmp, p=self.port, su=self.SPECIAL_USE if special_use else ""))
+        # the daemon keeps its stdio: no pipes here, or run() waits for it
+        errf = os.path.join(self.tmp, "start.err")
+        with open(errf, "w") as ef:
+            r = subprocess.run([self.BIN, "-c", self.conf], stdin=subprocess.DEVNULL, stdout=ef,
+                               stderr=ef)
+        if r.returncode != 0 or not wait_port(self.port, timeout=10):
+            log = os.path.join(self.tmp, "dovecot.log")
+            why = open(errf).read() + (open(log).read() if os.path.exists(log) else "")
+            self.stop()
+            raise RuntimeError("Dovecot did not start: " + why)
+
+    def stop(self):
+        if self.tmp is None:
+            return
+        subprocess.run([self.BIN, "-c", self.conf, "stop"], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.stop()
+
+
 def children(pid):
     """direct children of pid (from /proc)."""
     out = []

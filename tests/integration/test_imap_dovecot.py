@@ -10,21 +10,15 @@ deliberate deviations are listed below with the reason; anything else
 that differs fails.  Skips when Dovecot is not installed or the test does
 not run as root (Dovecot's login processes need their system users)."""
 import os
-import shutil
-import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from moattest import TAP, Moat, free_port, make_tmpdir, wait_port  # noqa: E402
+from moattest import TAP, Dovecot, Moat, free_port  # noqa: E402
 import imapdiff  # noqa: E402
 
 t = TAP()
-DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
-if not os.path.exists(DOVECOT):
-    t.skip_all("dovecot not installed (apt-get install dovecot-imapd)")
-if os.geteuid() != 0:
-    t.skip_all("Dovecot needs root to start its login processes (CI runs as root)")
+if Dovecot.unavailable():
+    t.skip_all(Dovecot.unavailable())
 
 # command -> why moat answers differently on purpose
 DEVIATIONS = {
@@ -33,79 +27,12 @@ DEVIATIONS = {
         "RFC 2046 5.1.1 gives that CRLF to the outer delimiter, and moat follows the RFC",
 }
 
-tmp = make_tmpdir("moat-dovecot-")
-os.chmod(tmp, 0o755)
-port = free_port()
-mail = os.path.join(tmp, "mail")
-os.makedirs(mail)
-os.chown(mail, 65534, 65534)
-for d in ("run", "state"):
-    os.makedirs(os.path.join(tmp, d))
-with open(os.path.join(tmp, "users"), "w") as f:
-    f.write("alice@example.test:{PLAIN}alice-pw\n")
-conf = os.path.join(tmp, "dovecot.conf")
-with open(conf, "w") as f:
-    f.write("""base_dir = {t}/run
-state_dir = {t}/state
-log_path = {t}/dovecot.log
-protocols = imap
-listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-mail_location = maildir:{t}/mail/%u
-default_internal_user = dovecot
-default_login_user = dovenull
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u {t}/users
-}}
-userdb {{
-  driver = static
-  args = uid=65534 gid=65534 home={t}/mail/%u
-}}
-service anvil {{
-  chroot =
-}}
-service imap-login {{
-  chroot =
-  inet_listener imap {{
-    port = {p}
-  }}
-}}
-namespace inbox {{
-  inbox = yes
-  separator = .
-  mailbox INBOX {{
-    auto = subscribe
-  }}
-  mailbox Drafts {{
-    auto = subscribe
-    special_use = \\Drafts
-  }}
-  mailbox Junk {{
-    auto = subscribe
-    special_use = \\Junk
-  }}
-  mailbox Sent {{
-    auto = subscribe
-    special_use = \\Sent
-  }}
-  mailbox Trash {{
-    auto = subscribe
-    special_use = \\Trash
-  }}
-}}
-""".format(t=tmp, p=port))
-
-# the daemon keeps its stdio: no pipes here, or run() waits for it
-errf = os.path.join(tmp, "start.err")
-with open(errf, "w") as ef:
-    r = subprocess.run([DOVECOT, "-c", conf], stdin=subprocess.DEVNULL, stdout=ef, stderr=ef)
-if r.returncode != 0 or not wait_port(port, timeout=10):
-    t.ok(False, "Dovecot starts", open(errf).read() + (open(os.path.join(tmp, "dovecot.log")).read()
-                                              if os.path.exists(os.path.join(tmp, "dovecot.log")) else ""))
+try:
+    dovecot = Dovecot({"alice@example.test": "alice-pw"}, special_use=True)
+except RuntimeError as e:
+    t.ok(False, "Dovecot starts", str(e))
     t.done()
+port = dovecot.port
 try:
     iport = free_port()
     with Moat(extra="listen imap 127.0.0.1:%d\nauth-allow-plaintext yes\n" % iport) as m:
@@ -131,8 +58,5 @@ try:
             else:
                 t.ok(True, "%s: same responses as Dovecot" % cmd)
 finally:
-    subprocess.run([DOVECOT, "-c", conf, "stop"], stdin=subprocess.DEVNULL,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)
-    shutil.rmtree(tmp, ignore_errors=True)
+    dovecot.stop()
 t.done()

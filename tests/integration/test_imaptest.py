@@ -16,13 +16,10 @@ against a fresh SELECT at the end) on both servers: 0 errors wanted.
 IMAPTEST_GROUPS="fetch copy" restricts the run (for development);
 IMAPTEST_STRESS_SECS sets the stress time (default 6, 0 = no stress run)."""
 import os
-import shutil
-import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from moattest import SHARED, TAP, Moat, free_port, make_tmpdir, wait_port  # noqa: E402
+from moattest import SHARED, TAP, Dovecot, Moat, free_port  # noqa: E402
 import imaptest  # noqa: E402
 
 # group -> why moat fails it (kept visible; see docs/imap.md "imaptest")
@@ -74,77 +71,19 @@ def run_stress(port, label):
          % (label, n, STRESS_SECS, len(errs)), "\n".join(errs[:10]))
 
 
-def dovecot_conf(tmp, port):
-    return """base_dir = {t}/run
-state_dir = {t}/state
-log_path = {t}/dovecot.log
-protocols = imap
-listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-mail_location = maildir:{t}/mail/%u
-default_internal_user = dovecot
-default_login_user = dovenull
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u {t}/users
-}}
-userdb {{
-  driver = static
-  args = uid=65534 gid=65534 home={t}/mail/%u
-}}
-service anvil {{
-  chroot =
-}}
-service imap-login {{
-  chroot =
-  inet_listener imap {{
-    port = {p}
-  }}
-}}
-namespace inbox {{
-  inbox = yes
-  separator = .
-}}
-""".format(t=tmp, p=port)
-
-
 def run_dovecot():
-    dovecot = shutil.which("dovecot") or "/usr/sbin/dovecot"
-    if not os.path.exists(dovecot):
-        t.ok(True, "Dovecot half # SKIP dovecot not installed")
+    why = Dovecot.unavailable()
+    if why:
+        t.ok(True, "Dovecot half # SKIP " + why)
         return
-    if os.geteuid() != 0:
-        t.ok(True, "Dovecot half # SKIP Dovecot needs root to start its login processes")
-        return
-    tmp = make_tmpdir("moat-imaptest-dovecot-")
-    os.chmod(tmp, 0o755)
-    port = free_port()
-    mail = os.path.join(tmp, "mail")
-    os.makedirs(mail)
-    os.chown(mail, 65534, 65534)
-    for d in ("run", "state"):
-        os.makedirs(os.path.join(tmp, d))
-    with open(os.path.join(tmp, "users"), "w") as f:
-        f.write("%s:{PLAIN}%s\n" % (USER, PASS))
-    conf = os.path.join(tmp, "dovecot.conf")
-    with open(conf, "w") as f:
-        f.write(dovecot_conf(tmp, port))
-    errf = os.path.join(tmp, "start.err")
-    with open(errf, "w") as ef:
-        r = subprocess.run([dovecot, "-c", conf], stdin=subprocess.DEVNULL, stdout=ef, stderr=ef)
     try:
-        if r.returncode != 0 or not wait_port(port, timeout=10):
-            t.ok(False, "Dovecot starts", open(errf).read())
-            return
-        run_all(port, "dovecot", DOVECOT_KNOWN)
-        run_stress(port, "dovecot")
-    finally:
-        subprocess.run([dovecot, "-c", conf, "stop"], stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
-        shutil.rmtree(tmp, ignore_errors=True)
+        d = Dovecot({USER: PASS}, prefix="moat-imaptest-dovecot-")
+    except RuntimeError as e:
+        t.ok(False, "Dovecot starts", str(e))
+        return
+    with d:
+        run_all(d.port, "dovecot", DOVECOT_KNOWN)
+        run_stress(d.port, "dovecot")
 
 
 # the stress checker is not vacuous: a view it cannot follow is an error
