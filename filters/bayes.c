@@ -65,8 +65,75 @@ struct bayes {
 	pthread_t          batch_owner;     /* the thread that opened it: only it uses it */
 	pthread_mutex_t    batch_mu;        /* guards batch and batch_owner */
 	struct bayes_params p;
+	uint64_t           inst;            /* unique per open: keys the read caches */
 	char               err[256];
 };
+
+/*
+ * Read cache, one per thread: the counts of the tokens this thread looked
+ * up lately, valid for one snapshot of the store (the backend's snapshot()
+ * id: LMDB's transaction id, which names one committed state).  A read in
+ * a newer snapshot (anything was learned, by any process) or through
+ * another handle empties it first, so it never answers with counts the
+ * store no longer holds.  Common words recur from message to message: most
+ * lookups of a message are answered here, at one probe of a 1 MiB table,
+ * instead of by a B-tree descent.  Bounded: emptied when 3/4 full.
+ */
+#define TC_BITS  16
+#define TC_SLOTS ((size_t)1 << TC_BITS)
+
+struct tc_ent {
+	uint64_t id;                    /* 0 = empty */
+	uint32_t spam, ham;             /* 0/0: not in the store */
+};
+
+struct tcache {
+	uint64_t inst, snap;
+	size_t   n;
+	struct tc_ent e[TC_SLOTS];
+};
+
+static pthread_key_t tc_key;
+static pthread_once_t tc_once = PTHREAD_ONCE_INIT;
+static uint64_t bayes_inst_next;
+
+static void
+tc_key_init(void)
+{
+	(void)pthread_key_create(&tc_key, free);
+}
+
+/* this thread's cache, emptied unless it holds (inst, snap) */
+static struct tcache *
+tc_get(uint64_t inst, uint64_t snap)
+{
+	struct tcache *tc;
+
+	pthread_once(&tc_once, tc_key_init);
+	if ((tc = pthread_getspecific(tc_key)) == NULL) {
+		tc = xcalloc(1, sizeof(*tc));
+		if (pthread_setspecific(tc_key, tc) != 0) {
+			free(tc);
+			return NULL;
+		}
+	} else if (tc->inst == inst && tc->snap == snap && tc->n < TC_SLOTS / 4 * 3)
+		return tc;
+	memset(tc->e, 0, sizeof(tc->e));
+	tc->n = 0;
+	tc->inst = inst;
+	tc->snap = snap;
+	return tc;
+}
+
+static inline struct tc_ent *
+tc_slot(struct tcache *tc, uint64_t id)
+{
+	size_t j = (size_t)(id >> (64 - TC_BITS));
+
+	while (tc->e[j].id != 0 && tc->e[j].id != id)
+		j = (j + 1) & (TC_SLOTS - 1);
+	return &tc->e[j];
+}
 
 /* the batch's write txn if this thread opened it (the daemon shares one
  * handle between pool threads: a batch is one thread's) */
@@ -280,8 +347,13 @@ bayes_fold(const char *in, size_t len, char *out, size_t outsz)
 static bool
 word_cp(long c)
 {
+	/* ASCII by table: no locale lookup per character */
+	static const uint32_t ascii_word[4] = {
+		0x00000000, 0x03ff0010,         /* '$', '0'-'9' */
+		0x87fffffe, 0x07fffffe,         /* 'A'-'Z', '_', 'a'-'z' */
+	};
 	if (c < 0x80)
-		return isalnum((int)c) || c == '$' || c == '_';
+		return c >= 0 && (ascii_word[c >> 5] >> (c & 31)) & 1;
 	if (c < 0xc0)
 		return c == 0xaa || c == 0xb5 || c == 0xba;     /* ª µ º */
 	if (c == 0xd7 || c == 0xf7)
@@ -572,16 +644,26 @@ struct tokset {
 	uint64_t *ids;                  /* open addressing, 0 = empty */
 	uint32_t *off;                  /* text offset + 1 (with texts) */
 	size_t    cap, n;
+	unsigned  shift;                /* slot = id >> shift: 64 - log2(cap) */
 	struct buf texts;
 	bool      keep_text;
 	bool      full;
 };
 
+/*
+ * Slots are chosen by the id's high bits, so walking the table in slot
+ * order visits the ids in (nearly: linear probing moves a few by a slot or
+ * two) ascending order, which is the token store's key order: lookups in
+ * that order touch neighbouring B-tree pages one after another
+ * (tokset_sorted() finishes the order with an insertion sort, which is
+ * linear on such input).
+ */
 static void
 tokset_init(struct tokset *ts, bool keep_text)
 {
 	memset(ts, 0, sizeof(*ts));
 	ts->cap = 1024;
+	ts->shift = 64 - 10;
 	ts->ids = xcalloc(ts->cap, sizeof(*ts->ids));
 	ts->keep_text = keep_text;
 	if (keep_text)
@@ -604,13 +686,14 @@ tokset_grow(struct tokset *ts)
 	struct tokset old = *ts;
 
 	ts->cap *= 2;
+	ts->shift--;
 	ts->n = 0;
 	ts->ids = xcalloc(ts->cap, sizeof(*ts->ids));
 	ts->off = ts->keep_text ? xcalloc(ts->cap, sizeof(*ts->off)) : NULL;
 	for (size_t i = 0; i < old.cap; i++) {
 		if (old.ids[i] == 0)
 			continue;
-		size_t j = old.ids[i] & (ts->cap - 1);
+		size_t j = (size_t)(old.ids[i] >> ts->shift);
 		while (ts->ids[j])
 			j = (j + 1) & (ts->cap - 1);
 		ts->ids[j] = old.ids[i];
@@ -635,7 +718,7 @@ tokset_add_id(struct tokset *ts, uint64_t id, const char *tok, size_t len)
 	}
 	if ((ts->n + 1) * 2 > ts->cap)
 		tokset_grow(ts);
-	for (j = id & (ts->cap - 1); ts->ids[j]; j = (j + 1) & (ts->cap - 1))
+	for (j = (size_t)(id >> ts->shift); ts->ids[j]; j = (j + 1) & (ts->cap - 1))
 		if (ts->ids[j] == id)
 			return;
 	ts->ids[j] = id;
@@ -645,6 +728,37 @@ tokset_add_id(struct tokset *ts, uint64_t id, const char *tok, size_t len)
 		buf_add(&ts->texts, tok, len);
 		buf_addc(&ts->texts, '\0');
 	}
+}
+
+/* the ids in ascending order (n of them, malloc'ed) and, with texts, their
+ * text offsets in *offp */
+static uint64_t *
+tokset_sorted(const struct tokset *ts, uint32_t **offp)
+{
+	uint64_t *ids = xmalloc((ts->n ? ts->n : 1) * sizeof(*ids));
+	uint32_t *off = offp ? xmalloc((ts->n ? ts->n : 1) * sizeof(*off)) : NULL;
+	size_t n = 0;
+
+	for (size_t i = 0; i < ts->cap; i++) {
+		if (ts->ids[i] == 0)
+			continue;
+		uint64_t id = ts->ids[i];
+		uint32_t o = off ? ts->off[i] : 0;
+		size_t k = n++;
+		/* probing wraps past the end: those few land at the front */
+		while (k > 0 && ids[k - 1] > id) {
+			ids[k] = ids[k - 1];
+			if (off)
+				off[k] = off[k - 1];
+			k--;
+		}
+		ids[k] = id;
+		if (off)
+			off[k] = o;
+	}
+	if (offp)
+		*offp = off;
+	return ids;
 }
 
 static void
@@ -747,6 +861,7 @@ bayes_open_path(const char *path, bool rdonly, char **err)
 	const char *env = getenv("MOAT_BAYES_PARAMS");
 
 	b->ops = &bayes_store_lmdb;
+	b->inst = __atomic_add_fetch(&bayes_inst_next, 1, __ATOMIC_RELAXED);
 	pthread_mutex_init(&b->batch_mu, NULL);
 	bayes_params_default(&b->p);
 	if (env && *env && bayes_params_parse(&b->p, env, err) < 0) {
@@ -852,14 +967,91 @@ struct clue {
 	uint32_t off;
 };
 
-static int
-clue_cmp(const void *a, const void *b)
+/* clue order: most extreme first; ties in the order the message has them */
+static inline bool
+clue_before(const struct clue *x, const struct clue *y)
 {
-	const struct clue *x = a, *y = b;
-	/* most extreme first; ties in the order the message has them */
-	if (x->dev != y->dev)
-		return x->dev < y->dev ? 1 : -1;
-	return x->off < y->off ? -1 : x->off > y->off;
+	return x->dev != y->dev ? x->dev > y->dev : x->off < y->off;
+}
+
+/*
+ * Look up ids[0..n) (ascending) into out[], found[]: through the backend's
+ * get_many when it has one (one cursor walking the key order), else one
+ * get() each.
+ */
+static int
+get_many(struct bayes *b, void *txn, const uint64_t *ids, size_t n,
+    struct bayes_counts *out, uint8_t *found)
+{
+	if (b->ops->get_many)
+		return b->ops->get_many(b->store, txn, ids, n, out, found);
+	for (size_t i = 0; i < n; i++) {
+		int g = b->ops->get(b->store, txn, ids[i], &out[i]);
+		if (g < 0)
+			return -1;
+		found[i] = g == 0;
+	}
+	return 0;
+}
+
+/*
+ * get_many() through this thread's read cache: the misses (still in
+ * ascending order) go to the store, and their answers, found or not, into
+ * the cache.  Not for a write transaction (its own changes are not a
+ * committed snapshot).
+ */
+static int
+lookup(struct bayes *b, void *txn, bool writing, const uint64_t *ids, size_t n,
+    struct bayes_counts *out, uint8_t *found)
+{
+	struct tcache *tc = NULL;
+	uint64_t snap, *mids;
+	size_t *at, nm = 0;
+	struct bayes_counts *mc;
+	uint8_t *mf;
+	int rc;
+
+	if (!writing && b->ops->snapshot && b->ops->snapshot(b->store, txn, &snap) == 0)
+		tc = tc_get(b->inst, snap);
+	if (tc == NULL)
+		return get_many(b, txn, ids, n, out, found);
+	mids = xmalloc((n ? n : 1) * sizeof(*mids));
+	at = xmalloc((n ? n : 1) * sizeof(*at));
+	for (size_t i = 0; i < n; i++) {
+		struct tc_ent *e = tc_slot(tc, ids[i]);
+		if (e->id == ids[i]) {
+			found[i] = e->spam || e->ham;
+			out[i].spam = e->spam;
+			out[i].ham = e->ham;
+			out[i].atime = 0;
+			continue;
+		}
+		mids[nm] = ids[i];
+		at[nm++] = i;
+	}
+	mc = xmalloc((nm ? nm : 1) * sizeof(*mc));
+	mf = xmalloc(nm ? nm : 1);
+	if ((rc = get_many(b, txn, mids, nm, mc, mf)) == 0) {
+		for (size_t k = 0; k < nm; k++) {
+			size_t i = at[k];
+			found[i] = mf[k];
+			out[i] = mc[k];
+			if (tc->n >= TC_SLOTS / 4 * 3)
+				continue;       /* full: answered, not kept */
+			struct tc_ent *e = tc_slot(tc, mids[k]);
+			if (e->id == 0) {
+				e->id = mids[k];
+				e->spam = mf[k] ? mc[k].spam : 0;
+				e->ham = mf[k] ? mc[k].ham : 0;
+				tc->n++;
+			}
+		}
+	}
+	free(mids);
+	free(at);
+	free(mc);
+	free(mf);
+	return rc;
 }
 
 int
@@ -867,8 +1059,12 @@ bayes_classify(struct bayes *b, const struct mime_msg *m, struct bayes_result *r
 {
 	struct tokset ts;
 	struct clue *clues;
+	struct bayes_counts *cnt;
+	uint8_t *found;
+	uint64_t *ids;
+	uint32_t *offs;
 	double *f;
-	size_t nc = 0, use;
+	size_t nc = 0, use, keep;
 	void *txn;
 	int rc = 0;
 
@@ -883,41 +1079,48 @@ bayes_classify(struct bayes *b, const struct mime_msg *m, struct bayes_result *r
 		tokset_free(&ts);
 		return -1;
 	}
-	if (get_totals(b, txn, &r->nspam, &r->nham) < 0) {
+	ids = tokset_sorted(&ts, &offs);
+	cnt = xmalloc((ts.n ? ts.n : 1) * sizeof(*cnt));
+	found = xmalloc(ts.n ? ts.n : 1);
+	if (get_totals(b, txn, &r->nspam, &r->nham) < 0 ||
+	    lookup(b, txn, txn == mine, ids, ts.n, cnt, found) < 0) {
 		seterr(b, "classify");
 		rc = -1;
 	}
-	clues = xcalloc(ts.n ? ts.n : 1, sizeof(*clues));
-	for (size_t i = 0; rc == 0 && i < ts.cap; i++) {
-		struct bayes_counts c;
-		int g;
-
-		if (ts.ids[i] == 0)
-			continue;
-		g = b->ops->get(b->store, txn, ts.ids[i], &c);
-		if (g < 0) {
-			seterr(b, "classify");
-			rc = -1;
-			break;
-		}
-		if (g == 1)
-			c.spam = c.ham = 0;
-		double fw = bayes_token_prob(c.spam, c.ham, r->nspam, r->nham, b->p.s, b->p.x);
-		double dev = fabs(fw - 0.5);
-		if (dev < b->p.min_dev || (c.spam == 0 && c.ham == 0))
-			continue;
-		clues[nc].f = fw;
-		clues[nc].dev = dev;
-		clues[nc].spam = c.spam;
-		clues[nc].ham = c.ham;
-		clues[nc].off = ts.off[i];
-		nc++;
-	}
 	if (txn != mine)
 		b->ops->abort(b->store, txn);
+	/*
+	 * Only the max_tokens most extreme clues are combined: keep them in a
+	 * sorted array of that size (insertion; most clues fall below the
+	 * last one kept and cost one comparison) instead of sorting them all.
+	 * With max_tokens 0 every clue is kept.
+	 */
+	keep = b->p.max_tokens ? b->p.max_tokens : ts.n;
+	clues = xmalloc((keep ? keep : 1) * sizeof(*clues));
+	for (size_t i = 0; rc == 0 && i < ts.n; i++) {
+		struct clue c;
+		size_t k;
+
+		if (!found[i] || (cnt[i].spam == 0 && cnt[i].ham == 0))
+			continue;
+		c.f = bayes_token_prob(cnt[i].spam, cnt[i].ham, r->nspam, r->nham, b->p.s, b->p.x);
+		c.dev = fabs(c.f - 0.5);
+		if (c.dev < b->p.min_dev)
+			continue;
+		c.spam = cnt[i].spam;
+		c.ham = cnt[i].ham;
+		c.off = offs[i];
+		if (nc == keep && !clue_before(&c, &clues[nc - 1]))
+			continue;
+		k = nc < keep ? nc++ : nc - 1;
+		while (k > 0 && clue_before(&c, &clues[k - 1])) {
+			clues[k] = clues[k - 1];
+			k--;
+		}
+		clues[k] = c;
+	}
 	if (rc == 0) {
-		qsort(clues, nc, sizeof(*clues), clue_cmp);
-		use = b->p.max_tokens && nc > b->p.max_tokens ? b->p.max_tokens : nc;
+		use = nc;
 		f = xcalloc(use ? use : 1, sizeof(*f));
 		for (size_t i = 0; i < use; i++)
 			f[i] = clues[i].f;
@@ -937,6 +1140,10 @@ bayes_classify(struct bayes *b, const struct mime_msg *m, struct bayes_result *r
 	r->score = b->p.band_score[r->band];
 	r->ready = r->nspam >= b->p.min_learned && r->nham >= b->p.min_learned;
 	free(clues);
+	free(cnt);
+	free(found);
+	free(ids);
+	free(offs);
 	tokset_free(&ts);
 	return rc;
 }
@@ -945,14 +1152,18 @@ bayes_classify(struct bayes *b, const struct mime_msg *m, struct bayes_result *r
 static int
 apply(struct bayes *b, void *txn, const struct tokset *ts, bool spam, int sign, uint32_t now)
 {
-	for (size_t i = 0; i < ts->cap; i++) {
+	/* in key order: neighbouring B-tree pages one after another */
+	uint64_t *ids = tokset_sorted(ts, NULL);
+	int rc = 0;
+
+	for (size_t i = 0; i < ts->n; i++) {
 		struct bayes_counts c;
 		int g;
 
-		if (ts->ids[i] == 0)
-			continue;
-		if ((g = b->ops->get(b->store, txn, ts->ids[i], &c)) < 0)
-			return -1;
+		if ((g = b->ops->get(b->store, txn, ids[i], &c)) < 0) {
+			rc = -1;
+			break;
+		}
 		if (g == 1) {
 			if (sign < 0)
 				continue;
@@ -965,10 +1176,13 @@ apply(struct bayes *b, void *txn, const struct tokset *ts, bool spam, int sign, 
 			c.atime = now;
 		} else if (*v > 0)
 			(*v)--;
-		if (b->ops->put(b->store, txn, ts->ids[i], &c) < 0)
-			return -1;
+		if (b->ops->put(b->store, txn, ids[i], &c) < 0) {
+			rc = -1;
+			break;
+		}
 	}
-	return 0;
+	free(ids);
+	return rc;
 }
 
 static int

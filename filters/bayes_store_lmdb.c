@@ -149,6 +149,50 @@ l_get(void *s, void *txn, uint64_t id, struct bayes_counts *c)
 	return 0;
 }
 
+/*
+ * With the ids in key order one cursor serves them all: when the next key
+ * lies on the leaf page the cursor is on, LMDB searches that page only
+ * instead of descending from the root again.
+ */
+static int
+l_get_many(void *s, void *txn, const uint64_t *ids, size_t n,
+    struct bayes_counts *out, uint8_t *found)
+{
+	struct lstore *l = s;
+	MDB_cursor *cur;
+	int rc;
+
+	if ((rc = mdb_cursor_open(txn, l->tokens, &cur)) != 0)
+		return fail(l, rc);
+	for (size_t i = 0; i < n; i++) {
+		uint64_t id = ids[i];
+		MDB_val k = { sizeof(id), &id }, v;
+
+		found[i] = 0;
+		rc = mdb_cursor_get(cur, &k, &v, MDB_SET);
+		if (rc == MDB_NOTFOUND)
+			continue;
+		if (rc) {
+			mdb_cursor_close(cur);
+			return fail(l, rc);
+		}
+		if (v.mv_size == sizeof(out[i])) {
+			memcpy(&out[i], v.mv_data, sizeof(out[i]));
+			found[i] = 1;
+		}
+	}
+	mdb_cursor_close(cur);
+	return 0;
+}
+
+static int
+l_snapshot(void *s, void *txn, uint64_t *id)
+{
+	(void)s;
+	*id = (uint64_t)mdb_txn_id(txn);
+	return 0;
+}
+
 static int
 l_put(void *s, void *txn, uint64_t id, const struct bayes_counts *c)
 {
@@ -322,6 +366,8 @@ const struct bayes_store_ops bayes_store_lmdb = {
 	.commit = l_commit,
 	.abort = l_abort,
 	.get = l_get,
+	.get_many = l_get_many,
+	.snapshot = l_snapshot,
 	.put = l_put,
 	.meta_get = l_meta_get,
 	.meta_put = l_meta_put,
