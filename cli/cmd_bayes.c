@@ -5,7 +5,7 @@
  *   bayes train [--spam PATH]... [--ham PATH]...   PATH: a directory of
  *         message files (recursively, so a Maildir works), or an mbox file
  *   bayes classify FILE...        one FILE: probability, band, top tokens;
- *                                 several: "FILE PROB SYMBOL" per line
+ *                                 several: "FILE PROB SYMBOL LOG-ODDS" per line
  *   bayes stats | expire [--days N] [--max-count N]
  *   bayes forget --spam|--ham FILE | export > FILE | import < FILE
  *
@@ -245,7 +245,7 @@ b_classify(struct moat_conf *c, int argc, char **argv)
 			continue;
 		}
 		m = mime_parse(data.data, data.len, NULL, NULL);
-		if (bayes_classify(b, m, &r) < 0) {
+		if ((argc > 2 ? bayes_classify(b, m, &r) : bayes_classify_explain(b, m, &r)) < 0) {
 			fprintf(stderr, "moat: bayes classify: %s\n", bayes_error(b));
 			mime_free(&m);
 			rc = 1;
@@ -253,10 +253,11 @@ b_classify(struct moat_conf *c, int argc, char **argv)
 		}
 		mime_free(&m);
 		if (argc > 2) {
-			printf("%s %.6f %s\n", argv[i], r.prob, r.symbol);
+			printf("%s %.6f %s %.4f\n", argv[i], r.prob, r.symbol, r.lodds);
 			continue;
 		}
 		printf("probability %.6f\nsymbol %s %.3f\n", r.prob, r.symbol, r.score);
+		printf("log-odds %.4f\n", r.lodds);
 		printf("tokens %u used %u learned spam %llu ham %llu%s\n", r.ntokens, r.nused,
 		    (unsigned long long)r.nspam, (unsigned long long)r.nham,
 		    r.ready ? "" : " (not enough learned yet: the result is not used)");

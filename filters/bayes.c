@@ -26,7 +26,16 @@
  * tokens with |f - 0.5| < min_dev ignored, at most max_tokens of the most
  * extreme kept, then Fisher's method:
  *   S = 1 - chi2Q(-2 sum ln(1-f), 2N),  H = 1 - chi2Q(-2 sum ln f, 2N),
- *   prob = (1 + S - H) / 2.
+ *   prob = (1 + S - H) / 2,
+ * and beside it the log-odds ln(prob / (1 - prob)) computed from logarithms
+ * of the gamma tails, so that it still ranks the messages whose prob has
+ * rounded to exactly 0 or 1 (most of them, once the store is trained).
+ *
+ * Speed: the message's token ids are looked up in ascending order (the
+ * token set is laid out by the ids' high bits, so it is nearly sorted
+ * already) through one cursor; each thread keeps the counts it read in a
+ * cache that is valid for one committed state of the store (see tc_get);
+ * only the max_tokens most extreme clues are kept while scanning.
  *
  * Runs in: pool threads and the CLI (BLOCKING, disk).  Untrusted input: the
  * parsed message; tokens per message are capped (BAYES_MAX_TOKENS) and the
@@ -642,7 +651,8 @@ bayes_tokenize(const struct mime_msg *m, void (*emit)(void *, const char *, size
 
 struct tokset {
 	uint64_t *ids;                  /* open addressing, 0 = empty */
-	uint32_t *off;                  /* text offset + 1 (with texts) */
+	uint32_t *off;                  /* emission order: text offset + 1 with
+	                                 * texts, else the token's number */
 	size_t    cap, n;
 	unsigned  shift;                /* slot = id >> shift: 64 - log2(cap) */
 	struct buf texts;
@@ -666,8 +676,7 @@ tokset_init(struct tokset *ts, bool keep_text)
 	ts->shift = 64 - 10;
 	ts->ids = xcalloc(ts->cap, sizeof(*ts->ids));
 	ts->keep_text = keep_text;
-	if (keep_text)
-		ts->off = xcalloc(ts->cap, sizeof(*ts->off));
+	ts->off = xcalloc(ts->cap, sizeof(*ts->off));
 }
 
 static void
@@ -689,7 +698,7 @@ tokset_grow(struct tokset *ts)
 	ts->shift--;
 	ts->n = 0;
 	ts->ids = xcalloc(ts->cap, sizeof(*ts->ids));
-	ts->off = ts->keep_text ? xcalloc(ts->cap, sizeof(*ts->off)) : NULL;
+	ts->off = xcalloc(ts->cap, sizeof(*ts->off));
 	for (size_t i = 0; i < old.cap; i++) {
 		if (old.ids[i] == 0)
 			continue;
@@ -697,8 +706,7 @@ tokset_grow(struct tokset *ts)
 		while (ts->ids[j])
 			j = (j + 1) & (ts->cap - 1);
 		ts->ids[j] = old.ids[i];
-		if (ts->off)
-			ts->off[j] = old.off[i];
+		ts->off[j] = old.off[i];
 		ts->n++;
 	}
 	free(old.ids);
@@ -727,7 +735,8 @@ tokset_add_id(struct tokset *ts, uint64_t id, const char *tok, size_t len)
 		ts->off[j] = (uint32_t)ts->texts.len + 1;
 		buf_add(&ts->texts, tok, len);
 		buf_addc(&ts->texts, '\0');
-	}
+	} else
+		ts->off[j] = (uint32_t)ts->n;
 }
 
 /* the ids in ascending order (n of them, malloc'ed) and, with texts, their
@@ -784,11 +793,60 @@ bayes_chi2q(double x2, unsigned v)
 	return sum < 1.0 ? sum : 1.0;
 }
 
+/* ln(e^a + e^b) */
+static double
+lnadd(double a, double b)
+{
+	if (a == -INFINITY)
+		return b;
+	if (b == -INFINITY)
+		return a;
+	return a > b ? a + log1p(exp(b - a)) : b + log1p(exp(a - b));
+}
+
+/*
+ * ln Q(k, m) and ln P(k, m), the upper and lower regularised gamma
+ * functions for integer k (Q(k, m) = chi2q(2m, 2k)), both accurate far
+ * below the smallest double: Q's k terms summed as logarithms, P by its
+ * series from the k-th term on when it is the smaller one, else as
+ * ln(1 - Q).
+ */
+static void
+ln_gamma_pq(unsigned k, double m, double *lnq, double *lnp)
+{
+	double lq = -INFINITY, lm = log(m);
+
+	if (m <= 0) {
+		*lnq = 0;
+		*lnp = -INFINITY;
+		return;
+	}
+	for (unsigned i = 0; i < k; i++)
+		lq = lnadd(lq, (double)i * lm - lgamma((double)i + 1.0));
+	lq -= m;
+	if (lq > -0.6931471805599453) {         /* Q > 1/2: P is the small one */
+		double t = (double)k * lm - lgamma((double)k + 1.0), sum = 1.0, term = 1.0;
+		for (unsigned i = k + 1; i < k + 10000; i++) {
+			term *= m / (double)i;
+			sum += term;
+			if (term < sum * 1e-17)
+				break;
+		}
+		*lnp = t + log(sum) - m;
+		if (lq > 0)
+			lq = 0;
+	} else
+		*lnp = log1p(-exp(lq));
+	*lnq = lq;
+}
+
 double
-bayes_combine(const double *f, size_t n)
+bayes_combine_ex(const double *f, size_t n, double *lodds)
 {
 	double ls = 0, lh = 0, S, H;
 
+	if (lodds)
+		*lodds = 0;
 	if (n == 0)
 		return 0.5;
 	for (size_t i = 0; i < n; i++) {
@@ -802,7 +860,25 @@ bayes_combine(const double *f, size_t n)
 	}
 	S = 1.0 - bayes_chi2q(-2.0 * ls, (unsigned)(2 * n));
 	H = 1.0 - bayes_chi2q(-2.0 * lh, (unsigned)(2 * n));
+	if (lodds) {
+		/*
+		 * prob = (1 + S - H) / 2 = (Q(n, -lh) + P(n, -ls)) / 2 and
+		 * 1 - prob = (P(n, -lh) + Q(n, -ls)) / 2: their log ratio,
+		 * which keeps ranking messages where prob itself has rounded
+		 * to 0 or 1 (most spam and ham of a well-trained store).
+		 */
+		double qs, ps, qh, ph;
+		ln_gamma_pq((unsigned)n, -ls, &qs, &ps);
+		ln_gamma_pq((unsigned)n, -lh, &qh, &ph);
+		*lodds = lnadd(qh, ps) - lnadd(ph, qs);
+	}
 	return (1.0 + S - H) / 2.0;
+}
+
+double
+bayes_combine(const double *f, size_t n)
+{
+	return bayes_combine_ex(f, n, NULL);
 }
 
 double
@@ -1054,8 +1130,8 @@ lookup(struct bayes *b, void *txn, bool writing, const uint64_t *ids, size_t n,
 	return rc;
 }
 
-int
-bayes_classify(struct bayes *b, const struct mime_msg *m, struct bayes_result *r)
+static int
+classify(struct bayes *b, const struct mime_msg *m, struct bayes_result *r, bool texts)
 {
 	struct tokset ts;
 	struct clue *clues;
@@ -1070,7 +1146,7 @@ bayes_classify(struct bayes *b, const struct mime_msg *m, struct bayes_result *r
 
 	memset(r, 0, sizeof(*r));
 	r->prob = 0.5;
-	tokset_init(&ts, true);
+	tokset_init(&ts, texts);
 	bayes_tokenize(m, tokset_emit, &ts);
 	r->ntokens = (unsigned)ts.n;
 	void *mine = mybatch(b);
@@ -1124,12 +1200,13 @@ bayes_classify(struct bayes *b, const struct mime_msg *m, struct bayes_result *r
 		f = xcalloc(use ? use : 1, sizeof(*f));
 		for (size_t i = 0; i < use; i++)
 			f[i] = clues[i].f;
-		r->prob = bayes_combine(f, use);
+		r->prob = bayes_combine_ex(f, use, &r->lodds);
 		free(f);
 		r->nused = (unsigned)use;
 		for (size_t i = 0; i < use && i < BAYES_TOP; i++) {
 			struct bayes_token_info *ti = &r->top[r->ntop++];
-			moat_strlcpy(ti->text, ts.texts.data + clues[i].off - 1, sizeof(ti->text));
+			if (texts)
+				moat_strlcpy(ti->text, ts.texts.data + clues[i].off - 1, sizeof(ti->text));
 			ti->prob = clues[i].f;
 			ti->spam = clues[i].spam;
 			ti->ham = clues[i].ham;
@@ -1146,6 +1223,18 @@ bayes_classify(struct bayes *b, const struct mime_msg *m, struct bayes_result *r
 	free(offs);
 	tokset_free(&ts);
 	return rc;
+}
+
+int
+bayes_classify(struct bayes *b, const struct mime_msg *m, struct bayes_result *r)
+{
+	return classify(b, m, r, false);
+}
+
+int
+bayes_classify_explain(struct bayes *b, const struct mime_msg *m, struct bayes_result *r)
+{
+	return classify(b, m, r, true);
 }
 
 /* add (sign +1) or remove (-1) a message's tokens for one class */

@@ -54,6 +54,9 @@ struct bayes_token_info {
 
 struct bayes_result {
 	double      prob;               /* 0 = ham ... 1 = spam */
+	double      lodds;              /* ln(prob / (1 - prob)), computed so
+	                                 * that it does not round off where prob
+	                                 * has become 0 or 1: for ranking */
 	enum bayes_band band;
 	const char *symbol;             /* "BAYES_99", static */
 	double      score;              /* configured score of the band */
@@ -96,6 +99,9 @@ const char *bayes_error(const struct bayes *);     /* last error text */
 void bayes_digest(const char *raw, size_t len, uint8_t out[BAYES_DIGEST_LEN]);
 
 int bayes_classify(struct bayes *, const struct mime_msg *, struct bayes_result *);
+/* the same, with the text of the top tokens (r->top[].text; bayes_classify
+ * leaves those empty: keeping every token's text costs time) */
+int bayes_classify_explain(struct bayes *, const struct mime_msg *, struct bayes_result *);
 /* learning the same digest as the same class again: BAYES_ALREADY; as the
  * other class: the old learning is undone first (relearn) */
 int bayes_learn(struct bayes *, const struct mime_msg *, bool is_spam,
@@ -133,6 +139,9 @@ uint64_t bayes_hash(const char *tok, size_t len);
 double bayes_chi2q(double x2, unsigned v);
 /* Fisher/Robinson combining of n token probabilities */
 double bayes_combine(const double *f, size_t n);
+/* the same, and ln(prob / (1 - prob)) in *lodds, exact beyond prob's
+ * rounding to 0 or 1 */
+double bayes_combine_ex(const double *f, size_t n, double *lodds);
 /* Robinson's f(w) */
 double bayes_token_prob(uint32_t spam, uint32_t ham, uint64_t nspam, uint64_t nham,
     double s, double x);

@@ -648,7 +648,7 @@ engine_run(struct engine *e, const char *msg, size_t len, const struct engine_in
 			memset(&br, 0, sizeof(br));
 			if (bayes_classify(bay, m, &br) == 0 && br.ready) {
 				char r[64];
-				snprintf(r, sizeof(r), "spam probability %.3f", br.prob);
+				snprintf(r, sizeof(r), "spam probability %.3f, log-odds %.1f", br.prob, br.lodds);
 				verdict_add(v, br.symbol, br.score, r);
 			}
 		}

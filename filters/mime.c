@@ -931,6 +931,44 @@ latin1_to_utf8(const char *s, size_t len, size_t *outlen)
 	return buf_steal(&b);
 }
 
+/*
+ * windows-1252 to UTF-8 by table, as iconv's CP1252 converts it (the
+ * commonest 8-bit charset, and what ISO-8859-1 and undeclared 8-bit text
+ * are read as): no iconv_open() per part.  NULL when a byte CP1252 leaves
+ * undefined occurs, where iconv fails and the caller falls back.  Stops at
+ * a NUL byte, as the iconv path's copy does.
+ */
+static char *
+cp1252_to_utf8(const char *s, size_t len, size_t *outlen)
+{
+	static const uint16_t hi[32] = {
+		0x20ac, 0, 0x201a, 0x0192, 0x201e, 0x2026, 0x2020, 0x2021,
+		0x02c6, 0x2030, 0x0160, 0x2039, 0x0152, 0, 0x017d, 0,
+		0, 0x2018, 0x2019, 0x201c, 0x201d, 0x2022, 0x2013, 0x2014,
+		0x02dc, 0x2122, 0x0161, 0x203a, 0x0153, 0, 0x017e, 0x0178,
+	};
+	struct buf b = BUF_INIT;
+	size_t i;
+
+	for (i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c >= 0x80 && c < 0xa0 && hi[c - 0x80] == 0)
+			return NULL;
+	}
+	buf_reserve(&b, len + len / 2 + 1);
+	for (i = 0; i < len && s[i] != '\0'; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c < 0x80)
+			buf_addc(&b, (char)c);
+		else
+			put_utf8(&b, c < 0xa0 ? hi[c - 0x80] : c);
+	}
+	buf_addc(&b, '\0');
+	b.len--;
+	*outlen = b.len;
+	return buf_steal(&b);
+}
+
 /* convert to UTF-8 (malloc'ed, valid UTF-8, no NULs) */
 static char *
 to_utf8(const char *s, size_t len, const char *charset, size_t *outlen)
@@ -962,6 +1000,9 @@ to_utf8(const char *s, size_t len, const char *charset, size_t *outlen)
 	if (ascii_strcasecmp(charset, "iso-8859-1") == 0 || ascii_strcasecmp(charset, "latin1") == 0 ||
 	    ascii_strcasecmp(charset, "iso8859-1") == 0)
 		charset = "windows-1252";       /* as browsers do */
+	if (ascii_strcasecmp(charset, "windows-1252") == 0 &&
+	    (r = cp1252_to_utf8(s, len, outlen)) != NULL)
+		return r;
 	g = g_convert(s, (gssize)len, "UTF-8", g_mime_charset_iconv_name(charset), &rd, &wr, NULL);
 	if (g == NULL || !g_utf8_validate(g, (gssize)wr, NULL)) {
 		g_free(g);
@@ -1134,7 +1175,14 @@ add_header(struct mime_msg *m, const char *name, const char *raw, size_t *used)
 	}
 	*used += nl + rl + 3;
 	unf = g_mime_utils_header_unfold(raw ? raw : "");
-	dec = g_mime_utils_header_decode_text(NULL, unf);
+	{
+		/* plain ASCII without an encoded word decodes to itself */
+		const unsigned char *u = (const unsigned char *)unf;
+		bool plain = strstr(unf, "=?") == NULL;
+		for (; plain && *u; u++)
+			plain = *u < 0x80;
+		dec = plain ? g_strdup(unf) : g_mime_utils_header_decode_text(NULL, unf);
+	}
 	GROW(m->hdr, m->nhdr, m->hdrcap);
 	m->hdr[m->nhdr].name = xstrdup(name);
 	{

@@ -147,6 +147,31 @@ main(void)
 		ok(NEAR(bayes_combine(d, 10), 0.9996034323940555), "combine 10 x 0.9");
 		ok(NEAR(bayes_combine(NULL, 0), 0.5), "no tokens: 0.5");
 	}
+	{
+		/* log-odds: expected values from Python's decimal module at 80
+		 * digits (the same formulas, no floating-point shortcut); beyond
+		 * the point where prob rounds to 1 they keep growing */
+		double a[] = { 0.99, 0.98, 0.2 }, s3[25], s4[25], h3[25], mix[28], lo = 0, lo2 = 0;
+		for (int i = 0; i < 25; i++) {
+			s3[i] = 0.999;
+			s4[i] = 0.9999;
+			h3[i] = 0.001;
+			mix[i] = 0.99;
+		}
+		mix[25] = mix[26] = mix[27] = 0.01;
+		bayes_combine_ex(a, 3, &lo);
+		ok(fabs(lo - 2.018165434325) < 1e-9, "log-odds {0.99, 0.98, 0.2}: %.12f", lo);
+		ok(bayes_combine_ex(s3, 25, &lo) == 1.0 && fabs(lo - 104.386702672378) < 1e-8,
+		    "25 x 0.999: prob rounds to 1, log-odds %.12f", lo);
+		ok(bayes_combine_ex(s4, 25, &lo2) == 1.0 && fabs(lo2 - 155.086008360663) < 1e-8 && lo2 > lo,
+		    "25 x 0.9999: still ranked above (%.12f)", lo2);
+		bayes_combine_ex(h3, 25, &lo2);
+		ok(fabs(lo2 + 104.386702672378) < 1e-8, "25 x 0.001: the mirror image (%.12f)", lo2);
+		bayes_combine_ex(mix, 28, &lo);
+		ok(fabs(lo - 7.983992154591) < 1e-9, "25 x 0.99 + 3 x 0.01: %.12f", lo);
+		bayes_combine_ex(NULL, 0, &lo);
+		ok(lo == 0, "no tokens: log-odds 0");
+	}
 	ok(NEAR(bayes_token_prob(10, 2, 100, 200, 0.1, 0.5), 0.9057099924868521), "f(w) 10 spam 2 ham");
 	ok(NEAR(bayes_token_prob(0, 3, 50, 80, 0.1, 0.5), 0.016129032258064516), "f(w) ham only");
 	ok(NEAR(bayes_token_prob(0, 0, 50, 80, 0.1, 0.5), 0.5), "unknown token: x");
@@ -334,23 +359,34 @@ main(void)
 			}
 			/* cached vs uncached on every message learned so far */
 			const char *all[] = { spam[0], spam[1], spam[2], ham[0], ham[1], ham[2], ts, th, probe };
+			bool plain = true;
 			for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
+				struct bayes_result r5;
 				m = msg(all[i]);
-				if (bayes_classify(b, m, &r3) != 0 || bayes_classify(b, m, &r3) != 0 ||
-				    bayes_batch_begin(b) != 0 || bayes_classify(b, m, &r4) != 0 ||
+				/* r3 explained from the cache, r4 explained from the
+				 * write txn, r5 plain (no texts) from the cache */
+				if (bayes_classify(b, m, &r5) != 0 || bayes_classify_explain(b, m, &r3) != 0 ||
+				    bayes_batch_begin(b) != 0 || bayes_classify_explain(b, m, &r4) != 0 ||
 				    bayes_batch_end(b, false) != 0 || r3.prob != r4.prob ||
-				    r3.nused != r4.nused || r3.ntop != r4.ntop)
+				    r3.lodds != r4.lodds || r3.nused != r4.nused || r3.ntop != r4.ntop)
 					same = false;
 				for (unsigned k = 0; same && k < r3.ntop; k++)
-					if (strcmp(r3.top[k].text, r4.top[k].text) != 0 ||
+					if (strcmp(r3.top[k].text, r4.top[k].text) != 0 || r3.top[k].text[0] == '\0' ||
 					    r3.top[k].spam != r4.top[k].spam || r3.top[k].ham != r4.top[k].ham)
 						same = false;
+				if (r5.prob != r3.prob || r5.lodds != r3.lodds || r5.ntop != r3.ntop)
+					plain = false;
+				for (unsigned k = 0; plain && k < r5.ntop; k++)
+					if (r5.top[k].text[0] != '\0' || r5.top[k].prob != r3.top[k].prob ||
+					    r5.top[k].spam != r3.top[k].spam || r5.top[k].ham != r3.top[k].ham)
+						plain = false;
 				for (unsigned k = 1; k < r3.ntop; k++)
 					if (fabs(r3.top[k].prob - 0.5) > fabs(r3.top[k - 1].prob - 0.5))
 						ordered = false;
 				mime_free(&m);
 			}
 			ok(same, "cached lookups give what the store gives");
+			ok(plain, "without texts: the same clues in the same order");
 			ok(ordered, "top tokens most extreme first");
 		}
 		ok(bayes_expire(b, time(NULL) + 10, 1) > 0, "expire drops tokens seen once");

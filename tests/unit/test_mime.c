@@ -123,6 +123,29 @@ main(void)
 	m = parse_file("latin1-nocharset.eml", NULL);
 	ok(text_has(m, "café naïve"), "undeclared 8-bit read as windows-1252");
 	mime_free(&m);
+	{
+		/* every byte 0x80..0xff of windows-1252 (converted by table, as
+		 * iconv's CP1252 does), then one CP1252 leaves undefined (0x81):
+		 * iconv refuses the part and each byte maps to U+00xx instead */
+		char w[512], *p = w;
+		p += sprintf(p, "Content-Type: text/plain; charset=windows-1252\n\n");
+		for (int c = 0x80; c <= 0xff; c++)
+			if (c != 0x81 && c != 0x8d && c != 0x8f && c != 0x90 && c != 0x9d)
+				*p++ = (char)c;
+		*p++ = '\n';
+		*p = '\0';
+		m = mime_parse(w, strlen(w), NULL, NULL);
+		ok(mime_text_count(m) == 1 && strncmp(mime_text_at(m, 0)->text,
+		    "€‚ƒ„…†‡ˆ‰Š‹ŒŽ‘’“”•–—˜™š›œžŸ\u00a0¡¢£¤¥¦§¨©ª«¬\u00ad®¯°±²³´µ¶·¸¹º»¼½¾¿ÀÁÂÃÄÅÆÇÈÉÊËÌÍÎÏÐÑÒÓÔÕÖ×ØÙÚÛÜÝÞßàáâãäåæçèéêëìíîïðñòóôõö÷øùúûüýþÿ",
+		    strlen("€‚ƒ„…†‡ˆ‰Š‹ŒŽ‘’“”•–—˜™š›œžŸ\u00a0¡¢£¤¥¦§¨©ª«¬\u00ad®¯°±²³´µ¶·¸¹º»¼½¾¿ÀÁÂÃÄÅÆÇÈÉÊËÌÍÎÏÐÑÒÓÔÕÖ×ØÙÚÛÜÝÞßàáâãäåæçèéêëìíîïðñòóôõö÷øùúûüýþÿ")) == 0,
+		    "windows-1252: all 123 defined bytes");
+		mime_free(&m);
+		m = mime_parse("Content-Type: text/plain; charset=iso-8859-1\n\nna\xefve \x81 caf\xe9\n",
+		    strlen("Content-Type: text/plain; charset=iso-8859-1\n\nna\xefve \x81 caf\xe9\n"), NULL, NULL);
+		ok(mime_text_count(m) == 1 && text_has(m, "naïve \xc2\x81 café"),
+		    "undefined 0x81: byte by byte as Latin-1");
+		mime_free(&m);
+	}
 
 	/* HTML only */
 	m = parse_file("html-only.eml", NULL);
