@@ -22,7 +22,8 @@ bogofilter are then also reported on exactly that subsample.
 moat's score is its log-odds (the fourth field of `moat bayes classify`),
 which keeps ranking messages whose probability has rounded to 0 or 1;
 MOAT_RANK=prob ranks by the printed probability instead.  SpamAssassin's
-is its bayes_score at full double precision (not the 4-place BAYES tag).
+is its bayes_score at full double precision (not the 4-place BAYES tag),
+bogofilter's its spamicity with 13 significant digits (not 6).
 
 --moat-params "max_tokens=25;min_dev=0.3,x=0.55": after training, moat
 classifies every fold once more per set (MOAT_BAYES_PARAMS, no retraining),
@@ -139,9 +140,12 @@ class Bogofilter:
 
     def classify(self, files):
         out = {}
-        rx = re.compile(r"^(.*) X-Bogosity: \w+, tests=bogofilter, spamicity=([0-9.]+)")
+        rx = re.compile(r"^(.*) X-Bogosity: \w+, tests=bogofilter, spamicity=([0-9.e+-]+)")
         for ch in chunks(files, 500):
-            r = subprocess.run(["bogofilter", "-d", self.db, "-v", "-B"] + ch,
+            # 13 significant digits instead of the default %0.6f, which
+            # ties every message above 0.9999995
+            r = subprocess.run(["bogofilter", "-d", self.db, "-v", "-B",
+                                "--spamicity-formats=%.12e,%.12e,%.12e"] + ch,
                                capture_output=True, text=True)
             for line in r.stdout.splitlines():
                 m = rx.match(line)
