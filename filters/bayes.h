@@ -127,7 +127,7 @@ int bayes_import(struct bayes *, FILE *, char **err);
 /* 2: all-capitals words, URL paths, Message-ID shape, more headers; a
  * superset of 1, so a version-1 store keeps scoring (the new tokens are
  * unknown to it until learned) */
-#define BAYES_TOKENIZER_VERSION 2
+#define BAYES_TOKENIZER_VERSION 3
 /* calls emit once per token occurrence (not de-duplicated) */
 void bayes_tokenize(const struct mime_msg *,
     void (*emit)(void *, const char *tok, size_t len), void *arg);
