@@ -747,32 +747,54 @@ tokset_add_id(struct tokset *ts, uint64_t id, const char *tok, size_t len)
 		ts->off[j] = (uint32_t)ts->n;
 }
 
-/* the ids in ascending order (n of them, malloc'ed) and, with texts, their
- * text offsets in *offp */
+struct idoff {
+	uint64_t id;
+	uint32_t off;
+};
+
+static int
+idoff_cmp(const void *a, const void *b)
+{
+	const struct idoff *x = a, *y = b;
+	return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/* the ids in ascending order (n of them, malloc'ed) and, with offp, their
+ * emission order numbers in *offp */
 static uint64_t *
 tokset_sorted(const struct tokset *ts, uint32_t **offp)
 {
-	uint64_t *ids = xmalloc((ts->n ? ts->n : 1) * sizeof(*ids));
-	uint32_t *off = offp ? xmalloc((ts->n ? ts->n : 1) * sizeof(*off)) : NULL;
-	size_t n = 0;
+	size_t cnt = ts->n ? ts->n : 1, n = 0, moves = 0;
+	struct idoff *v = xmalloc(cnt * sizeof(*v));
+	uint64_t *ids = xmalloc(cnt * sizeof(*ids));
+	uint32_t *off = offp ? xmalloc(cnt * sizeof(*off)) : NULL;
 
+	/*
+	 * Slot order is id order but for linear probing's few displacements
+	 * (and the wrap past the end): an insertion sort finishes it in
+	 * linear time.  Ids crafted to collide could make one long probe
+	 * run, so past a budget of moves qsort takes over.
+	 */
 	for (size_t i = 0; i < ts->cap; i++) {
 		if (ts->ids[i] == 0)
 			continue;
-		uint64_t id = ts->ids[i];
-		uint32_t o = off ? ts->off[i] : 0;
+		struct idoff x = { ts->ids[i], ts->off[i] };
 		size_t k = n++;
-		/* probing wraps past the end: those few land at the front */
-		while (k > 0 && ids[k - 1] > id) {
-			ids[k] = ids[k - 1];
-			if (off)
-				off[k] = off[k - 1];
+		while (k > 0 && v[k - 1].id > x.id && moves <= 8 * cnt) {
+			v[k] = v[k - 1];
 			k--;
+			moves++;
 		}
-		ids[k] = id;
-		if (off)
-			off[k] = o;
+		v[k] = x;
 	}
+	if (moves > 8 * cnt)
+		qsort(v, n, sizeof(*v), idoff_cmp);
+	for (size_t i = 0; i < n; i++) {
+		ids[i] = v[i].id;
+		if (off)
+			off[i] = v[i].off;
+	}
+	free(v);
 	if (offp)
 		*offp = off;
 	return ids;
@@ -1058,6 +1080,13 @@ clue_before(const struct clue *x, const struct clue *y)
 	return x->dev != y->dev ? x->dev > y->dev : x->off < y->off;
 }
 
+static int
+clue_cmp(const void *a, const void *b)
+{
+	const struct clue *x = a, *y = b;
+	return clue_before(x, y) ? -1 : clue_before(y, x) ? 1 : 0;
+}
+
 /*
  * Look up ids[0..n) (ascending) into out[], found[]: through the backend's
  * get_many when it has one (one cursor walking the key order), else one
@@ -1180,7 +1209,9 @@ classify(struct bayes *b, const struct mime_msg *m, struct bayes_result *r, bool
 	 * With max_tokens 0 every clue is kept.
 	 */
 	keep = b->p.max_tokens ? b->p.max_tokens : ts.n;
-	clues = xmalloc((keep ? keep : 1) * sizeof(*clues));
+	/* many kept (max_tokens 0 or large): collect them all, then qsort */
+	bool sort_all = keep > 64;
+	clues = xmalloc(((sort_all ? ts.n : keep) ? (sort_all ? ts.n : keep) : 1) * sizeof(*clues));
 	for (size_t i = 0; rc == 0 && i < ts.n; i++) {
 		struct clue c;
 		size_t k;
@@ -1194,6 +1225,10 @@ classify(struct bayes *b, const struct mime_msg *m, struct bayes_result *r, bool
 		c.spam = cnt[i].spam;
 		c.ham = cnt[i].ham;
 		c.off = offs[i];
+		if (sort_all) {
+			clues[nc++] = c;        /* nc <= ts.n */
+			continue;
+		}
 		if (nc == keep && !clue_before(&c, &clues[nc - 1]))
 			continue;
 		k = nc < keep ? nc++ : nc - 1;
@@ -1202,6 +1237,11 @@ classify(struct bayes *b, const struct mime_msg *m, struct bayes_result *r, bool
 			k--;
 		}
 		clues[k] = c;
+	}
+	if (rc == 0 && sort_all) {
+		qsort(clues, nc, sizeof(*clues), clue_cmp);
+		if (nc > keep)
+			nc = keep;
 	}
 	if (rc == 0) {
 		use = nc;

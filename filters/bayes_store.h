@@ -32,10 +32,10 @@ struct bayes_store_ops {
 	 * or 0; 0 or -1 */
 	int   (*get_many)(void *store, void *txn, const uint64_t *ids, size_t n,
 	    struct bayes_counts *out, uint8_t *found);
-	/* counts 0/0 delete the token */
 	/* optional: an id of the committed state a read txn sees (two read
 	 * txns with the same id see the same data); 0, or -1 if none */
 	int   (*snapshot)(void *store, void *txn, uint64_t *id);
+	/* counts 0/0 delete the token */
 	int   (*put)(void *store, void *txn, uint64_t id, const struct bayes_counts *);
 	int   (*meta_get)(void *store, void *txn, const char *key, uint64_t *);
 	int   (*meta_put)(void *store, void *txn, const char *key, uint64_t);

@@ -389,6 +389,37 @@ main(void)
 			}
 			ok(same, "cached lookups give what the store gives");
 			ok(plain, "without texts: the same clues in the same order");
+			/* max_tokens 0 (all clues: collected, then qsort) against the
+			 * default 25 (kept in order while scanning): these messages
+			 * have fewer than 25 clues, so both must agree exactly */
+			{
+				struct bayes_params p0 = p;
+				bool agree = true;
+				unsigned most = 0;
+				p0.max_tokens = 0;
+				for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
+					struct bayes_result ra, rb;
+					m = msg(all[i]);
+					bayes_set_params(b, &p);
+					if (bayes_classify_explain(b, m, &ra) != 0)
+						agree = false;
+					bayes_set_params(b, &p0);
+					if (bayes_classify_explain(b, m, &rb) != 0)
+						agree = false;
+					if (ra.nused > most)
+						most = ra.nused;
+					if (ra.prob != rb.prob || ra.lodds != rb.lodds || ra.nused != rb.nused ||
+					    ra.ntop != rb.ntop)
+						agree = false;
+					for (unsigned k = 0; agree && k < ra.ntop; k++)
+						if (strcmp(ra.top[k].text, rb.top[k].text) != 0)
+							agree = false;
+					mime_free(&m);
+				}
+				bayes_set_params(b, &p);
+				ok(agree && most > 1 && most < 25,
+				    "max_tokens 0 (sorted at the end) = 25 (kept while scanning), up to %u clues", most);
+			}
 			ok(ordered, "top tokens most extreme first");
 		}
 		ok(bayes_expire(b, time(NULL) + 10, 1) > 0, "expire drops tokens seen once");
