@@ -103,13 +103,14 @@ struct tcache {
 };
 
 static pthread_key_t tc_key;
+static bool tc_key_ok;                  /* else: no cache, every lookup to the store */
 static pthread_once_t tc_once = PTHREAD_ONCE_INIT;
 static uint64_t bayes_inst_next;
 
 static void
 tc_key_init(void)
 {
-	(void)pthread_key_create(&tc_key, free);
+	tc_key_ok = pthread_key_create(&tc_key, free) == 0;
 }
 
 /* this thread's cache, emptied unless it holds (inst, snap) */
@@ -119,6 +120,8 @@ tc_get(uint64_t inst, uint64_t snap)
 	struct tcache *tc;
 
 	pthread_once(&tc_once, tc_key_init);
+	if (!tc_key_ok)
+		return NULL;
 	if ((tc = pthread_getspecific(tc_key)) == NULL) {
 		tc = xcalloc(1, sizeof(*tc));
 		if (pthread_setspecific(tc_key, tc) != 0) {
