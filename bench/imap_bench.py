@@ -35,7 +35,6 @@ MAXSIZE = int(os.environ.get("MAXSIZE", "65536"))
 KEEP = os.environ.get("KEEP") == "1"
 ONLY = os.environ.get("ONLY", "")       # "moat" or "dovecot": run one side
 CORPUS = os.path.abspath(os.environ.get("CORPUS", os.path.join(SRC, "..", "shared", "corpus")))
-DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 USER, PASS = "bench@bench.test", "bench-pw"
 
 
@@ -204,47 +203,11 @@ def session(port, frm, word, pids=()):
     return out
 
 
-DOVECOT_CONF = """base_dir = {t}/run
-state_dir = {t}/state
-log_path = {t}/dovecot.log
-protocols = imap
-listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-mail_location = maildir:{t}/dmail/%u
-default_internal_user = dovecot
-default_login_user = dovenull
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u {t}/users
-}}
-userdb {{
-  driver = static
-  args = uid=65534 gid=65534 home={t}/dmail/%u
-}}
-service anvil {{
-  chroot =
-}}
-service imap-login {{
-  chroot =
-  inet_listener imap {{
-    port = {p}
-  }}
-}}
-namespace inbox {{
-  inbox = yes
-  separator = .
-}}
-"""
-
-
 def main():
-    from moattest import Moat, free_port, wait_port, MOATD  # noqa: E402
-    if os.geteuid() != 0:
-        sys.exit("run as root: Dovecot starts its login processes as its own users")
-    if not os.path.exists(DOVECOT):
-        sys.exit("dovecot not installed (apt-get install dovecot-imapd)")
+    from moattest import Moat, Dovecot, free_port, MOATD  # noqa: E402
+    why = Dovecot.unavailable()
+    if why:
+        sys.exit(why)
     try:
         if b"__asan_init" in open(MOATD, "rb").read():
             print("warning: %s is built with sanitizers; use an -O2 build" % MOATD)
@@ -254,26 +217,22 @@ def main():
     tmp = os.path.join(os.environ.get("TMPDIR", "/tmp"), "moat-imapbench.%d" % os.getpid())
     os.makedirs(tmp)
     os.chmod(tmp, 0o755)
-    dport, mport = free_port(), free_port()
-    dconf = os.path.join(tmp, "dovecot.conf")
+    mport = free_port()
     moat = None
-    dovecot_up = False
+    dov = None
     try:
-        for d in ("run", "state"):
-            os.makedirs(os.path.join(tmp, d))
-        with open(os.path.join(tmp, "users"), "w") as f:
-            f.write("%s:{PLAIN}%s\n" % (USER, PASS))
-        with open(dconf, "w") as f:
-            f.write(DOVECOT_CONF.format(t=tmp, p=dport))
-        os.makedirs(os.path.join(tmp, "dmail"))
-        os.chown(os.path.join(tmp, "dmail"), 65534, 65534)
+        # the same Dovecot set-up as the differential tests (moattest.Dovecot);
+        # it indexes a Maildir on first access, so filling it after the
+        # start is the same as before
+        dov = Dovecot({USER: PASS}, prefix="moat-imapbench-dovecot-")
+        dport = dov.port
 
         os.makedirs(os.path.join(tmp, "moat"))
         moat = Moat(domains={"bench.test": "store"}, tmpdir=os.path.join(tmp, "moat"),
                     extra="listen imap 127.0.0.1:%d\nauth-allow-plaintext yes\n" % mport,
                     start=False)
         mdir = moat.maildir(USER)
-        ddir = os.path.join(tmp, "dmail", USER)
+        ddir = os.path.join(dov.mail, USER)
         t0 = time.time()
         frm, word = fill([mdir, ddir])
         for root, ds, fs in os.walk(ddir):
@@ -291,11 +250,6 @@ def main():
             for f in fs:
                 os.chown(os.path.join(root, f), st.st_uid, st.st_gid)
         moat.cli("user", "add", USER, input=PASS + "\n", check=True)
-        with open(os.path.join(tmp, "dovecot.err"), "w") as ef:
-            r = subprocess.run([DOVECOT, "-c", dconf], stdin=subprocess.DEVNULL, stdout=ef, stderr=ef)
-        if r.returncode != 0 or not wait_port(dport, timeout=10):
-            sys.exit("Dovecot did not start: " + open(os.path.join(tmp, "dovecot.err")).read())
-        dovecot_up = True
 
         res = {}
         for who, port in (("moat", mport), ("dovecot", dport)):
@@ -330,10 +284,10 @@ def main():
     finally:
         if moat is not None:
             moat.stop()
-        if dovecot_up:
-            subprocess.run([DOVECOT, "-c", dconf, "stop"], stdin=subprocess.DEVNULL,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(0.5)
+        if dov is not None:
+            if KEEP:
+                print("# kept %s" % dov.tmp)
+            dov.stop(keep=KEEP)
         if KEEP:
             print("# kept %s" % tmp)
         else:

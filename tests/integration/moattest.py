@@ -416,13 +416,15 @@ namespace inbox {{
             self.stop()
             raise RuntimeError("Dovecot did not start: " + why)
 
-    def stop(self):
+    def stop(self, keep=False):
+        """stop Dovecot and remove its directory (keep=True: leave it)"""
         if self.tmp is None:
             return
         subprocess.run([self.BIN, "-c", self.conf, "stop"], stdin=subprocess.DEVNULL,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp = None
 
     def __enter__(self):
