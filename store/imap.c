@@ -1420,51 +1420,42 @@ struct sctx {
 	bool hdr_ok, full_ok, env_ok;
 };
 
-/* the envelope fields (mbox_cached_field), from the cache */
+/* read once with rd, converted to CRLF into *dst; its text and length */
+static const char *
+sctx_load(struct sctx *c, int (*rd)(struct mbox *, struct mbox_msg *, struct buf *),
+    struct buf *dst, bool *ok, size_t *len)
+{
+	if (!*ok) {
+		struct buf raw = BUF_INIT;
+		(void)rd(c->j->mb, c->m, &raw);
+		to_crlf(raw.data ? raw.data : "", raw.len, dst);
+		buf_free(&raw);
+		*ok = true;
+	}
+	*len = dst->len;
+	return dst->data ? dst->data : "";
+}
+
+/* the envelope fields (mbox_cached_field), from the cache; the whole
+ * header when that is read already */
 static const char *
 sctx_env(struct sctx *c, size_t *len)
 {
-	if (c->hdr_ok) {
-		*len = c->hdr.len;
-		return c->hdr.data ? c->hdr.data : "";
-	}
-	if (!c->env_ok) {
-		struct buf raw = BUF_INIT;
-		(void)mbox_msg_envhdr(c->j->mb, c->m, &raw);
-		to_crlf(raw.data ? raw.data : "", raw.len, &c->env);
-		buf_free(&raw);
-		c->env_ok = true;
-	}
-	*len = c->env.len;
-	return c->env.data ? c->env.data : "";
+	if (c->hdr_ok)
+		return sctx_load(c, mbox_msg_read_header, &c->hdr, &c->hdr_ok, len);
+	return sctx_load(c, mbox_msg_envhdr, &c->env, &c->env_ok, len);
 }
 
 static const char *
 sctx_hdr(struct sctx *c, size_t *len)
 {
-	if (!c->hdr_ok) {
-		struct buf raw = BUF_INIT;
-		(void)mbox_msg_read_header(c->j->mb, c->m, &raw);
-		to_crlf(raw.data ? raw.data : "", raw.len, &c->hdr);
-		buf_free(&raw);
-		c->hdr_ok = true;
-	}
-	*len = c->hdr.len;
-	return c->hdr.data ? c->hdr.data : "";
+	return sctx_load(c, mbox_msg_read_header, &c->hdr, &c->hdr_ok, len);
 }
 
 static const char *
 sctx_full(struct sctx *c, size_t *len)
 {
-	if (!c->full_ok) {
-		struct buf raw = BUF_INIT;
-		(void)mbox_msg_read(c->j->mb, c->m, &raw);
-		to_crlf(raw.data ? raw.data : "", raw.len, &c->full);
-		buf_free(&raw);
-		c->full_ok = true;
-	}
-	*len = c->full.len;
-	return c->full.data ? c->full.data : "";
+	return sctx_load(c, mbox_msg_read, &c->full, &c->full_ok, len);
 }
 
 static time_t
